@@ -1,0 +1,59 @@
+"""freezeframe: application-consistent backups of many applications at once.
+
+The public API for plug-in and backend authors is re-exported here.
+"""
+
+from freezeframe.components import (
+    API_VERSION,
+    ApplicationPlugin,
+    Artifact,
+    Backend,
+    CrashSafety,
+    Deadline,
+    Role,
+    SnapshotKind,
+    StageContext,
+)
+from freezeframe.config import Secret, Table, parse_duration
+from freezeframe.errors import (
+    BusyError,
+    Cancelled,
+    ConfigError,
+    FreezeframeError,
+    Interrupted,
+    PluginError,
+    ProfileError,
+    QuiesceError,
+    StageError,
+)
+from freezeframe.hookspecs import hookimpl
+from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord
+
+__all__ = [
+    "API_VERSION",
+    "ApplicationPlugin",
+    "ApplicationRecord",
+    "Artifact",
+    "Backend",
+    "BusyError",
+    "Cancelled",
+    "ConfigError",
+    "CrashSafety",
+    "Deadline",
+    "FreezeframeError",
+    "Interrupted",
+    "PluginError",
+    "ProfileError",
+    "QuiesceError",
+    "Role",
+    "RunRecord",
+    "RunStatus",
+    "Secret",
+    "SnapshotKind",
+    "StageContext",
+    "StageError",
+    "StageRecord",
+    "Table",
+    "hookimpl",
+    "parse_duration",
+]

@@ -1,0 +1,225 @@
+"""The two component types and the data that crosses the boundary between them and the core.
+
+A third party writes a plug-in exactly as we do: subclass
+:class:`ApplicationPlugin` or :class:`Backend`, give it a ``kind`` name, and
+register the class from a ``freezeframe_register_*`` hook.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from freezeframe.config import Table
+from freezeframe.errors import Cancelled
+
+__all__ = [
+    "API_VERSION",
+    "ApplicationPlugin",
+    "Artifact",
+    "Backend",
+    "CrashSafety",
+    "Deadline",
+    "Role",
+    "SnapshotKind",
+    "StageContext",
+]
+
+#: The plug-in API this core implements. A component declares the version it
+#: was written for in ``api_version``; the core refuses any other.
+API_VERSION = 1
+
+
+class SnapshotKind(StrEnum):
+    """How a snapshot backend captures files."""
+
+    ATOMIC = "atomic"  # one instant for every file (btrfs, LVM, ZFS)
+    PER_FILE = "per-file"  # file by file (clone, plain copy)
+
+
+class Role(StrEnum):
+    """What a backup stage does."""
+
+    SNAPSHOT = "snapshot"  # taken while applications are quiesced
+    COPY = "copy"  # made from an earlier stage's view, after the thaw
+
+
+class CrashSafety(StrEnum):
+    """How a plug-in's quiesce ends if the freezeframe process dies."""
+
+    PROCESS_EXIT = "process-exit"  # a lock or connection the OS or the server releases
+    SERVER_TIMEOUT = "server-timeout"  # the server resumes by itself (Redis CLIENT PAUSE <ms>)
+    WATCHDOG = "watchdog"  # never thaws by itself: the core's watchdog process thaws it
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The instant (``time.monotonic()``) by which a quiesce must be done."""
+
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        """A deadline ``seconds`` from now."""
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        """Seconds left, never negative."""
+        return max(0.0, self.at - time.monotonic())
+
+    def expired(self) -> bool:
+        """Whether the instant has passed."""
+        return time.monotonic() >= self.at
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What one stage of one run produced, as the catalog keeps it.
+
+    ``id`` is the backend's own name for it (a directory, a file, a restic
+    snapshot id). ``view`` is, for snapshot stages, a directory where the
+    consistent image can be read with every file under its original absolute
+    path (``view / "srv/shop/orders.db"``). ``metadata`` must be JSON-serialisable
+    and must never hold a secret.
+    """
+
+    id: str
+    bytes: int = 0
+    files: int = 0
+    view: Path | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class StageContext:
+    """What the core hands a backend's :meth:`Backend.run`."""
+
+    run_id: str
+    profile: str
+    stage: str
+    #: Every application's data paths (absolute), in profile order, without duplicates.
+    data_paths: tuple[Path, ...]
+    #: For copy stages: the artifact of the stage named by ``source``.
+    source: Artifact | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    on_progress: ProgressCallback | None = None
+    bytes_done: int = 0
+    files_done: int = 0
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if the run was cancelled; call it often in long work."""
+        if self.cancel_event.is_set():
+            raise Cancelled(f"stage {self.stage} cancelled")
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the run was cancelled."""
+        return self.cancel_event.is_set()
+
+    def progress(self, *, bytes: int = 0, files: int = 0) -> None:
+        """Report work done since the last call (bytes, files); also checks for cancellation."""
+        self.bytes_done += bytes
+        self.files_done += files
+        if self.on_progress is not None:
+            self.on_progress(self.bytes_done, self.files_done)
+        self.check()
+
+
+class _Component:
+    kind: ClassVar[str]
+    api_version: ClassVar[int] = API_VERSION
+
+    def __init__(self, name: str, table: Table) -> None:
+        self.name = name
+
+    def check(self) -> None:
+        """Preflight: reachable, permitted, version supported. Raise a FreezeframeError if not."""
+
+
+class ApplicationPlugin(_Component):
+    """An application that freezeframe can quiesce. One instance per ``[[application]]`` table.
+
+    The constructor reads its fields from ``table`` (raising
+    :class:`~freezeframe.errors.ConfigError`, which names the field) and does no I/O
+    beyond cheap checks such as "does this path exist".
+    """
+
+    #: Snapshot kinds this plug-in is consistent on; ``check`` refuses other pairings.
+    consistent_on: ClassVar[frozenset[SnapshotKind]] = frozenset(SnapshotKind)
+    #: What ends the quiesce if freezeframe dies (documented on the plug-in's page).
+    crash_safety: ClassVar[CrashSafety] = CrashSafety.PROCESS_EXIT
+
+    def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
+        """Slow work before the freeze window opens (a checkpoint). Blocks nobody."""
+
+    def data_paths(self) -> Sequence[Path]:
+        """Absolute paths of the files and trees that hold the application's data."""
+        return ()
+
+    def quiesce(self, deadline: Deadline) -> None:
+        """Put the application in a state ready for backup, by ``deadline``."""
+        raise NotImplementedError
+
+    def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
+        """Let the application go on. Idempotent; safe after a quiesce that half-failed.
+
+        ``snapshots`` are the snapshot stages' artifacts (empty when none was
+        taken), so a plug-in can add to a writable view what recovery needs.
+        """
+        raise NotImplementedError
+
+    def describe(self) -> Mapping[str, Any]:
+        """Facts worth recording in the run's manifest (version, LSN, binlog position)."""
+        return {}
+
+    def prepare_restored(self, root: Path) -> None:
+        """Make data restored under ``root`` (original paths below it) ready to start on."""
+
+    def verify_restored(self, root: Path) -> None:
+        """Check data restored under ``root``; raise a FreezeframeError when it is unusable."""
+
+    def watchdog_thaw_command(self) -> Sequence[str] | None:
+        """For ``crash_safety = WATCHDOG``: the argv that thaws the application from outside."""
+        return None
+
+
+class Backend(_Component):
+    """A backup application. One instance per ``[[backup]]`` table."""
+
+    role: ClassVar[Role]
+    #: For snapshot backends: which kind of snapshot this is.
+    snapshot_kind: ClassVar[SnapshotKind] = SnapshotKind.PER_FILE
+
+    def run(self, context: StageContext) -> Artifact:
+        """Do the stage's work and return what it made.
+
+        On any failure, and on :class:`~freezeframe.errors.Cancelled`, leave
+        nothing half-written behind.
+        """
+        raise NotImplementedError
+
+    def restore(self, artifact: Artifact, target: Path) -> list[Path]:
+        """Put every file of ``artifact`` at ``target`` + its original absolute path.
+
+        Returns the restored top-level paths (below ``target``).
+        """
+        raise NotImplementedError
+
+    def verify(self, artifact: Artifact) -> None:
+        """Check that ``artifact`` is complete and readable; raise a FreezeframeError if not."""
+        raise NotImplementedError
+
+    def delete(self, artifact: Artifact) -> None:
+        """Remove ``artifact``. Deleting what is already gone is not an error."""
+        raise NotImplementedError
+
+    def discard(self, run_id: str) -> None:
+        """Remove whatever a run with this id may have left half-made (after a crash)."""

@@ -1,0 +1,225 @@
+"""Reading one TOML table of a profile: typed getters that name the field on error.
+
+Every component receives its own table as a :class:`Table` and reads its fields
+through it; the core then reports any field nobody read as unknown. Duration
+parsing and secret handling live here once, for every package.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from freezeframe.errors import ConfigError
+
+__all__ = ["Secret", "Table", "parse_duration"]
+
+_REQUIRED: Final = object()
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``"250ms"``, ``"10s"``, ``"2m"``, ``"1h"``, ``"1d"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration such as "10s"')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(f'expected a duration such as "10s" or "500ms", got {value!r}')
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+class Secret:
+    """A password read from an environment variable or a file; never printed.
+
+    ``str()`` and ``repr()`` show where it came from, not the value: hand
+    :meth:`reveal` only to the place that needs it (an environment variable of
+    a child process, a driver's connect call), never to argv, logs or the catalog.
+    """
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str) -> None:
+        self._value = value
+        self.source = source
+
+    def reveal(self) -> str:
+        """The secret itself."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.source})"
+
+    __str__ = __repr__
+
+
+class Table:
+    """One profile table handed to a component; getters raise :class:`ConfigError` naming the field.
+
+    Relative paths are resolved against ``base_dir`` (the profile's folder).
+    """
+
+    def __init__(self, data: Mapping[str, Any], *, base_dir: Path) -> None:
+        self._data = dict(data)
+        self._read: set[str] = set()
+        self.base_dir = base_dir
+
+    # -- bookkeeping -------------------------------------------------------
+    def unread(self) -> list[str]:
+        """Fields present in the table that no getter asked for."""
+        return sorted(k for k in self._data if k not in self._read)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def _get(self, key: str, default: object) -> object:
+        self._read.add(key)
+        if key in self._data:
+            return self._data[key]
+        if default is _REQUIRED:
+            raise ConfigError(key, "missing (required)")
+        return default
+
+    @staticmethod
+    def _kind(value: object) -> str:
+        return {
+            bool: "a boolean",
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            list: "a list",
+            dict: "a table",
+        }.get(type(value), type(value).__name__)
+
+    # -- getters -----------------------------------------------------------
+    def get_str(self, key: str, default: Any = _REQUIRED) -> Any:
+        """A non-empty string (or ``default`` when the field is absent)."""
+        value = self._get(key, default)
+        if value is default and default is not _REQUIRED:
+            return value
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {self._kind(value)}")
+        if not value.strip():
+            raise ConfigError(key, "must not be empty")
+        return value
+
+    def get_choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        """One of ``choices``."""
+        value: str = self.get_str(key, default)
+        if value not in choices:
+            raise ConfigError(
+                key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}"
+            )
+        return value
+
+    def get_int(self, key: str, default: Any = _REQUIRED, *, minimum: int | None = None) -> Any:
+        """An integer, at least ``minimum`` when given."""
+        value = self._get(key, default)
+        if value is default and default is not _REQUIRED:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {self._kind(value)}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        """``true`` or ``false``."""
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {self._kind(value)}")
+        return value
+
+    def get_duration(self, key: str, default: Any = _REQUIRED) -> Any:
+        """Seconds, from ``"10s"``/``"500ms"``/``"2m"`` or a number of seconds."""
+        value = self._get(key, default)
+        if value is default and default is not _REQUIRED:
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise ConfigError(key, str(e)) from None
+
+    def get_path(self, key: str, default: Any = _REQUIRED, *, must_exist: bool = False) -> Any:
+        """An absolute path; relative ones are taken from the profile's folder; ``~`` expands."""
+        value = self._get(key, default)
+        if value is default and default is not _REQUIRED:
+            return value
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(key, f"expected a path, got {self._kind(value)}")
+        path = self._absolute(value)
+        if must_exist and not path.exists():
+            raise ConfigError(key, f"{path} does not exist")
+        return path
+
+    def get_paths(self, key: str, *, must_exist: bool = False) -> list[Path]:
+        """A list of paths (empty when absent)."""
+        value = self._get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(key, "expected a list of paths")
+        paths = [self._absolute(v) for v in value]
+        for p in paths:
+            if must_exist and not p.exists():
+                raise ConfigError(key, f"{p} does not exist")
+        return paths
+
+    def get_str_list(self, key: str) -> list[str]:
+        """A list of non-empty strings (empty when absent)."""
+        value = self._get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(key, "expected a list of strings")
+        return list(value)
+
+    def get_table(self, key: str) -> dict[str, Any] | None:
+        """A sub-table as a dict, or ``None`` when absent."""
+        value = self._get(key, None)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {self._kind(value)}")
+        return dict(value)
+
+    def get_secret(self, prefix: str = "password") -> Secret | None:
+        """The secret named by ``<prefix>_env`` or ``<prefix>_file`` (at most one), or ``None``.
+
+        A file must be a regular file that neither group nor others may read,
+        as libpq demands of ``.pgpass``; its trailing newline is dropped.
+        """
+        env_key, file_key = f"{prefix}_env", f"{prefix}_file"
+        env_name = self.get_str(env_key, None)
+        file_path = self.get_path(file_key, None)
+        if env_name is not None and file_path is not None:
+            raise ConfigError(env_key, f'give either "{env_key}" or "{file_key}", not both')
+        if env_name is not None:
+            if env_name not in os.environ:
+                raise ConfigError(env_key, f"environment variable {env_name} is not set")
+            return Secret(os.environ[env_name], f"${env_name}")
+        if file_path is not None:
+            try:
+                st = file_path.stat()
+                if not stat.S_ISREG(st.st_mode):
+                    raise ConfigError(file_key, f"{file_path} is not a regular file")
+                if st.st_mode & 0o077:
+                    raise ConfigError(
+                        file_key,
+                        f"{file_path} may be read by group or others "
+                        f"(mode {stat.filemode(st.st_mode)}); chmod 600 it",
+                    )
+                value = file_path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as e:
+                raise ConfigError(file_key, f"cannot read {file_path}: {e.strerror}") from None
+            return Secret(value, str(file_path))
+        return None
+
+    def _absolute(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()

@@ -1,0 +1,813 @@
+"""The run: check, prepare, quiesce, snapshot, thaw, copy, retention — and always the thaw.
+
+The engine talks to components only through :mod:`freezeframe.components`;
+it knows no application or backup tool by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from freezeframe import _ordered
+from freezeframe.catalog import Catalog
+from freezeframe.components import Artifact, Deadline, Role, SnapshotKind, StageContext
+from freezeframe.errors import (
+    FreezeframeError,
+    Interrupted,
+    QuiesceError,
+    StageError,
+)
+from freezeframe.fsutil import ensure_private_dir, syncfs
+from freezeframe.lock import ProfileLock
+from freezeframe.profile import ApplicationSpec, Profile, StageSpec
+from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord
+from freezeframe.registry import Registry
+from freezeframe.retention import select_keep
+
+__all__ = ["Deletion", "Engine", "ProgressFactory"]
+
+log = logging.getLogger("freezeframe")
+
+#: Given a stage name, returns the callback that receives (bytes, files) progress.
+ProgressFactory = Callable[[str], Callable[[int, int], None] | None]
+#: How long a failed run waits for a cancelled stage to clean up after itself.
+CANCEL_GRACE = 60.0
+#: How long the thaw may take before it is reported as hung.
+THAW_TIMEOUT = 60.0
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: ``20261129T093012Z-3fa2``."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().replace("\n", "; ") or type(e).__name__
+    return text if isinstance(e, FreezeframeError) else f"{type(e).__name__}: {text}"
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """An artifact that retention removes (or, with ``--dry-run``, would remove)."""
+
+    run_id: str
+    stage: str
+    artifact: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        """The ``prune --json`` form."""
+        return {
+            "run_id": self.run_id,
+            "stage": self.stage,
+            "artifact": self.artifact,
+            "reason": self.reason,
+        }
+
+
+class _Signals:
+    """SIGINT/SIGTERM become :class:`Interrupted` in the main thread, once; the thaw is shielded."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self.pending: int | None = None
+        self.shielded = 0
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _handler(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.raised or self.shielded:
+            log.warning("%s received: finishing the thaw and the record first", name)
+            self.pending = self.pending or signum
+            return
+        self.raised = True
+        raise Interrupted(signum, name)
+
+    @contextmanager
+    def shield(self) -> Iterator[None]:
+        self.shielded += 1
+        try:
+            yield
+        finally:
+            self.shielded -= 1
+        if self.pending is not None and not self.raised and not self.shielded:
+            signum, self.pending = self.pending, None
+            self.raised = True
+            raise Interrupted(signum, signal.Signals(signum).name)
+
+
+class _Run:
+    """The record of the run in progress; updated from worker threads, saved by the main thread."""
+
+    def __init__(self, record: RunRecord, catalog: Catalog, registry: Registry) -> None:
+        self.record = record
+        self.catalog = catalog
+        self.registry = registry
+        self._lock = threading.Lock()
+        #: Whose quiesce began (so whom to thaw), and threads still working.
+        self.quiesce: _ordered.Outcome | None = None
+        self.cancel_events: list[threading.Event] = []
+        self.workers: list[threading.Thread] = []
+
+    def app(self, name: str, **changes: Any) -> None:
+        with self._lock:
+            apps = tuple(
+                replace(a, **changes) if a.name == name else a for a in self.record.applications
+            )
+            self.record = replace(self.record, applications=apps)
+
+    def stage(self, name: str, **changes: Any) -> StageRecord:
+        with self._lock:
+            stages = tuple(
+                replace(s, **changes) if s.name == name else s for s in self.record.stages
+            )
+            self.record = replace(self.record, stages=stages)
+            found = self.record.stage(name)
+            assert found is not None
+            return found
+
+    def save(self) -> None:
+        self.catalog.save(self.record)
+
+    def mode(self, name: str) -> str:
+        return next(a.mode for a in self.record.applications if a.name == name)
+
+    def error(self, source: str, message: str) -> None:
+        log.error("%s: %s", source, message)
+        self.catalog.add_error(self.record.run_id, time.time(), source, message)
+
+
+class Engine:
+    """Runs the verbs of one loaded profile."""
+
+    def __init__(
+        self, profile: Profile, registry: Registry, progress: ProgressFactory | None = None
+    ) -> None:
+        self.profile = profile
+        self.registry = registry
+        self.progress = progress or (lambda stage: None)
+        #: The signal that interrupted the last backup, if one did.
+        self.interrupted_by: int | None = None
+
+    # -- shared pieces -------------------------------------------------------
+    @contextmanager
+    def catalog(self) -> Iterator[Catalog]:
+        """The profile's catalog, creating the private state folder on first use."""
+        ensure_private_dir(self.profile.home)
+        with Catalog(self.profile.home / "catalog.sqlite") as catalog:
+            yield catalog
+
+    @contextmanager
+    def locked(self, command: str) -> Iterator[Catalog]:
+        """Hold the profile's lock, reconcile what a crashed run left, and yield the catalog."""
+        ensure_private_dir(self.profile.home)
+        with (
+            ProfileLock(self.profile.home / "lock", self.profile.name, command),
+            self.catalog() as catalog,
+        ):
+            self._reconcile(catalog)
+            yield catalog
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        for impl in getattr(self.registry.pm.hook, hook).get_hookimpls():
+            try:
+                impl.function(**kwargs)
+            except Exception as e:  # observers never change the run
+                log.warning("hook %s of %s failed: %s", hook, impl.plugin_name, _one_line(e))
+
+    def snapshot_kinds(self) -> frozenset[SnapshotKind]:
+        """The kinds of snapshot this profile's snapshot stages take."""
+        return frozenset(
+            s.component.snapshot_kind for s in self.profile.stages if s.role == Role.SNAPSHOT
+        )
+
+    def data_paths(self) -> tuple[Path, ...]:
+        """Every application's data paths, in profile order, without duplicates."""
+        seen: dict[Path, None] = {}
+        for app in self.profile.applications:
+            for p in app.component.data_paths():
+                seen.setdefault(Path(p), None)
+        return tuple(seen)
+
+    # -- check ---------------------------------------------------------------
+    def check(self) -> list[str]:
+        """Preflight every component and application/snapshot pairing; returns the problems."""
+        problems = []
+        for stage in self.profile.stages:
+            for app in self.profile.applications:
+                kind = stage.component.snapshot_kind
+                if stage.role == Role.SNAPSHOT and kind not in app.component.consistent_on:
+                    fits = " or ".join(sorted(str(k) for k in app.component.consistent_on))
+                    problems.append(
+                        f"application {app.name!r} ({app.info.kind}) is not consistent on {kind} "
+                        f"snapshots such as stage {stage.name!r} ({stage.info.kind}); "
+                        f"use a {fits} snapshot backend"
+                    )
+        components: list[tuple[str, Any]] = [
+            *((f"application {a.name!r}", a.component) for a in self.profile.applications),
+            *((f"stage {s.name!r}", s.component) for s in self.profile.stages),
+        ]
+        for label, component in components:
+            try:
+                component.check()
+            except FreezeframeError as e:
+                problems.append(f"{label}: {_one_line(e)}")
+            except Exception as e:
+                problems.append(f"{label}: check failed: {_one_line(e)}")
+        return problems
+
+    # -- plan ----------------------------------------------------------------
+    def plan(self) -> dict[str, Any]:
+        """What a backup would do, step by step, without doing it."""
+        apps = self.profile.applications
+        try:
+            paths: list[str] | str = [str(p) for p in self.data_paths()]
+        except Exception as e:
+            paths = f"unknown until the applications are reachable: {_one_line(e)}"
+        copies = [s for s in self.profile.stages if s.role == Role.COPY]
+        windowed = [s for s in self.profile.stages if s.role == Role.SNAPSHOT]
+        if self.profile.thaw == "after-backup":
+            windowed += copies
+        return {
+            "profile": self.profile.name,
+            "freeze_timeout_s": self.profile.freeze_timeout,
+            "thaw": self.profile.thaw,
+            "state_dir": str(self.profile.home),
+            "data_paths": paths,
+            "quiesce_order": _levels({a.name: a.after for a in apps}),
+            "applications": [
+                {
+                    "name": a.name,
+                    "plugin": a.info.kind,
+                    "on_quiesce_failure": a.on_quiesce_failure,
+                    "crash_safety": str(a.component.crash_safety),
+                }
+                for a in apps
+            ],
+            "stages": [
+                {
+                    "name": s.name,
+                    "backend": s.info.kind,
+                    "role": str(s.role),
+                    "source": s.source,
+                    "in_freeze_window": s in windowed,
+                    "keep": s.keep.to_json() if s.keep else None,
+                    "released_after_run": self.profile.released_after_run(s),
+                }
+                for s in self.profile.stages
+            ],
+        }
+
+    # -- backup --------------------------------------------------------------
+    def backup(self) -> RunRecord:
+        """One backup run of the profile; returns its final record (succeeded or failed)."""
+        sig = _Signals()
+        with sig.installed(), self.locked("backup") as catalog:
+            run = _Run(self._new_record(), catalog, self.registry)
+            run.catalog.save(run.record, pid=os.getpid())
+            log.info("run %s of profile %s started", run.record.run_id, self.profile.name)
+            self._notify("freezeframe_run_started", run=run.record)
+            status, error = RunStatus.FAILED, None
+            try:
+                self._backup(run, sig)
+                status = RunStatus.SUCCEEDED
+            except BaseException as e:
+                error = _one_line(e)
+                if isinstance(e, Interrupted):
+                    self.interrupted_by = e.signum
+                run.error("run", error)
+                with sig.shield():
+                    self._discard_run(run, catalog)
+                if not isinstance(e, Exception):
+                    raise
+            finally:
+                run.record = replace(
+                    run.record, status=status, error=error, finished_at=time.time()
+                )
+                run.save()
+                log.info("run %s %s", run.record.run_id, status)
+                self._notify("freezeframe_run_finished", run=run.record)
+            if status == RunStatus.SUCCEEDED:
+                self._after_success(run, catalog)
+            return run.record
+
+    def _new_record(self) -> RunRecord:
+        return RunRecord(
+            run_id=new_run_id(),
+            profile=self.profile.name,
+            status=RunStatus.RUNNING,
+            started_at=time.time(),
+            thaw=self.profile.thaw,
+            applications=tuple(
+                ApplicationRecord(a.name, a.info.kind, a.info.distribution, a.info.version)
+                for a in self.profile.applications
+            ),
+            stages=tuple(
+                StageRecord(s.name, s.info.kind, str(s.role), source=s.source)
+                for s in self.profile.stages
+            ),
+        )
+
+    def _backup(self, run: _Run, sig: _Signals) -> None:
+        problems = self.check()
+        if problems:
+            raise FreezeframeError("; ".join(problems))
+        kinds = self.snapshot_kinds()
+        outcome = _ordered.run_ordered(
+            [a.name for a in self.profile.applications],
+            {},
+            lambda name: self._app(name).component.prepare(kinds),
+            timeout=None,
+            stop_on_failure=False,
+            thread_name="prepare",
+        )
+        for name, e in outcome.failed.items():
+            raise QuiesceError(f"application {name!r}: prepare failed: {_one_line(e)}") from e
+        paths = self.data_paths()
+        synced = syncfs(paths)
+        log.info(
+            "prepared %d application(s); synced %d filesystem(s)",
+            len(self.profile.applications),
+            synced,
+        )
+
+        snapshots = [s for s in self.profile.stages if s.role == Role.SNAPSHOT]
+        copies = [s for s in self.profile.stages if s.role == Role.COPY]
+        windowed = snapshots + (copies if self.profile.thaw == "after-backup" else [])
+        later = [] if self.profile.thaw == "after-backup" else copies
+
+        deadline = Deadline.after(self.profile.freeze_timeout)
+        failure: BaseException | None = None
+        try:
+            self._quiesce_all(run, deadline)
+            for stage in windowed:
+                self._run_stage(run, stage, paths, deadline)
+        except BaseException as e:
+            failure = e
+            raise
+        finally:
+            with sig.shield():
+                self._thaw_all(run, failure)
+                self._describe_all(run)
+        for stage in later:
+            self._run_stage(run, stage, paths, None)
+
+    def _app(self, name: str) -> ApplicationSpec:
+        return next(a for a in self.profile.applications if a.name == name)
+
+    def _quiesce_all(self, run: _Run, deadline: Deadline) -> None:
+        apps = self.profile.applications
+        for a in apps:
+            run.app(a.name, mode="quiescing")
+        run.save()  # journal: what we are about to freeze
+
+        def quiesce(name: str) -> None:
+            run.app(name, quiesce_start=time.time())
+            try:
+                self._app(name).component.quiesce(deadline)
+            finally:
+                run.app(name, quiesce_end=time.time())
+
+        run.quiesce = outcome = _ordered.run_ordered(
+            [a.name for a in apps],
+            {a.name: a.after for a in apps},
+            quiesce,
+            timeout=deadline.remaining(),
+            stop_on_failure=True,
+            thread_name="quiesce",
+        )
+        fatal: list[str] = []
+        for a in apps:
+            if a.name in outcome.done:
+                run.app(a.name, mode="quiesced")
+                log.info("quiesced %s", a.name)
+                continue
+            if a.name in outcome.failed:
+                reason = f"quiesce failed: {_one_line(outcome.failed[a.name])}"
+            elif a.name in outcome.unfinished:
+                reason = f"did not quiesce within freeze_timeout ({self.profile.freeze_timeout:g}s)"
+            else:
+                reason = "not quiesced: an application it waits for failed"
+            if a.on_quiesce_failure == "crash-consistent" and not outcome.unfinished:
+                run.app(a.name, mode="crash-consistent", error=reason)
+                run.error(f"application {a.name}", f"{reason}; backing it up crash-consistent")
+                try:
+                    a.component.unquiesce(())
+                except Exception as e:
+                    fatal.append(
+                        f"application {a.name!r}: unquiesce after a failed quiesce "
+                        f"failed: {_one_line(e)}"
+                    )
+                continue
+            run.app(a.name, mode="failed", error=reason)
+            fatal.append(f"application {a.name!r}: {reason}")
+        run.save()
+        if fatal:
+            raise QuiesceError("; ".join(fatal))
+
+    def _thaw_all(self, run: _Run, failure: BaseException | None) -> None:
+        started = run.quiesce
+        # Everything whose quiesce began is thawed, half-failed or not: unquiesce is idempotent.
+        # (A crash-consistent fallback was unquiesced the moment its quiesce failed.)
+        names = [
+            a.name
+            for a in self.profile.applications
+            if started is not None
+            and a.name in started.started
+            and run.mode(a.name) != "crash-consistent"
+        ]
+        if not names:
+            return
+        artifacts = tuple(
+            s.artifact
+            for s in run.record.stages
+            if s.role == str(Role.SNAPSHOT) and s.artifact is not None
+        )
+        # Reverse order: an application thaws once every application that waited for it has.
+        reverse: dict[str, list[str]] = {n: [] for n in names}
+        for a in self.profile.applications:
+            for dep in a.after:
+                if dep in reverse and a.name in reverse:
+                    reverse[dep].append(a.name)
+
+        def thaw(name: str) -> None:
+            run.app(name, thaw_start=time.time())
+            try:
+                self._app(name).component.unquiesce(artifacts)
+            finally:
+                run.app(name, thaw_end=time.time())
+
+        outcome = _ordered.run_ordered(
+            names, reverse, thaw, timeout=THAW_TIMEOUT, stop_on_failure=False, thread_name="thaw"
+        )
+        problems = []
+        for name in names:
+            rec = next(x for x in run.record.applications if x.name == name)
+            if name in outcome.failed:
+                problems.append(
+                    f"application {name!r}: unquiesce failed: {_one_line(outcome.failed[name])}"
+                )
+            elif name in outcome.unfinished:
+                problems.append(
+                    f"application {name!r}: unquiesce still running after {THAW_TIMEOUT:g}s"
+                )
+            else:
+                log.info("thawed %s (frozen %.1f ms)", name, rec.frozen_ms or 0)
+        # A quiesce that outlived its deadline may finish after the thaw: thaw it again then.
+        if started is not None:
+            for name in started.unfinished:
+                started.threads[name].join(self.profile.freeze_timeout + 5)
+                try:
+                    self._app(name).component.unquiesce(artifacts)
+                except Exception as e:
+                    problems.append(f"application {name!r}: late unquiesce failed: {_one_line(e)}")
+        run.save()
+        for p in problems:
+            run.error("thaw", p)
+        if problems and failure is None:
+            raise QuiesceError("; ".join(problems))
+
+    def _describe_all(self, run: _Run) -> None:
+        for a in self.profile.applications:
+            try:
+                facts = dict(a.component.describe())
+            except Exception as e:
+                facts = {"describe_error": _one_line(e)}
+            run.app(a.name, facts=facts)
+        run.save()
+
+    def _run_stage(
+        self, run: _Run, spec: StageSpec, paths: tuple[Path, ...], deadline: Deadline | None
+    ) -> Artifact:
+        source = None
+        if spec.source is not None:
+            rec = run.record.stage(spec.source)
+            source = rec.artifact if rec else None
+            if source is None or source.view is None:
+                raise StageError(f"stage {spec.name!r}: its source {spec.source!r} made no view")
+        ctx = StageContext(
+            run.record.run_id,
+            self.profile.name,
+            spec.name,
+            paths,
+            source,
+            on_progress=self.progress(spec.name),
+        )
+        run.cancel_events.append(ctx.cancel_event)
+        run.stage(spec.name, status="running", started_at=time.time())
+        run.save()  # journal: this stage may leave output behind
+        result: list[Artifact] = []
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                result.append(spec.component.run(ctx))
+            except BaseException as e:
+                errors.append(e)
+
+        worker = threading.Thread(target=work, name=f"stage-{spec.name}", daemon=True)
+        run.workers.append(worker)
+        worker.start()
+        try:
+            while worker.is_alive():
+                wait = 0.5 if deadline is None else min(0.5, deadline.remaining())
+                worker.join(wait)
+                if deadline is not None and deadline.expired() and worker.is_alive():
+                    raise StageError(
+                        f"stage {spec.name!r}: freeze_timeout ({self.profile.freeze_timeout:g}s) "
+                        "passed before it finished; applications thawed, stage cancelled"
+                    )
+            if errors:
+                e = errors[0]
+                raise StageError(f"stage {spec.name!r} ({spec.info.kind}): {_one_line(e)}") from e
+            artifact = result[0]
+        except BaseException as e:
+            ctx.cancel_event.set()
+            stage = run.stage(
+                spec.name, status="failed", finished_at=time.time(), error=_one_line(e)
+            )
+            run.save()
+            self._notify("freezeframe_stage_finished", run=run.record, stage=stage)
+            raise
+        stage = run.stage(spec.name, status="succeeded", finished_at=time.time(), artifact=artifact)
+        run.save()
+        log.info(
+            "stage %s made %s (%d files, %d bytes)",
+            spec.name,
+            artifact.id,
+            artifact.files,
+            artifact.bytes,
+        )
+        self._notify("freezeframe_stage_finished", run=run.record, stage=stage)
+        return artifact
+
+    def _discard_run(self, run: _Run, catalog: Catalog) -> None:
+        """A failed run keeps nothing: cancel its stages, wait for them, remove what they made."""
+        for event in run.cancel_events:
+            event.set()
+        for worker in run.workers:
+            worker.join(CANCEL_GRACE)
+            if worker.is_alive():
+                run.error("cleanup", f"{worker.name} still running after {CANCEL_GRACE:g}s")
+        self._remove_outputs(catalog, run.record, on_update=lambda rec: setattr(run, "record", rec))
+
+    def _remove_outputs(
+        self,
+        catalog: Catalog,
+        record: RunRecord,
+        on_update: Callable[[RunRecord], None] | None = None,
+    ) -> RunRecord:
+        stages = list(record.stages)
+        for i, st in enumerate(stages):
+            try:
+                spec = self.profile.stage(st.name)
+            except FreezeframeError:
+                log.warning(
+                    "run %s: stage %s is no longer in the profile; left its output alone",
+                    record.run_id,
+                    st.name,
+                )
+                continue
+            try:
+                if st.artifact is not None and st.deleted_at is None:
+                    spec.component.delete(st.artifact)
+                    stages[i] = replace(st, deleted_at=time.time())
+                elif st.status != "pending" or st.artifact is None:
+                    spec.component.discard(record.run_id)
+            except Exception as e:
+                catalog.add_error(
+                    record.run_id,
+                    time.time(),
+                    f"stage {st.name}",
+                    f"could not remove its output: {_one_line(e)}",
+                )
+            if st.status in ("pending", "running"):
+                stages[i] = replace(
+                    stages[i], status="skipped" if st.status == "pending" else "failed"
+                )
+        record = replace(record, stages=tuple(stages))
+        if on_update:
+            on_update(record)
+        catalog.save(record)
+        return record
+
+    def _reconcile(self, catalog: Catalog) -> None:
+        """Runs still marked running belong to a process that died (we hold the lock): fail them."""
+        for rec in catalog.runs(status=RunStatus.RUNNING):
+            pid = catalog.pid_of(rec.run_id)
+            why = f"interrupted: the freezeframe process (pid {pid}) died during the run"
+            log.warning("run %s: %s; removing what it left", rec.run_id, why)
+            catalog.add_error(rec.run_id, time.time(), "reconcile", why)
+            rec = self._remove_outputs(catalog, rec)
+            catalog.save(
+                replace(
+                    rec,
+                    status=RunStatus.FAILED,
+                    error=why,
+                    finished_at=rec.finished_at or time.time(),
+                )
+            )
+
+    # -- after a success: release and retention ------------------------------
+    def _after_success(self, run: _Run, catalog: Catalog) -> None:
+        for spec in self.profile.stages:
+            st = run.record.stage(spec.name)
+            if self.profile.released_after_run(spec) and st and st.artifact:
+                self._delete(
+                    catalog,
+                    run.record.run_id,
+                    spec,
+                    st.artifact,
+                    "snapshot released: its copies are made",
+                )
+        for d in self.retention(catalog):
+            self._delete(catalog, d.run_id, self.profile.stage(d.stage), None, d.reason)
+
+    def retention(self, catalog: Catalog) -> list[Deletion]:
+        """Artifacts that the stages' ``keep`` rules no longer keep."""
+        deletions = []
+        runs = catalog.runs(status=RunStatus.SUCCEEDED)
+        for spec in self.profile.stages:
+            if spec.keep is None:
+                continue
+            live = [
+                (r, s)
+                for r in runs
+                if (s := r.stage(spec.name)) is not None
+                and s.artifact is not None
+                and s.deleted_at is None
+            ]
+            keep = select_keep([(r.run_id, r.started_at) for r, _ in live], spec.keep)
+            for r, s in live:
+                if r.run_id not in keep:
+                    assert s.artifact is not None
+                    deletions.append(
+                        Deletion(r.run_id, spec.name, s.artifact.id, f"keep {spec.keep.to_json()}")
+                    )
+        return deletions
+
+    def _delete(
+        self, catalog: Catalog, run_id: str, spec: StageSpec, artifact: Artifact | None, reason: str
+    ) -> None:
+        rec = catalog.get(run_id)
+        st = rec.stage(spec.name) if rec else None
+        if rec is None or st is None or st.artifact is None:
+            return
+        try:
+            spec.component.delete(artifact or st.artifact)
+        except Exception as e:
+            catalog.add_error(
+                run_id,
+                time.time(),
+                f"stage {spec.name}",
+                f"retention could not delete {st.artifact.id}: {_one_line(e)}",
+            )
+            log.warning(
+                "stage %s: could not delete %s: %s", spec.name, st.artifact.id, _one_line(e)
+            )
+            return
+        log.info("stage %s: deleted %s of run %s (%s)", spec.name, st.artifact.id, run_id, reason)
+        stages = tuple(
+            replace(s, deleted_at=time.time()) if s.name == spec.name else s for s in rec.stages
+        )
+        catalog.save(replace(rec, stages=stages))
+
+    def prune(self, *, dry_run: bool) -> list[Deletion]:
+        """Apply every stage's ``keep`` now (with ``dry_run``, only say what would go)."""
+        with self.locked("prune") as catalog:
+            deletions = self.retention(catalog)
+            if not dry_run:
+                for d in deletions:
+                    self._delete(catalog, d.run_id, self.profile.stage(d.stage), None, d.reason)
+            return deletions
+
+    # -- restore and verify --------------------------------------------------
+    def find_run(self, catalog: Catalog, ref: str) -> RunRecord:
+        """The run ``ref`` names (an id, a unique prefix, or ``latest``)."""
+        rec = catalog.get(ref)
+        if rec is None:
+            what = "no succeeded run yet" if ref == "latest" else f"no run {ref!r}"
+            raise FreezeframeError(f"profile {self.profile.name!r}: {what} in {catalog.path}")
+        return rec
+
+    def _restorable(self, rec: RunRecord, stage: str | None) -> tuple[StageSpec, Artifact]:
+        if rec.status != RunStatus.SUCCEEDED:
+            raise FreezeframeError(
+                f"run {rec.run_id} {rec.status}; only a succeeded run is a consistent backup"
+            )
+        candidates = [s for s in rec.stages if s.artifact is not None and s.deleted_at is None]
+        if stage is not None:
+            named = [s for s in rec.stages if s.name == stage]
+            if not named:
+                raise FreezeframeError(f"run {rec.run_id} has no stage {stage!r}")
+            if named[0] not in candidates:
+                raise FreezeframeError(
+                    f"run {rec.run_id}: stage {stage!r} has no artifact left "
+                    "(released or deleted by retention)"
+                )
+            candidates = named
+        for st in reversed(candidates):
+            try:
+                return self.profile.stage(st.name), st.artifact  # type: ignore[return-value]
+            except FreezeframeError:
+                continue
+        raise FreezeframeError(
+            f"run {rec.run_id}: no stage of it has an artifact left that this profile can restore"
+        )
+
+    def restore(
+        self, ref: str, target: Path, *, stage: str | None = None, verify: bool = False
+    ) -> tuple[RunRecord, str, list[Path]]:
+        """Restore run ``ref`` under ``target`` (original absolute paths below it)."""
+        with self.catalog() as catalog:
+            rec = self.find_run(catalog, ref)
+            spec, artifact = self._restorable(rec, stage)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise FreezeframeError(
+                f"--to {target}: not an empty directory; restore never "
+                "overwrites: give a new or empty one"
+            )
+        target.mkdir(parents=True, exist_ok=True)
+        log.info("restoring %s from stage %s of run %s", artifact.id, spec.name, rec.run_id)
+        try:
+            restored = spec.component.restore(artifact, target)
+        except FreezeframeError:
+            raise
+        except Exception as e:
+            raise StageError(f"stage {spec.name!r}: restore failed: {_one_line(e)}") from e
+        for app in self.profile.applications:
+            app.component.prepare_restored(target)
+            if verify:
+                app.component.verify_restored(target)
+        return rec, spec.name, restored
+
+    def verify(
+        self, ref: str, *, stage: str | None = None
+    ) -> tuple[RunRecord, list[StageRecord], list[str]]:
+        """Verify every live artifact of run ``ref`` (or one stage's); returns the problems."""
+        with self.catalog() as catalog:
+            rec = self.find_run(catalog, ref)
+            stages = [
+                s
+                for s in rec.stages
+                if s.artifact is not None
+                and s.deleted_at is None
+                and (stage is None or s.name == stage)
+            ]
+            if not stages:
+                raise FreezeframeError(
+                    f"run {rec.run_id}: nothing to verify"
+                    + (f" in stage {stage!r}" if stage else "")
+                )
+            problems, checked = [], []
+            for st in stages:
+                assert st.artifact is not None
+                try:
+                    self.profile.stage(st.name).component.verify(st.artifact)
+                except (FreezeframeError, OSError) as e:
+                    problems.append(f"stage {st.name!r}: {st.artifact.id}: {_one_line(e)}")
+                    checked.append(st)
+                    continue
+                checked.append(replace(st, verified_at=time.time()))
+            rec = replace(
+                rec,
+                stages=tuple(next((c for c in checked if c.name == s.name), s) for s in rec.stages),
+            )
+            catalog.save(rec)
+            return rec, checked, problems
+
+
+def _levels(after: dict[str, tuple[str, ...]]) -> list[list[str]]:
+    """Applications grouped by when they may quiesce: each group after the ones before it."""
+    levels: list[list[str]] = []
+    placed: set[str] = set()
+    while len(placed) < len(after):
+        level = [
+            n for n, deps in after.items() if n not in placed and all(d in placed for d in deps)
+        ]
+        if not level:
+            break
+        levels.append(level)
+        placed.update(level)
+    return levels

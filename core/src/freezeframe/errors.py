@@ -1,0 +1,81 @@
+"""Exceptions a user can cause, each carrying what to name in a one-line message.
+
+The CLI turns every :class:`FreezeframeError` into one line on stderr and an
+exit code; anything else is our bug and shows a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BusyError",
+    "Cancelled",
+    "ConfigError",
+    "FreezeframeError",
+    "Interrupted",
+    "PluginError",
+    "ProfileError",
+    "QuiesceError",
+    "StageError",
+]
+
+
+class FreezeframeError(Exception):
+    """Base of every error a user can cause or fix; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class ConfigError(FreezeframeError):
+    """A component's table has a bad field; raised by constructors and :class:`Table`."""
+
+    exit_code = 2
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f'field "{field}": {message}')
+        self.field = field
+        self.message = message
+
+
+class ProfileError(FreezeframeError):
+    """The profile cannot be used; ``problems`` holds every problem found, one line each."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+class PluginError(FreezeframeError):
+    """A plug-in or backend could not be loaded, registered or used."""
+
+    exit_code = 2
+
+
+class QuiesceError(FreezeframeError):
+    """An application could not be quiesced or unquiesced."""
+
+
+class StageError(FreezeframeError):
+    """A backup stage failed; the message names the stage."""
+
+
+class BusyError(FreezeframeError):
+    """Another run holds the profile's lock."""
+
+    exit_code = 3
+
+
+class Cancelled(FreezeframeError):
+    """The run was cancelled (deadline, signal); long work raises it from ``context.check()``."""
+
+
+class Interrupted(FreezeframeError):
+    """A signal (SIGINT, SIGTERM) asked freezeframe to stop."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(f"interrupted by {name}")
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -1,0 +1,58 @@
+"""Small filesystem facilities every package needs once: private dirs, fsync, syncfs."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["ensure_private_dir", "fsync_dir", "syncfs"]
+
+log = logging.getLogger(__name__)
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) and make it mode 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o777 != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def syncfs(paths: Iterable[Path]) -> int:
+    """``syncfs(2)`` once per filesystem holding any of ``paths``; returns how many were synced.
+
+    Done before the freeze window opens so that a snapshot inside it has
+    little dirty data left to write.
+    """
+    done: set[int] = set()
+    for path in paths:
+        probe = path if path.is_dir() else path.parent
+        try:
+            dev = probe.stat().st_dev
+        except OSError:
+            continue
+        if dev in done:
+            continue
+        fd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _libc.syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                log.warning("syncfs(%s) failed: %s", probe, os.strerror(err))
+        finally:
+            os.close(fd)
+        done.add(dev)
+    return len(done)

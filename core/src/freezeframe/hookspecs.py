@@ -1,0 +1,73 @@
+"""Every hook freezeframe calls. Each docstring here *is* the hook reference (docs/hooks.md).
+
+Implement a hook in your plug-in module with the ``hookimpl`` marker and
+register the module under the ``freezeframe`` entry-point group::
+
+    from freezeframe import hookimpl
+
+    @hookimpl
+    def freezeframe_register_applications(register):
+        register(MyPlugin)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from freezeframe.records import RunRecord, StageRecord
+
+__all__ = ["PROJECT", "hookimpl", "hookspec"]
+
+PROJECT = "freezeframe"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
+    """Register application plug-in classes.
+
+    Call ``register(cls)`` once per class. ``cls`` subclasses
+    ``freezeframe.ApplicationPlugin``, names its profile ``plugin =`` value in
+    ``kind`` and the plug-in API it was written for in ``api_version``. Two
+    classes with one ``kind`` are an error that names both distributions.
+    """
+
+
+@hookspec
+def freezeframe_register_backends(register: Callable[[type[Any]], None]) -> None:
+    """Register backend (backup application) classes.
+
+    Call ``register(cls)`` once per class. ``cls`` subclasses
+    ``freezeframe.Backend``, names its profile ``backend =`` value in ``kind``,
+    its ``role`` (``snapshot`` or ``copy``) and ``api_version``.
+    """
+
+
+@hookspec
+def freezeframe_run_started(run: RunRecord) -> None:
+    """A backup run has started: the profile is locked and the run is journaled as running.
+
+    An observer (notifications, metrics, audit). It cannot change the run; an
+    exception it raises is logged and otherwise ignored.
+    """
+
+
+@hookspec
+def freezeframe_stage_finished(run: RunRecord, stage: StageRecord) -> None:
+    """A stage of ``run`` has finished; ``stage.status`` says how, ``stage.artifact`` what it made.
+
+    An observer; called for failed stages too. Exceptions are logged and ignored.
+    """
+
+
+@hookspec
+def freezeframe_run_finished(run: RunRecord) -> None:
+    """A run is over and recorded: every application is thawed and ``run.status`` is final.
+
+    An observer; the place for "backup failed" alerts. Exceptions are logged and ignored.
+    """

@@ -1,0 +1,339 @@
+"""Loading a profile (TOML): resolve every component, collect every problem, then fail once.
+
+Relative paths in a profile are taken from the profile's own folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from freezeframe.components import ApplicationPlugin, Backend, Role
+from freezeframe.config import Table
+from freezeframe.errors import ConfigError, PluginError, ProfileError
+from freezeframe.registry import ComponentInfo, Registry
+from freezeframe.retention import KeepPolicy
+
+__all__ = ["ApplicationSpec", "Profile", "StageSpec", "default_state_dir", "load_profile"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+THAW_MODES = ("after-snapshot", "after-backup")
+ON_QUIESCE_FAILURE = ("fail", "crash-consistent")
+_PROFILE_FIELDS = {"name", "freeze_timeout", "thaw", "state_dir"}
+
+
+@dataclass(frozen=True)
+class ApplicationSpec:
+    """One ``[[application]]``: its plug-in instance and the core's fields around it."""
+
+    name: str
+    info: ComponentInfo
+    component: ApplicationPlugin
+    after: tuple[str, ...] = ()
+    on_quiesce_failure: str = "fail"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One ``[[backup]]``: its backend instance and the core's fields around it."""
+
+    name: str
+    info: ComponentInfo
+    component: Backend
+    role: Role
+    source: str | None = None
+    keep: KeepPolicy | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A loaded, validated profile."""
+
+    path: Path
+    name: str
+    freeze_timeout: float
+    thaw: str
+    state_dir: Path
+    applications: tuple[ApplicationSpec, ...]
+    stages: tuple[StageSpec, ...]
+
+    @property
+    def home(self) -> Path:
+        """This profile's folder in the state dir: its catalog and lock."""
+        return self.state_dir / self.name
+
+    def stage(self, name: str) -> StageSpec:
+        """The stage called ``name``."""
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ProfileError([f"{self.path}: no [[backup]] stage named {name!r}"])
+
+    def released_after_run(self, stage: StageSpec) -> bool:
+        """A snapshot that a copy stage reads and that has no ``keep`` is released after the run."""
+        return (
+            stage.role == Role.SNAPSHOT
+            and stage.keep is None
+            and any(s.source == stage.name for s in self.stages)
+        )
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/freezeframe``, or ``~/.local/state/freezeframe``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "freezeframe"
+
+
+def load_profile(path: Path, registry: Registry) -> Profile:
+    """Read and validate ``path``; raise :class:`ProfileError` listing every problem."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError([f"{path}: no such profile file"]) from None
+    except IsADirectoryError:
+        raise ProfileError([f"{path}: is a directory, not a profile file"]) from None
+    except UnicodeDecodeError:
+        raise ProfileError([f"{path}: not UTF-8 text"]) from None
+    except OSError as e:
+        raise ProfileError([f"{path}: cannot read: {e.strerror}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError([f"{path}: invalid TOML: {e}"]) from None
+    return _Loader(path, registry).load(data)
+
+
+class _Loader:
+    def __init__(self, path: Path, registry: Registry) -> None:
+        self.path = path
+        self.base_dir = path.resolve().parent
+        self.registry = registry
+        self.problems: list[str] = []
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{self.path}: {where}: {message}")
+
+    def load(self, data: dict[str, Any]) -> Profile:
+        for key in sorted(set(data) - {"profile", "application", "backup"}):
+            self.problem(key, "unknown top-level key (use [profile], [[application]], [[backup]])")
+        name, freeze_timeout, thaw, state_dir = self._profile_table(data.get("profile"))
+        applications = self._applications(self._array(data, "application"))
+        stages = self._stages(self._array(data, "backup"))
+        if self.problems:
+            raise ProfileError(self.problems)
+        return Profile(
+            self.path, name, freeze_timeout, thaw, state_dir, tuple(applications), tuple(stages)
+        )
+
+    def _array(self, data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            self.problem(key, f"must be an array of tables, written [[{key}]]")
+            return []
+        return value
+
+    def _profile_table(self, raw: object) -> tuple[str, float, str, Path]:
+        if not isinstance(raw, dict):
+            self.problem("[profile]", 'missing (it needs at least name = "...")')
+            return "?", 10.0, THAW_MODES[0], default_state_dir()
+        table = Table(raw, base_dir=self.base_dir)
+        where = "[profile]"
+        raw_name = self._field(where, lambda: table.get_str("name"), None)
+        name = (self._check_name(where, "name", raw_name) if raw_name else None) or "?"
+        timeout: float = self._field(
+            where, lambda: table.get_duration("freeze_timeout", 10.0), 10.0
+        )
+        thaw: str = self._field(
+            where, lambda: table.get_choice("thaw", THAW_MODES, THAW_MODES[0]), THAW_MODES[0]
+        )
+        state_dir: Path = self._field(
+            where, lambda: table.get_path("state_dir", default_state_dir()), default_state_dir()
+        )
+        for key in table.unread():
+            self.problem("[profile]", f'field "{key}": unknown field')
+        return name, timeout, thaw, state_dir
+
+    def _field(self, where: str, read: Callable[[], Any], fallback: Any) -> Any:
+        try:
+            return read()
+        except ConfigError as e:
+            self.problem(where, str(e))
+            return fallback
+
+    def _check_name(self, where: str, field: str, value: object) -> str | None:
+        if not isinstance(value, str) or not _NAME.match(value):
+            self.problem(
+                where,
+                f'field "{field}": {value!r} is not a valid name '
+                "(letters, digits, '.', '_', '-'; at most 64)",
+            )
+            return None
+        return value
+
+    def _head(
+        self, raw: dict[str, Any], section: str, index: int, type_field: str
+    ) -> tuple[str, str | None, str | None]:
+        where = f"[[{section}]] #{index + 1}"
+        name = raw.get("name")
+        if name is None:
+            self.problem(where, 'field "name": missing (required)')
+        elif (name := self._check_name(where, "name", name)) is not None:
+            where = f"[[{section}]] {name!r}"
+        kind = raw.get(type_field)
+        if kind is None:
+            self.problem(where, f'field "{type_field}": missing (required)')
+        elif not isinstance(kind, str):
+            self.problem(where, f'field "{type_field}": expected a string')
+            kind = None
+        return where, name, kind
+
+    def _build(self, where: str, info: ComponentInfo, name: str, table: Table) -> Any:
+        try:
+            component = info.cls(name, table)
+        except ConfigError as e:
+            self.problem(where, str(e))
+            return None
+        except Exception as e:  # a plug-in's bug must still be one line
+            self.problem(where, f"{info.distribution} failed to build it: {type(e).__name__}: {e}")
+            return None
+        for key in table.unread():
+            self.problem(where, f'field "{key}": unknown field for {info.category} {info.kind!r}')
+        return component
+
+    def _applications(self, raws: list[dict[str, Any]]) -> list[ApplicationSpec]:
+        specs: list[ApplicationSpec] = []
+        afters: dict[str, tuple[str, ...]] = {}
+        seen: set[str] = set()
+        for i, raw in enumerate(raws):
+            where, name, kind = self._head(raw, "application", i, "plugin")
+            if name is not None:
+                if name in seen:
+                    self.problem(where, f'field "name": duplicate application name {name!r}')
+                seen.add(name)
+            rest = {k: v for k, v in raw.items() if k not in ("name", "plugin")}
+            core = Table(
+                {k: rest.pop(k) for k in ("after", "on_quiesce_failure") if k in rest},
+                base_dir=self.base_dir,
+            )
+            try:
+                after = tuple(core.get_str_list("after"))
+                on_fail = core.get_choice("on_quiesce_failure", ON_QUIESCE_FAILURE, "fail")
+            except ConfigError as e:
+                self.problem(where, str(e))
+                after, on_fail = (), "fail"
+            if name is None or kind is None:
+                continue
+            afters[name] = after
+            try:
+                info = self.registry.application(kind)
+            except PluginError as e:
+                self.problem(where, f'field "plugin": {e}')
+                continue
+            component = self._build(where, info, name, Table(rest, base_dir=self.base_dir))
+            if component is not None:
+                specs.append(ApplicationSpec(name, info, component, after, on_fail))
+        self._check_after(afters)
+        return specs
+
+    def _check_after(self, afters: Mapping[str, Sequence[str]]) -> None:
+        for name, after in afters.items():
+            for other in after:
+                if other not in afters:
+                    self.problem(
+                        f"[[application]] {name!r}",
+                        f'field "after": no application named {other!r}',
+                    )
+                elif other == name:
+                    self.problem(f"[[application]] {name!r}", 'field "after": names itself')
+        state: dict[str, int] = {}  # 1 = on the path, 2 = done
+
+        def visit(node: str, path: list[str]) -> None:
+            state[node] = 1
+            for nxt in afters.get(node, ()):
+                if nxt not in afters or nxt == node:
+                    continue
+                if state.get(nxt) == 1:
+                    cycle = " -> ".join([*path[path.index(nxt) :], nxt])
+                    self.problem(f"[[application]] {node!r}", f'field "after": cycle {cycle}')
+                elif state.get(nxt) is None:
+                    visit(nxt, [*path, nxt])
+            state[node] = 2
+
+        for node in afters:
+            if node not in state:
+                visit(node, [node])
+
+    def _stages(self, raws: list[dict[str, Any]]) -> list[StageSpec]:
+        if not raws:
+            self.problem("[[backup]]", "the profile has no [[backup]] stage")
+        specs: list[StageSpec] = []
+        seen: dict[str, Role | None] = {}
+        for i, raw in enumerate(raws):
+            where, name, kind = self._head(raw, "backup", i, "backend")
+            rest = {k: v for k, v in raw.items() if k not in ("name", "backend")}
+            core = Table(
+                {k: rest.pop(k) for k in ("source", "keep") if k in rest}, base_dir=self.base_dir
+            )
+            source: str | None = None
+            keep: KeepPolicy | None = None
+            try:
+                source = core.get_str("source", None)
+                keep_table = core.get_table("keep")
+                keep = KeepPolicy.from_table(keep_table) if keep_table is not None else None
+            except ConfigError as e:
+                self.problem(where, str(e))
+            role: Role | None = None
+            info: ComponentInfo | None = None
+            if kind is not None:
+                try:
+                    info = self.registry.backend(kind)
+                    role = info.cls.role
+                except PluginError as e:
+                    self.problem(where, f'field "backend": {e}')
+            if role == Role.COPY:
+                source = self._resolve_source(where, source, seen)
+            elif source is not None and role == Role.SNAPSHOT:
+                self.problem(
+                    where,
+                    'field "source": a snapshot stage reads the applications, '
+                    "not another stage; remove it",
+                )
+            if name is not None:
+                if name in seen:
+                    self.problem(where, f'field "name": duplicate stage name {name!r}')
+                seen[name] = role
+            if name is None or info is None or role is None:
+                continue
+            component = self._build(where, info, name, Table(rest, base_dir=self.base_dir))
+            if component is not None:
+                specs.append(StageSpec(name, info, component, role, source, keep))
+        return specs
+
+    def _resolve_source(
+        self, where: str, source: str | None, earlier: dict[str, Role | None]
+    ) -> str | None:
+        snapshots = [n for n, r in earlier.items() if r == Role.SNAPSHOT]
+        if source is None:
+            if not snapshots:
+                self.problem(where, "a copy stage needs an earlier snapshot stage to read from")
+                return None
+            return snapshots[-1]
+        if source not in earlier:
+            self.problem(
+                where,
+                f'field "source": no earlier stage named {source!r}'
+                + (f" (earlier snapshot stages: {', '.join(snapshots)})" if snapshots else ""),
+            )
+            return None
+        if earlier[source] == Role.COPY:
+            self.problem(
+                where,
+                f'field "source": stage {source!r} is a copy and has no view; '
+                "name a snapshot stage",
+            )
+            return None
+        return source

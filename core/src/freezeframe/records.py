@@ -1,0 +1,145 @@
+"""What a run was: the frozen records the engine writes, the catalog keeps and the CLI prints."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from freezeframe.components import Artifact
+
+__all__ = ["ApplicationRecord", "RunRecord", "RunStatus", "StageRecord", "iso"]
+
+
+class RunStatus(StrEnum):
+    """A run's state in the catalog."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+def iso(ts: float | None) -> str | None:
+    """A wall-clock timestamp as ISO 8601 in UTC (``None`` stays ``None``)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class ApplicationRecord:
+    """One application in one run: its freeze window and the facts its plug-in recorded."""
+
+    name: str
+    plugin: str
+    distribution: str
+    version: str
+    mode: str = "quiesced"  # or "crash-consistent"
+    quiesce_start: float | None = None
+    quiesce_end: float | None = None
+    thaw_start: float | None = None
+    thaw_end: float | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def frozen_ms(self) -> float | None:
+        """Milliseconds from the start of quiesce to the end of unquiesce."""
+        if self.quiesce_start is None or self.thaw_end is None:
+            return None
+        return round((self.thaw_end - self.quiesce_start) * 1000, 3)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "name": self.name,
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+            "mode": self.mode,
+            "frozen_ms": self.frozen_ms,
+            "quiesce_start": iso(self.quiesce_start),
+            "quiesce_end": iso(self.quiesce_end),
+            "thaw_start": iso(self.thaw_start),
+            "thaw_end": iso(self.thaw_end),
+            "facts": dict(self.facts),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage in one run, and the artifact it made."""
+
+    name: str
+    backend: str
+    role: str
+    status: str = "pending"  # pending, running, succeeded, failed, skipped
+    source: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    artifact: Artifact | None = None
+    error: str | None = None
+    deleted_at: float | None = None
+    verified_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        a = self.artifact
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "role": self.role,
+            "status": self.status,
+            "source": self.source,
+            "artifact": a.id if a else None,
+            "bytes": a.bytes if a else 0,
+            "files": a.files if a else 0,
+            "view": str(a.view) if a and a.view else None,
+            "metadata": dict(a.metadata) if a else {},
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "seconds": (
+                round(self.finished_at - self.started_at, 3)
+                if self.started_at is not None and self.finished_at is not None
+                else None
+            ),
+            "deleted": self.deleted_at is not None,
+            "verified_at": iso(self.verified_at),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of one profile."""
+
+    run_id: str
+    profile: str
+    status: RunStatus
+    started_at: float
+    thaw: str
+    finished_at: float | None = None
+    applications: tuple[ApplicationRecord, ...] = ()
+    stages: tuple[StageRecord, ...] = ()
+    error: str | None = None
+
+    def stage(self, name: str) -> StageRecord | None:
+        """The stage called ``name``, if the run has one."""
+        return next((s for s in self.stages if s.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form (``backup``, ``list``, ``show``)."""
+        return {
+            "run_id": self.run_id,
+            "profile": self.profile,
+            "status": str(self.status),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "thaw": self.thaw,
+            "applications": [a.to_json() for a in self.applications],
+            "stages": [s.to_json() for s in self.stages],
+            "error": self.error,
+        }

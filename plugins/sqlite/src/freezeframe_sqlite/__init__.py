@@ -1,0 +1,160 @@
+"""freezeframe application plug-in for SQLite.
+
+Quiesce takes the database's write lock (``BEGIN IMMEDIATE`` on a connection
+of our own) and, in WAL mode, checkpoints every committed frame into the main
+file from a second connection, so the main file alone is the complete,
+consistent database. Writers wait (their busy timeout) until the thaw rolls
+the empty transaction back. The lock is a POSIX lock of this process: if
+freezeframe dies, the kernel releases it at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from freezeframe import (
+    ApplicationPlugin,
+    Artifact,
+    ConfigError,
+    CrashSafety,
+    Deadline,
+    FreezeframeError,
+    QuiesceError,
+    SnapshotKind,
+    Table,
+    hookimpl,
+)
+
+__all__ = ["SqlitePlugin"]
+
+
+class SqlitePlugin(ApplicationPlugin):
+    """One SQLite database file (``path``)."""
+
+    kind = "sqlite"
+    consistent_on = frozenset({SnapshotKind.ATOMIC, SnapshotKind.PER_FILE})
+    crash_safety = CrashSafety.PROCESS_EXIT
+
+    def __init__(self, name: str, table: Table) -> None:
+        super().__init__(name, table)
+        self.path: Path = table.get_path("path", must_exist=True)
+        if not self.path.is_file():
+            raise ConfigError("path", f"{self.path} is not a file")
+        self._lock: sqlite3.Connection | None = None
+        self._facts: dict[str, Any] = {}
+
+    def _connect(self, timeout: float, *, read_only: bool = False) -> sqlite3.Connection:
+        uri = f"file:{self.path}" + ("?mode=ro" if read_only else "")
+        return sqlite3.connect(
+            uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+
+    def check(self) -> None:
+        """The file is a SQLite database we may lock."""
+        try:
+            with closing(self._connect(5.0, read_only=True)) as db:
+                db.execute("PRAGMA schema_version").fetchone()
+                self._facts["journal_mode"] = db.execute("PRAGMA journal_mode").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise FreezeframeError(f"{self.path}: not a usable SQLite database: {e}") from None
+        for p in (self.path, self.path.parent):
+            if not os.access(p, os.R_OK | os.W_OK):
+                raise FreezeframeError(
+                    f"{p}: not readable and writable by this user; taking the write lock needs both"
+                )
+
+    def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
+        """Checkpoint the WAL before the window, so the checkpoint inside it is short."""
+        with closing(self._connect(5.0)) as db:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def data_paths(self) -> Sequence[Path]:
+        """The database file (complete once quiesced; the WAL is checkpointed into it)."""
+        return (self.path,)
+
+    def quiesce(self, deadline: Deadline) -> None:
+        """Hold the write lock; checkpoint every committed WAL frame into the main file."""
+        started = time.monotonic()
+        db = self._connect(max(0.001, deadline.remaining()))
+        self._lock = db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise QuiesceError(f"{self.path}: could not take the write lock: {e}") from None
+        self._facts["lock_wait_ms"] = round((time.monotonic() - started) * 1000, 3)
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        self._facts["journal_mode"] = mode
+        self._facts["page_count"] = db.execute("PRAGMA page_count").fetchone()[0]
+        if mode.lower() != "wal":
+            return  # rollback journal: the write lock alone keeps the file complete
+        # A checkpoint needs no write lock (PASSIVE); a reader on an old snapshot can hold it
+        # back for a moment, so try until the deadline.
+        with closing(self._connect(max(0.001, deadline.remaining()))) as ck:
+            while True:
+                _, log_frames, done = ck.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if log_frames == done:
+                    self._facts["checkpointed_frames"] = done
+                    return
+                if deadline.expired():
+                    raise QuiesceError(
+                        f"{self.path}: only {done} of {log_frames} WAL frames could be "
+                        "checkpointed before the deadline (a long reader holds an old snapshot)"
+                    )
+                time.sleep(0.002)
+
+    def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
+        """Release the write lock (idempotent)."""
+        db, self._lock = self._lock, None
+        if db is None:
+            return
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        finally:
+            db.close()
+
+    def describe(self) -> Mapping[str, Any]:
+        """SQLite library version, journal mode, pages and frames checkpointed."""
+        return {"sqlite_version": sqlite3.sqlite_version, "path": str(self.path), **self._facts}
+
+    def restored_path(self, root: Path) -> Path:
+        """Where this database lands under a restore root."""
+        return root / self.path.relative_to(self.path.anchor)
+
+    def prepare_restored(self, root: Path) -> None:
+        """A restored database must not meet a stale WAL or shared-memory file beside it."""
+        restored = self.restored_path(root)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{restored}{suffix}").unlink(missing_ok=True)
+
+    def verify_restored(self, root: Path) -> None:
+        """``PRAGMA integrity_check`` on the restored file."""
+        restored = self.restored_path(root)
+        if not restored.is_file():
+            raise FreezeframeError(f"application {self.name!r}: {restored} was not restored")
+        try:
+            with closing(self._connect_file(restored)) as db:
+                result = [r[0] for r in db.execute("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as e:
+            raise FreezeframeError(f"application {self.name!r}: {restored}: {e}") from None
+        if result != ["ok"]:
+            raise FreezeframeError(
+                f"application {self.name!r}: {restored}: integrity_check: " + "; ".join(result[:3])
+            )
+
+    @staticmethod
+    def _connect_file(path: Path) -> sqlite3.Connection:
+        # immutable: a check must not leave -wal/-shm files beside the restored copy
+        return sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None)
+
+
+@hookimpl
+def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
+    """Register the ``sqlite`` application plug-in."""
+    register(SqlitePlugin)

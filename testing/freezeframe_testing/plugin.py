@@ -1,0 +1,165 @@
+"""The pytest plug-in every freezeframe test suite shares: tools, profiles, SQLite, the CLI.
+
+Fixtures that start something (a server, a filesystem) live here once and
+clean up even when a test fails. A test that needs a tool this machine lacks
+is skipped with the reason, except under ``CI=true``, where it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from freezeframe.registry import Registry, build_registry
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip (or, in CI, fail) the test unless ``condition`` holds."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must not skip: {reason}")
+    pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    """The path of tool ``name``; skip (fail in CI) when it is not installed."""
+    path = shutil.which(name) or next(
+        (str(p) for d in ("/usr/sbin", "/sbin") if (p := Path(d) / name).exists()), None
+    )
+    need(path is not None, f"{name} is not installed")
+    assert path is not None
+    return path
+
+
+def make_counter_db(path: Path, *, wal: bool = True) -> Path:
+    """A SQLite database with one row ``counter(id=1, n=0)``."""
+    with sqlite3.connect(path) as db:
+        if wal:
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        db.execute("INSERT INTO counter VALUES (1, 0)")
+    db.close()
+    return path
+
+
+def read_counter(path: Path) -> int:
+    """The counter of a database made by :func:`make_counter_db`."""
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return int(db.execute("SELECT n FROM counter WHERE id=1").fetchone()[0])
+    finally:
+        db.close()
+
+
+def integrity(path: Path) -> list[str]:
+    """``PRAGMA integrity_check`` of a database file (``["ok"]`` when sound)."""
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return [r[0] for r in db.execute("PRAGMA integrity_check")]
+    finally:
+        db.close()
+
+
+def writable_within(path: Path, seconds: float) -> bool:
+    """Whether a new connection can take the write lock of ``path`` within ``seconds``."""
+    db = sqlite3.connect(path, timeout=seconds, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        db.close()
+
+
+def restored(root: Path, original: Path) -> Path:
+    """Where ``original`` lands under a restore root."""
+    return root / original.relative_to(original.anchor)
+
+
+@dataclass
+class CliResult:
+    """A finished ``freezeframe`` subprocess."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        """stdout parsed as JSON."""
+        return json.loads(self.stdout)
+
+
+def run_cli(
+    *args: str | Path,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> CliResult:
+    """Run ``python -m freezeframe ARGS`` as a real subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "freezeframe", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def write_profile(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write a profile (dedented TOML) into the test's folder; returns its path.
+
+    ``state_dir`` defaults to the test's folder so no test touches the user's state.
+    """
+
+    def write(text: str, name: str = "profile.toml") -> Path:
+        body = textwrap.dedent(text)
+        if "state_dir" not in body and "[profile]" in body:
+            body = body.replace("[profile]", f'[profile]\nstate_dir = "{tmp_path / "state"}"', 1)
+        path = tmp_path / name
+        path.write_text(body)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def registry() -> Registry:
+    """A fresh registry of the installed packages (no cached global)."""
+    return build_registry()
+
+
+@pytest.fixture
+def registry_with() -> Callable[..., Registry]:
+    """Build a fresh registry with extra in-process plug-in modules or objects."""
+
+    def make(*modules: object, entry_points: bool = True) -> Registry:
+        return build_registry(entry_points=entry_points, modules=modules)
+
+    return make
+
+
+@pytest.fixture
+def two_dbs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Two fresh counter databases in WAL mode."""
+    data = tmp_path / "data"
+    data.mkdir()
+    yield make_counter_db(data / "a.db"), make_counter_db(data / "b.db")

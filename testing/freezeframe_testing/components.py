@@ -1,0 +1,201 @@
+"""Components for tests of the engine: real plug-ins, registered in-process through pluggy.
+
+Each does one thing a test needs to provoke (a failing stage, a slow one, a
+quiesce that fails) and records what happened to it in ``EVENTS`` so a test
+can check order and timing. They are real implementations of the plug-in API,
+not mocks of the core.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from freezeframe import (
+    ApplicationPlugin,
+    Artifact,
+    Backend,
+    FreezeframeError,
+    QuiesceError,
+    Role,
+    RunRecord,
+    SnapshotKind,
+    StageContext,
+    StageRecord,
+    Table,
+    hookimpl,
+)
+
+#: (what, name, time.monotonic()) for every call the test components and observers receive.
+EVENTS: list[tuple[str, str, float]] = []
+_lock = threading.Lock()
+
+
+def record(what: str, name: str) -> None:
+    """Append an event."""
+    with _lock:
+        EVENTS.append((what, name, time.monotonic()))
+
+
+class Recorder(ApplicationPlugin):
+    """An application whose quiesce takes ``quiesce_ms`` and can be told to fail (``fail``)."""
+
+    kind = "recorder"
+
+    def __init__(self, name: str, table: Table) -> None:
+        super().__init__(name, table)
+        self.quiesce_ms: int = table.get_int("quiesce_ms", 0, minimum=0)
+        self.fail: str = table.get_choice("fail", ("never", "quiesce", "unquiesce"), "never")
+        self.data: Path | None = table.get_path("data", None)
+        self.frozen = False
+
+    def data_paths(self) -> Sequence[Path]:
+        return (self.data,) if self.data else ()
+
+    def quiesce(self, deadline: Any) -> None:
+        record("quiesce-start", self.name)
+        time.sleep(self.quiesce_ms / 1000)
+        if self.fail == "quiesce":
+            record("quiesce-failed", self.name)
+            raise QuiesceError(f"{self.name} refused to quiesce (test)")
+        self.frozen = True
+        record("quiesce-end", self.name)
+
+    def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
+        record("unquiesce-start", self.name)
+        self.frozen = False
+        if self.fail == "unquiesce":
+            raise QuiesceError(f"{self.name} refused to unquiesce (test)")
+        record("unquiesce-end", self.name)
+
+    def describe(self) -> Mapping[str, Any]:
+        return {"quiesce_ms": self.quiesce_ms}
+
+
+class _TestSnapshot(Backend):
+    role = Role.SNAPSHOT
+    snapshot_kind = SnapshotKind.PER_FILE
+
+    def __init__(self, name: str, table: Table) -> None:
+        super().__init__(name, table)
+        self.dir: Path = table.get_path("dir")
+        self.seconds: float = table.get_duration("seconds", 0.001)
+        self.marker: Path | None = table.get_path("marker", None)
+
+    def _view(self, run_id: str) -> Path:
+        return self.dir / run_id
+
+    def restore(self, artifact: Artifact, target: Path) -> list[Path]:
+        raise FreezeframeError("test snapshot cannot restore")
+
+    def verify(self, artifact: Artifact) -> None:
+        if not self._view(artifact.id).is_dir():
+            raise FreezeframeError("gone")
+
+    def delete(self, artifact: Artifact) -> None:
+        record("delete", artifact.id)
+        path = self._view(artifact.id)
+        if path.is_dir():
+            path.rmdir()
+
+    def discard(self, run_id: str) -> None:
+        record("discard", run_id)
+        path = self._view(run_id)
+        if path.is_dir():
+            path.rmdir()
+
+
+class SlowSnapshot(_TestSnapshot):
+    """Makes an empty view dir, then works for ``seconds`` (cancellable); touches ``marker``."""
+
+    kind = "slow"
+
+    def run(self, context: StageContext) -> Artifact:
+        view = self._view(context.run_id)
+        view.mkdir(parents=True)
+        if self.marker:
+            self.marker.write_text(context.run_id)
+        record("stage-start", self.name)
+        end = time.monotonic() + self.seconds
+        try:
+            while time.monotonic() < end:
+                time.sleep(0.01)
+                context.check()
+        except BaseException:
+            view.rmdir()
+            record("stage-cancelled", self.name)
+            raise
+        record("stage-end", self.name)
+        return Artifact(context.run_id, view=view)
+
+
+class FailingSnapshot(_TestSnapshot):
+    """Fails after half-making its view (and cleans it up, as a backend must)."""
+
+    kind = "failing"
+
+    def run(self, context: StageContext) -> Artifact:
+        view = self._view(context.run_id)
+        view.mkdir(parents=True)
+        view.rmdir()
+        record("stage-failed", self.name)
+        raise FreezeframeError("disk on fire (test)")
+
+
+class Observer:
+    """Lifecycle hooks that record what they see; ``RAISE`` makes them raise after recording."""
+
+    RAISE: ClassVar[bool] = False
+    runs: ClassVar[list[RunRecord]] = []
+    stages: ClassVar[list[StageRecord]] = []
+
+    @hookimpl
+    def freezeframe_run_started(self, run: RunRecord) -> None:
+        record("run-started", run.run_id)
+        if self.RAISE:
+            raise RuntimeError("observer exploded (test)")
+
+    @hookimpl
+    def freezeframe_stage_finished(self, run: RunRecord, stage: StageRecord) -> None:
+        record("stage-finished", stage.name)
+        self.stages.append(stage)
+        if self.RAISE:
+            raise RuntimeError("observer exploded (test)")
+
+    @hookimpl
+    def freezeframe_run_finished(self, run: RunRecord) -> None:
+        record("run-finished", run.run_id)
+        self.runs.append(run)
+        if self.RAISE:
+            raise RuntimeError("observer exploded (test)")
+
+
+@hookimpl
+def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
+    """The test application plug-ins."""
+    register(Recorder)
+
+
+@hookimpl
+def freezeframe_register_backends(register: Callable[[type[Any]], None]) -> None:
+    """The test backends."""
+    register(SlowSnapshot)
+    register(FailingSnapshot)
+
+
+def main() -> None:
+    """The CLI with these components registered: ``python -m freezeframe_testing.components``."""
+    import sys
+
+    from freezeframe.cli import main as cli_main
+    from freezeframe.registry import build_registry
+
+    sys.modules.setdefault("freezeframe_testing.components", sys.modules[__name__])
+    raise SystemExit(cli_main(sys.argv[1:], build_registry(modules=[sys.modules[__name__]])))
+
+
+if __name__ == "__main__":
+    main()

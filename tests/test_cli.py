@@ -1,0 +1,210 @@
+"""The CLI end to end, as a subprocess: every verb, --json, and every error a user can cause."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from freezeframe_testing.plugin import make_counter_db, read_counter, restored, run_cli
+
+GOOD = """
+    [profile]
+    name = "shop"
+
+    [[application]]
+    plugin = "sqlite"
+    name = "orders"
+    path = "{db}"
+
+    [[backup]]
+    backend = "clone"
+    name = "snap"
+    dir = "{snaps}"
+
+    [[backup]]
+    backend = "archive"
+    name = "archive"
+    source = "snap"
+    dir = "{archives}"
+    keep = {{ last = 2 }}
+"""
+
+
+@pytest.fixture
+def shop(tmp_path: Path, write_profile) -> tuple[Path, Path]:
+    (tmp_path / "data").mkdir()
+    db = make_counter_db(tmp_path / "data" / "orders.db")
+    profile = write_profile(
+        GOOD.format(db=db, snaps=tmp_path / "snaps", archives=tmp_path / "archives")
+    )
+    return profile, db
+
+
+def bump(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE counter SET n = n + 1")
+    conn.close()
+
+
+def test_backup_list_show_restore_verify_prune(tmp_path: Path, shop) -> None:
+    profile, db = shop
+    runs = []
+    for _ in range(3):
+        bump(db)
+        r = run_cli("backup", profile, "--json")
+        assert r.returncode == 0, r.stderr
+        out = r.json()
+        assert out["status"] == "succeeded" and out["error"] is None
+        assert [a["name"] for a in out["applications"]] == ["orders"]
+        app = out["applications"][0]
+        assert app["plugin"] == "sqlite" and app["frozen_ms"] > 0
+        assert [(s["name"], s["backend"]) for s in out["stages"]] == [
+            ("snap", "clone"),
+            ("archive", "archive"),
+        ]
+        assert all(s["artifact"] and s["bytes"] > 0 for s in out["stages"])
+        runs.append(out["run_id"])
+
+    listed = run_cli("list", profile, "--json")
+    assert listed.returncode == 0
+    assert [r["run_id"] for r in listed.json()] == runs[::-1]  # newest first
+    # keep = { last = 2 }: the oldest archive is gone, the snapshot was released each time
+    archives = {s["name"]: s for s in listed.json()[-1]["stages"]}
+    assert archives["archive"]["deleted"] is True
+    assert len(list((tmp_path / "archives").iterdir())) == 2
+
+    shown = run_cli("show", profile, runs[1][:20], "--json")
+    assert shown.returncode == 0 and shown.json()["run_id"] == runs[1]
+    assert shown.json()["applications"][0]["facts"]["journal_mode"] == "wal"
+
+    target = tmp_path / "drill"
+    r = run_cli("restore", profile, "latest", "--to", target, "--verify", "--json")
+    assert r.returncode == 0, r.stderr
+    assert r.json()["run_id"] == runs[-1] and r.json()["stage"] == "archive"
+    assert read_counter(restored(target, db)) == 3
+
+    r = run_cli("restore", profile, runs[1], "--to", tmp_path / "older")
+    assert r.returncode == 0, r.stderr
+    assert read_counter(restored(tmp_path / "older", db)) == 2
+
+    r = run_cli("restore", profile, "latest", "--to", target)  # not empty any more
+    assert r.returncode == 1 and "not an empty directory" in r.stderr
+    r = run_cli("restore", profile, "latest", "--to", tmp_path / "x", "--stage", "snap")
+    assert r.returncode == 1 and "released" in r.stderr
+
+    r = run_cli("verify", profile, "--json")
+    assert r.returncode == 0 and r.json()["ok"] is True
+    archive_file = next((tmp_path / "archives").glob(f"*{runs[-1]}*"))
+    data = bytearray(archive_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive_file.write_bytes(bytes(data))
+    r = run_cli("verify", profile)
+    assert r.returncode == 1 and "corrupt" in r.stderr
+
+    r = run_cli("prune", profile, "--dry-run", "--json")
+    assert r.returncode == 0 and r.json() == {"dry_run": True, "deleted": []}
+
+
+def test_check_plan_plugins(shop) -> None:
+    profile, _ = shop
+    r = run_cli("check", profile, "--json")
+    assert r.returncode == 0 and r.json()["ok"] is True
+    plan = run_cli("plan", profile, "--json").json()
+    assert plan["quiesce_order"] == [["orders"]]
+    assert [s["in_freeze_window"] for s in plan["stages"]] == [True, False]
+    assert plan["stages"][0]["released_after_run"] is True
+    kinds = {c["kind"]: c for c in run_cli("plugins", "--json").json()["components"]}
+    assert kinds["sqlite"]["distribution"] == "freezeframe-sqlite"
+    assert kinds["clone"]["role"] == "snapshot" and kinds["archive"]["role"] == "copy"
+
+
+def test_a_failed_run_exits_1_with_one_line_and_is_listed(tmp_path: Path, shop) -> None:
+    profile, _ = shop
+    # make the archive stage fail for real: its dir is a file, not a folder
+    (tmp_path / "archives").write_text("not a directory")
+    r = run_cli("backup", profile)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "archive" in errors[0]
+    listed = run_cli("list", profile, "--json").json()
+    assert listed[0]["status"] == "failed"
+    assert not any((tmp_path / "snaps").iterdir())  # nothing of the failed run is left
+
+
+BAD = {
+    "missing file": (None, "no such profile file"),
+    "toml syntax": ("[profile\nname = 'x'", "invalid TOML"),
+    "unknown plugin": (
+        '[profile]\nname="x"\n[[application]]\nplugin="oracle"\nname="a"\n'
+        '[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"',
+        "unknown application plug-in 'oracle'",
+    ),
+    "unknown backend": (
+        '[profile]\nname="x"\n[[backup]]\nbackend="tape"\nname="s"',
+        "unknown backend 'tape'",
+    ),
+    "missing field": (
+        '[profile]\nname="x"\n[[application]]\nplugin="sqlite"\nname="a"\n'
+        '[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"',
+        'field "path": missing',
+    ),
+    "mistyped field": (
+        '[profile]\nname="x"\nfreeze_timeout=true\n[[backup]]\nbackend="clone"\nname="s"\n'
+        'dir="/tmp/s"',
+        'field "freeze_timeout"',
+    ),
+    "unknown field": (
+        '[profile]\nname="x"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"\ncolour=1',
+        'field "colour": unknown field',
+    ),
+    "duplicate names": (
+        '[profile]\nname="x"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"\n'
+        '[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/t"',
+        "duplicate stage name 's'",
+    ),
+    "bad source": (
+        '[profile]\nname="x"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"\n'
+        '[[backup]]\nbackend="archive"\nname="a"\nsource="nope"\ndir="/tmp/a"',
+        "no earlier stage named 'nope'",
+    ),
+    "path does not exist": (
+        '[profile]\nname="x"\n[[application]]\nplugin="sqlite"\nname="a"\n'
+        'path="/nonexistent/x.db"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"',
+        'field "path": /nonexistent/x.db does not exist',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+@pytest.mark.parametrize("verb", ["check", "backup"])
+def test_bad_input_is_one_line_exit_2_naming_file_and_field(
+    tmp_path: Path, case: str, verb: str
+) -> None:
+    text, expected = BAD[case]
+    profile = tmp_path / "bad.toml"
+    if text is not None:
+        profile.write_text(text.replace("[profile]", f'[profile]\nstate_dir="{tmp_path}/st"'))
+    r = run_cli(verb, profile)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert str(profile) in lines[0] and expected in lines[0], lines[0]
+    assert not (tmp_path / "st").exists()  # nothing was started, nothing written
+
+
+def test_bad_input_with_json_prints_the_error_as_json(tmp_path: Path) -> None:
+    r = run_cli("check", tmp_path / "nope.toml", "--json")
+    assert r.returncode == 2
+    assert "no such profile file" in r.json()["error"]
+
+
+def test_usage_errors_are_one_line_exit_2() -> None:
+    r = run_cli("restore", "x.toml", "latest")  # --to is required
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "--to" in r.stderr
+    r = run_cli("frobnicate")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1

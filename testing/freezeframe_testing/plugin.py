@@ -163,3 +163,58 @@ def two_dbs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     data = tmp_path / "data"
     data.mkdir()
     yield make_counter_db(data / "a.db"), make_counter_db(data / "b.db")
+
+
+def _sh(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+@dataclass
+class LoopFs:
+    """A real filesystem on a loop device, mounted for one test."""
+
+    fstype: str
+    image: Path
+    device: str
+    mountpoint: Path
+
+
+@pytest.fixture
+def loop_fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LoopFs]]:
+    """Make real filesystems (``"btrfs"``, ``"xfs"``, ``"ext4"``) on loop devices.
+
+    ``loop_fs("btrfs", size_mb=512)`` returns a mounted :class:`LoopFs`. Each one
+    is thawed, unmounted and detached at teardown, also when the test failed.
+    Needs root and the mkfs tool; skips (fails in CI) otherwise.
+    """
+    made: list[LoopFs] = []
+
+    def make(fstype: str, size_mb: int = 512) -> LoopFs:
+        need(os.geteuid() == 0, "loop devices and mounts need root")
+        require_tool(f"mkfs.{fstype}")
+        require_tool("losetup")
+        base = tmp_path_factory.mktemp(f"loop-{fstype}")
+        image = base / f"{fstype}.img"
+        with open(image, "wb") as f:
+            f.truncate(size_mb << 20)
+        quiet = {"btrfs": ["-q"], "xfs": ["-q"], "ext4": ["-q", "-F"]}.get(fstype, [])
+        r = _sh(f"mkfs.{fstype}", *quiet, str(image))
+        assert r.returncode == 0, r.stderr
+        r = _sh("losetup", "--find", "--show", str(image))
+        need(r.returncode == 0, f"no loop device available: {r.stderr.strip()}")
+        device = r.stdout.strip()
+        mnt = base / "mnt"
+        mnt.mkdir()
+        fs = LoopFs(fstype, image, device, mnt)
+        made.append(fs)
+        r = _sh("mount", device, str(mnt))
+        assert r.returncode == 0, r.stderr
+        return fs
+
+    yield make
+    for fs in reversed(made):
+        _sh("fsfreeze", "--unfreeze", str(fs.mountpoint))  # a failed test may leave it frozen
+        if _sh("umount", str(fs.mountpoint)).returncode != 0:
+            _sh("umount", "--lazy", str(fs.mountpoint))
+        _sh("losetup", "--detach", fs.device)
+        fs.image.unlink(missing_ok=True)

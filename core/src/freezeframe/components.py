@@ -94,6 +94,28 @@ class Artifact:
     view: Path | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
+    def roots(self) -> list[tuple[Path, Path]]:
+        """``(original absolute path, where its image is)`` for each path a snapshot holds.
+
+        Snapshot backends record the original paths in ``metadata["paths"]``;
+        the image of each is at ``view / <path without its leading "/">``
+        unless ``metadata["locations"]`` maps the path elsewhere (btrfs: inside
+        the subvolume snapshot). Without ``paths``, the whole view is one root, "/".
+        """
+        if self.view is None:
+            return []
+        paths = self.metadata.get("paths")
+        if not paths:
+            return [(Path("/"), self.view)]
+        locations: Mapping[str, str] = self.metadata.get("locations", {})
+        return [
+            (
+                Path(p),
+                Path(locations[p]) if p in locations else self.view / Path(p).relative_to("/"),
+            )
+            for p in paths
+        ]
+
 
 ProgressCallback = Callable[[int, int], None]
 

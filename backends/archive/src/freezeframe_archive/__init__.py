@@ -66,7 +66,10 @@ class _ProgressReader:
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    """Every entry below ``root``, parents before children, in a stable order."""
+    """``root`` and every entry below it, parents before children, in a stable order."""
+    yield root
+    if root.is_symlink() or not root.is_dir():
+        return
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         base = Path(dirpath)
@@ -74,6 +77,15 @@ def _walk(root: Path) -> Iterator[Path]:
             yield base / name
         for name in sorted(filenames):
             yield base / name
+
+
+def _members(source: Artifact) -> Iterator[tuple[Path, str]]:
+    """Every file of a snapshot with its member name: the original path without "/"."""
+    for original, image in source.roots():
+        for path in _walk(image):
+            rel = original.relative_to("/") / path.relative_to(image)
+            if str(rel) != ".":
+                yield path, str(rel)
 
 
 def _sha256(path: Path) -> str:
@@ -121,7 +133,6 @@ class ArchiveBackend(Backend):
         source = context.source
         if source is None or source.view is None:
             raise FreezeframeError("archive needs a source stage with a view")
-        view = source.view
         name = self._name(context.profile, context.run_id)
         final, partial = self.dir / name, self.dir / f".{name}.partial"
         files = 0
@@ -134,8 +145,8 @@ class ArchiveBackend(Backend):
                     compressor.stream_writer(cast(IO[bytes], out), closefd=False) as zw,
                     tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tar,
                 ):
-                    for path in _walk(view):
-                        info = tar.gettarinfo(str(path), str(path.relative_to(view)))
+                    for path, arcname in _members(source):
+                        info = tar.gettarinfo(str(path), arcname)
                         if info.isreg():
                             with open(path, "rb") as f:
                                 tar.addfile(info, cast(IO[bytes], _ProgressReader(f, context)))

@@ -1,0 +1,102 @@
+"""Running the external tools users already trust (btrfs, fsfreeze, restic, borg): once, here.
+
+No shell, argv as a list, secrets only through the environment, a timeout,
+and cancellation from a stage context. A failure becomes one
+:class:`ToolError` line naming the tool and its last words on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+
+from freezeframe.components import StageContext
+from freezeframe.errors import Cancelled, FreezeframeError
+
+__all__ = ["ToolError", "find_tool", "run_tool"]
+
+
+class ToolError(FreezeframeError):
+    """An external tool failed; ``returncode`` and ``stderr`` keep the details."""
+
+    def __init__(self, message: str, returncode: int | None = None, stderr: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+def find_tool(name: str) -> str:
+    """The path of ``name`` on PATH or in the sbin folders; :class:`ToolError` when missing."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+    if path is None:
+        raise ToolError(f"{name} is not installed (not on PATH nor in /usr/sbin, /sbin)")
+    return path
+
+
+def _last_words(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def run_tool(
+    argv: Sequence[str],
+    *,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    context: StageContext | None = None,
+    input: str | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` and return its result; raise :class:`ToolError` if it fails or times out.
+
+    ``env`` is added to this process's environment (pass secrets here, never in
+    argv). With ``context``, a cancelled run kills the tool and raises
+    :class:`~freezeframe.errors.Cancelled`.
+    """
+    tool = os.path.basename(argv[0])
+    full_env = {**os.environ, **(env or {})}
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+            cwd=cwd,
+        )
+    except OSError as e:
+        raise ToolError(f"{tool}: cannot run it: {e.strerror}") from None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending_input = input
+    while True:
+        wait = 0.2 if context is not None else None
+        if deadline is not None:
+            left = max(0.0, deadline - time.monotonic())
+            wait = left if wait is None else min(wait, left)
+        try:
+            out, err = proc.communicate(pending_input, timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            pending_input = None  # communicate() has sent it already
+            if context is not None and context.cancelled:
+                proc.kill()
+                proc.communicate()
+                raise Cancelled(f"{tool} stopped: the run was cancelled") from None
+            if deadline is not None and time.monotonic() >= deadline:
+                proc.kill()
+                proc.communicate()
+                raise ToolError(f"{tool} did not finish within {timeout:g}s") from None
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
+    result = subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+    if check and proc.returncode != 0:
+        words = _last_words(err) or _last_words(out) or "no message"
+        raise ToolError(f"{tool} failed (exit {proc.returncode}): {words}", proc.returncode, err)
+    return result

@@ -45,6 +45,7 @@ def run_ordered(
     finished = {name: threading.Event() for name in items}
     lock = threading.Lock()
     stop = threading.Event()
+    closed = False  # set under ``lock`` once we stop waiting: nothing may start after that
 
     def worker(name: str) -> None:
         try:
@@ -56,6 +57,8 @@ def run_ordered(
             if stop_on_failure and stop.is_set():
                 return
             with lock:
+                if closed:
+                    return
                 outcome.started.append(name)
             try:
                 fn(name)
@@ -78,4 +81,6 @@ def run_ordered(
         remaining = None if end is None else max(0.0, end - time.monotonic())
         if not finished[name].wait(remaining):
             break
+    with lock:
+        closed = True
     return outcome

@@ -7,6 +7,7 @@ parsing and secret handling live here once, for every package.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -20,6 +21,7 @@ __all__ = ["Secret", "Table", "parse_duration"]
 
 _REQUIRED: Final = object()
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_LONGEST = 365 * 86400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -33,8 +35,10 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
         raise ValueError(f'expected a duration such as "10s" or "500ms", got {value!r}')
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("a duration must be a finite number greater than zero")
+    if seconds > _LONGEST:
+        raise ValueError(f"a duration must be at most {_LONGEST / 86400:g} days")
     return seconds
 
 

@@ -142,24 +142,23 @@ class _Loader:
             return "?", 10.0, THAW_MODES[0], default_state_dir()
         table = Table(raw, base_dir=self.base_dir)
         where = "[profile]"
-        raw_name = self._field(where, lambda: table.get_str("name"), None)
+        raw_name = self._field(where, None, table.get_str, "name")
         name = (self._check_name(where, "name", raw_name) if raw_name else None) or "?"
-        timeout: float = self._field(
-            where, lambda: table.get_duration("freeze_timeout", 10.0), 10.0
-        )
+        timeout: float = self._field(where, 10.0, table.get_duration, "freeze_timeout", 10.0)
         thaw: str = self._field(
-            where, lambda: table.get_choice("thaw", THAW_MODES, THAW_MODES[0]), THAW_MODES[0]
+            where, THAW_MODES[0], table.get_choice, "thaw", THAW_MODES, THAW_MODES[0]
         )
         state_dir: Path = self._field(
-            where, lambda: table.get_path("state_dir", default_state_dir()), default_state_dir()
+            where, default_state_dir(), table.get_path, "state_dir", default_state_dir()
         )
         for key in table.unread():
             self.problem("[profile]", f'field "{key}": unknown field')
         return name, timeout, thaw, state_dir
 
-    def _field(self, where: str, read: Callable[[], Any], fallback: Any) -> Any:
+    def _field(self, where: str, fallback: Any, read: Callable[..., Any], *args: Any) -> Any:
+        """``read(*args)``, or ``fallback`` after recording the problem it raised."""
         try:
-            return read()
+            return read(*args)
         except ConfigError as e:
             self.problem(where, str(e))
             return fallback
@@ -219,12 +218,10 @@ class _Loader:
                 {k: rest.pop(k) for k in ("after", "on_quiesce_failure") if k in rest},
                 base_dir=self.base_dir,
             )
-            try:
-                after = tuple(core.get_str_list("after"))
-                on_fail = core.get_choice("on_quiesce_failure", ON_QUIESCE_FAILURE, "fail")
-            except ConfigError as e:
-                self.problem(where, str(e))
-                after, on_fail = (), "fail"
+            after = tuple(self._field(where, [], core.get_str_list, "after"))
+            on_fail: str = self._field(
+                where, "fail", core.get_choice, "on_quiesce_failure", ON_QUIESCE_FAILURE, "fail"
+            )
             if name is None or kind is None:
                 continue
             afters[name] = after
@@ -278,14 +275,11 @@ class _Loader:
             core = Table(
                 {k: rest.pop(k) for k in ("source", "keep") if k in rest}, base_dir=self.base_dir
             )
-            source: str | None = None
+            source: str | None = self._field(where, None, core.get_str, "source", None)
+            keep_table = self._field(where, None, core.get_table, "keep")
             keep: KeepPolicy | None = None
-            try:
-                source = core.get_str("source", None)
-                keep_table = core.get_table("keep")
-                keep = KeepPolicy.from_table(keep_table) if keep_table is not None else None
-            except ConfigError as e:
-                self.problem(where, str(e))
+            if keep_table is not None:
+                keep = self._field(where, None, KeepPolicy.from_table, keep_table)
             role: Role | None = None
             info: ComponentInfo | None = None
             if kind is not None:

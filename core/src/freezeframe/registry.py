@@ -133,11 +133,15 @@ def build_registry(
         _load_entry_points(registry)
     for module in modules:
         pm.register(module)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as e:
-        registry.broken.append(Broken(str(e.plugin), _distribution_of(e.plugin)[0], str(e)))
-        pm.unregister(e.plugin)
+    while True:  # each plug-in with a misspelt hook is reported, not just the first
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as e:
+            name = pm.get_name(e.plugin) or str(e.plugin)
+            dist = registry.origins.get(name, _distribution_of(e.plugin))[0]
+            registry.broken.append(Broken(name, dist, str(e)))
+            pm.unregister(e.plugin)
     _collect(registry, "application", "freezeframe_register_applications", ApplicationPlugin)
     _collect(registry, "backend", "freezeframe_register_backends", Backend)
     return registry

@@ -1,0 +1,245 @@
+"""Tests of catalog.py: the SQLite file of run records (mode 0600, one transaction per save)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from freezeframe.catalog import Catalog
+from freezeframe.components import Artifact, Role
+from freezeframe.errors import FreezeframeError
+from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord
+
+T0 = 1_700_000_000.125
+
+
+def a_run(run_id: str, started_at: float, status: RunStatus = RunStatus.SUCCEEDED) -> RunRecord:
+    """A full record: two applications with facts, a snapshot with a view and a copy."""
+    return RunRecord(
+        run_id=run_id,
+        profile="nightly",
+        status=status,
+        started_at=started_at,
+        thaw="after-snapshot",
+        finished_at=started_at + 4.5,
+        applications=(
+            ApplicationRecord(
+                "orders",
+                "sqlite",
+                "freezeframe-sqlite",
+                "0.1.0",
+                quiesce_start=started_at + 0.1,
+                quiesce_end=started_at + 0.2,
+                thaw_start=started_at + 0.3,
+                thaw_end=started_at + 0.4,
+                facts={"journal_mode": "wal", "page_count": 12, "nested": {"lsn": "0/16B3748"}},
+            ),
+            ApplicationRecord(
+                "ledger",
+                "sqlite",
+                "freezeframe-sqlite",
+                "0.1.0",
+                mode="crash-consistent",
+                error="could not take the write lock",
+            ),
+        ),
+        stages=(
+            StageRecord(
+                "snap",
+                "clone",
+                str(Role.SNAPSHOT),
+                status="succeeded",
+                started_at=started_at + 0.2,
+                finished_at=started_at + 0.25,
+                artifact=Artifact(
+                    f"/srv/.snapshots/{run_id}",
+                    bytes=8192,
+                    files=2,
+                    view=Path(f"/srv/.snapshots/{run_id}"),
+                    metadata={"method": "reflink", "paths": ["/srv/shop/orders.db"]},
+                ),
+                deleted_at=started_at + 5,
+            ),
+            StageRecord(
+                "arch",
+                "archive",
+                str(Role.COPY),
+                status="succeeded",
+                source="snap",
+                started_at=started_at + 1,
+                finished_at=started_at + 4,
+                artifact=Artifact(
+                    f"nightly-{run_id}.tar.zst",
+                    bytes=1234,
+                    files=3,
+                    metadata={"sha256": "ab" * 32},
+                ),
+                verified_at=started_at + 10,
+            ),
+            StageRecord("offsite", "archive", str(Role.COPY), status="skipped", source="snap"),
+        ),
+        error=None,
+    )
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
+    with Catalog(tmp_path / "catalog.db") as cat:
+        yield cat
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_new_catalog_files_are_mode_0600_even_with_a_lax_umask(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    old = os.umask(0)  # so that only the catalog's own care can make the files private
+    try:
+        with Catalog(path) as cat:
+            cat.save(a_run("r1", T0))
+            assert Path(f"{path}-wal").exists()  # WAL mode: the journal files exist now
+            for suffix in ("", "-wal", "-shm"):
+                assert mode_of(Path(f"{path}{suffix}")) == 0o600, suffix
+    finally:
+        os.umask(old)
+    assert mode_of(path) == 0o600
+
+
+def test_existing_catalog_readable_by_others_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    Catalog(path).close()
+    path.chmod(0o644)
+    with Catalog(path):
+        assert mode_of(path) == 0o600
+
+
+def test_save_then_get_round_trips_the_whole_record(catalog: Catalog) -> None:
+    run = a_run("20240310T120000-abcd", T0)
+    catalog.save(run, pid=4242)
+    loaded = catalog.get(run.run_id)
+    assert loaded == run
+    assert loaded is not None
+    assert loaded.applications[0].facts["nested"] == {"lsn": "0/16B3748"}
+    snap = loaded.stage("snap")
+    assert snap is not None and snap.artifact is not None
+    assert snap.artifact.view == Path("/srv/.snapshots/20240310T120000-abcd")
+    assert snap.artifact.metadata == {"method": "reflink", "paths": ["/srv/shop/orders.db"]}
+    assert catalog.pid_of(run.run_id) == 4242
+
+
+def test_saving_again_replaces_the_record(catalog: Catalog) -> None:
+    running = RunRecord("r1", "nightly", RunStatus.RUNNING, T0, "after-snapshot")
+    catalog.save(running, pid=7)
+    assert catalog.get("r1") == running
+    done = a_run("r1", T0, RunStatus.FAILED)
+    catalog.save(done)
+    assert catalog.get("r1") == done
+    assert [r.run_id for r in catalog.runs()] == ["r1"]
+    assert catalog.pid_of("r1") == 7  # a save without pid keeps the journaled one
+
+
+def test_runs_are_newest_first_and_filter_by_status(catalog: Catalog) -> None:
+    catalog.save(a_run("b-middle", T0 + 60))
+    catalog.save(a_run("c-newest", T0 + 120, RunStatus.FAILED))
+    catalog.save(a_run("a-oldest", T0))
+    assert [r.run_id for r in catalog.runs()] == ["c-newest", "b-middle", "a-oldest"]
+    assert [r.run_id for r in catalog.runs(status=RunStatus.SUCCEEDED)] == ["b-middle", "a-oldest"]
+    assert [r.run_id for r in catalog.runs(status=RunStatus.RUNNING)] == []
+
+
+def test_latest_is_the_newest_succeeded_run(catalog: Catalog) -> None:
+    assert catalog.get("latest") is None
+    catalog.save(a_run("r-old-ok", T0))
+    catalog.save(a_run("r-mid-ok", T0 + 60))
+    catalog.save(a_run("r-new-failed", T0 + 120, RunStatus.FAILED))
+    catalog.save(a_run("r-newest-running", T0 + 180, RunStatus.RUNNING))
+    latest = catalog.get("latest")
+    assert latest is not None
+    assert latest.run_id == "r-mid-ok"
+
+
+def test_unique_prefix_finds_the_run_and_ambiguous_prefix_finds_none(catalog: Catalog) -> None:
+    catalog.save(a_run("20240310-aaaa", T0))
+    catalog.save(a_run("20240310-abbb", T0 + 1))
+    catalog.save(a_run("20240311-cccc", T0 + 2))
+    found = catalog.get("20240311")
+    assert found is not None and found.run_id == "20240311-cccc"
+    found = catalog.get("20240310-aa")
+    assert found is not None and found.run_id == "20240310-aaaa"
+    assert catalog.get("20240310-a") is None  # two runs start so
+    assert catalog.get("2024") is None
+    assert catalog.get("nope") is None
+
+
+def test_an_id_that_is_a_prefix_of_another_still_finds_itself(catalog: Catalog) -> None:
+    catalog.save(a_run("run1", T0))
+    catalog.save(a_run("run10", T0 + 1))
+    found = catalog.get("run1")
+    assert found is not None and found.run_id == "run1"
+
+
+def test_errors_are_kept_oldest_first(catalog: Catalog) -> None:
+    catalog.save(a_run("r1", T0, RunStatus.FAILED))
+    catalog.add_error("r1", T0 + 2, "thaw", "unquiesce failed")
+    catalog.add_error("r1", T0 + 1, "stage arch", "disk full")
+    assert catalog.errors("r1") == [
+        {"at": T0 + 1, "source": "stage arch", "message": "disk full"},
+        {"at": T0 + 2, "source": "thaw", "message": "unquiesce failed"},
+    ]
+    assert catalog.errors("other") == []
+
+
+def test_records_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    run = a_run("r1", T0)
+    with Catalog(path) as cat:
+        cat.save(run)
+    with Catalog(path) as cat:
+        assert cat.get("r1") == run
+        cat.save(a_run("r2", T0 + 1))
+    with Catalog(path) as cat:
+        assert [r.run_id for r in cat.runs()] == ["r2", "r1"]
+
+
+def test_a_record_written_by_another_process_is_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    script = textwrap.dedent(
+        f"""
+        from freezeframe.catalog import Catalog
+        from freezeframe.records import RunRecord, RunStatus
+        cat = Catalog(__import__("pathlib").Path({str(path)!r}))
+        cat.save(RunRecord("child", "nightly", RunStatus.SUCCEEDED, {T0}, "after-backup"), pid=1)
+        cat.close()
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert mode_of(path) == 0o600
+    with Catalog(path) as cat:
+        run = cat.get("latest")
+    assert run == RunRecord("child", "nightly", RunStatus.SUCCEEDED, T0, "after-backup")
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    path.write_bytes(b"this is not sqlite " * 100)
+    with pytest.raises(FreezeframeError, match="cannot open the catalog"):
+        Catalog(path)
+
+
+def test_a_catalog_from_a_newer_freezeframe_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    Catalog(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(FreezeframeError, match="catalog schema 99 is newer"):
+        Catalog(path)

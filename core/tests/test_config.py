@@ -1,0 +1,229 @@
+"""Tests of config.py: duration parsing, the Table getters, and secrets from env or file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from freezeframe.config import Secret, Table, parse_duration
+from freezeframe.errors import ConfigError
+
+# -- parse_duration -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("10s", 10.0),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        ("1d", 86400.0),
+        ("1.5s", 1.5),
+        (" 3 s ", 3.0),
+        ("7", 7.0),
+        (3, 3.0),
+        (0.5, 0.5),
+    ],
+)
+def test_parse_duration_accepts(text: object, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["", "abc", "10 parsecs", "-1s", "1.5.2s", True, False, None])
+def test_parse_duration_rejects_what_is_not_a_duration(value: object) -> None:
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -1, "0s", "0ms"])
+def test_parse_duration_rejects_zero_and_negative(value: object) -> None:
+    with pytest.raises(ValueError, match="greater than zero"):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_parse_duration_rejects_nan_and_infinity(value: float) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+# -- Table getters --------------------------------------------------------------
+
+
+def table(tmp_path: Path, fields: dict[str, object] | None = None, **more: object) -> Table:
+    return Table({**(fields or {}), **more}, base_dir=tmp_path)
+
+
+def test_unread_lists_only_the_fields_no_getter_asked_for(tmp_path: Path) -> None:
+    t = table(tmp_path, path="/x", level=3, typo=1, other="y")
+    assert t.unread() == ["level", "other", "path", "typo"]
+    t.get_str("path")
+    t.get_int("level")
+    assert t.unread() == ["other", "typo"]
+
+
+def test_asking_for_an_absent_field_with_a_default_does_not_make_it_known(tmp_path: Path) -> None:
+    t = table(tmp_path, typo=1)
+    assert t.get_int("level", 3) == 3
+    assert t.unread() == ["typo"]
+
+
+def test_missing_required_field_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        table(tmp_path).get_str("path")
+    assert info.value.field == "path"
+    assert str(info.value) == 'field "path": missing (required)'
+
+
+@pytest.mark.parametrize(
+    ("getter", "value", "message"),
+    [
+        (lambda t: t.get_str("f"), 3, "expected a string, got an integer"),
+        (lambda t: t.get_str("f"), "  ", "must not be empty"),
+        (lambda t: t.get_int("f"), "3", "expected an integer, got a string"),
+        (lambda t: t.get_int("f"), True, "expected an integer, got a boolean"),
+        (lambda t: t.get_int("f", minimum=1), 0, "must be at least 1, got 0"),
+        (lambda t: t.get_bool("f", False), "yes", "expected true or false, got a string"),
+        (lambda t: t.get_duration("f"), "soon", "expected a duration"),
+        (lambda t: t.get_path("f"), 3, "expected a path, got an integer"),
+        (lambda t: t.get_paths("f"), "/one", "expected a list of paths"),
+        (lambda t: t.get_str_list("f"), ["a", 1], "expected a list of strings"),
+        (lambda t: t.get_table("f"), [1], "expected a table, got a list"),
+        (lambda t: t.get_choice("f", ("a", "b"), "a"), "c", "expected one of 'a', 'b', got 'c'"),
+    ],
+)
+def test_mistyped_field_is_refused_naming_it(
+    tmp_path: Path, getter: Callable[[Table], object], value: object, message: str
+) -> None:
+    t = table(tmp_path, f=value)
+    with pytest.raises(ConfigError) as info:
+        getter(t)
+    assert info.value.field == "f"
+    assert message in str(info.value)
+    assert str(info.value).startswith('field "f": ')
+
+
+def test_getters_return_typed_values(tmp_path: Path) -> None:
+    t = table(tmp_path, s="x", i=4, b=True, d="2m", names=["a", "b"], sub={"k": 1})
+    assert t.get_str("s") == "x"
+    assert t.get_int("i", minimum=4) == 4
+    assert t.get_bool("b", False) is True
+    assert t.get_duration("d") == 120.0
+    assert t.get_str_list("names") == ["a", "b"]
+    assert t.get_table("sub") == {"k": 1}
+    assert t.get_table("absent") is None
+    assert t.unread() == []
+
+
+def test_relative_paths_resolve_from_base_dir(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    t = table(tmp_path, one="data", many=["data", "/abs/x"])
+    assert t.get_path("one", must_exist=True) == tmp_path / "data"
+    assert t.get_paths("many") == [tmp_path / "data", Path("/abs/x")]
+
+
+def test_path_that_must_exist_and_does_not_is_refused(tmp_path: Path) -> None:
+    t = table(tmp_path, one="nowhere.db")
+    with pytest.raises(ConfigError, match=r'field "one": .*nowhere\.db does not exist'):
+        t.get_path("one", must_exist=True)
+
+
+# -- secrets --------------------------------------------------------------------
+
+
+def test_secret_from_environment_is_never_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FF_TEST_PASSWORD", "hunter2-s3cret")
+    secret = table(tmp_path, {"password_env": "FF_TEST_PASSWORD"}).get_secret()
+    assert isinstance(secret, Secret)
+    assert secret.reveal() == "hunter2-s3cret"
+    assert "hunter2" not in repr(secret)
+    assert "hunter2" not in str(secret)
+    assert "hunter2" not in f"{secret}"
+    assert "FF_TEST_PASSWORD" in repr(secret)
+
+
+def test_secret_from_a_private_file_drops_the_trailing_newline(tmp_path: Path) -> None:
+    f = tmp_path / "pw"
+    f.write_text("hunter2-s3cret\n")
+    f.chmod(0o600)
+    secret = table(tmp_path, {"password_file": "pw"}).get_secret()
+    assert secret is not None
+    assert secret.reveal() == "hunter2-s3cret"
+    assert "hunter2" not in repr(secret)
+    assert str(f) in repr(secret)
+
+
+def test_secret_keeps_inner_whitespace_of_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "pw"
+    f.write_text(" two words \r\n")
+    f.chmod(0o400)
+    secret = table(tmp_path, {"password_file": str(f)}).get_secret()
+    assert secret is not None
+    assert secret.reveal() == " two words "
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_secret_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    f = tmp_path / "pw"
+    f.write_text("hunter2\n")
+    f.chmod(mode)
+    with pytest.raises(ConfigError) as info:
+        table(tmp_path, {"password_file": str(f)}).get_secret()
+    assert info.value.field == "password_file"
+    assert "chmod 600" in str(info.value)
+    assert str(f) in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_secret_file_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "pwdir"
+    d.mkdir(mode=0o700)
+    with pytest.raises(ConfigError, match="not a regular file") as info:
+        table(tmp_path, {"password_file": str(d)}).get_secret()
+    assert info.value.field == "password_file"
+
+
+def test_missing_secret_file_is_refused_naming_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read") as info:
+        table(tmp_path, {"password_file": "absent"}).get_secret()
+    assert info.value.field == "password_file"
+
+
+def test_secret_from_both_env_and_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FF_TEST_PASSWORD", "x")
+    f = tmp_path / "pw"
+    f.write_text("y")
+    f.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        table(tmp_path, {"password_env": "FF_TEST_PASSWORD", "password_file": str(f)}).get_secret()
+    assert "password_env" in str(info.value)
+    assert "password_file" in str(info.value)
+    assert "not both" in str(info.value)
+
+
+def test_secret_from_unset_environment_variable_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FF_TEST_UNSET", raising=False)
+    with pytest.raises(ConfigError, match="FF_TEST_UNSET is not set") as info:
+        table(tmp_path, {"password_env": "FF_TEST_UNSET"}).get_secret()
+    assert info.value.field == "password_env"
+
+
+def test_no_secret_fields_means_no_secret_and_a_prefix_changes_the_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert table(tmp_path).get_secret() is None
+    monkeypatch.setenv("FF_TEST_TOKEN", "tok")
+    t = table(tmp_path, {"token_env": "FF_TEST_TOKEN"})
+    secret = t.get_secret("token")
+    assert secret is not None
+    assert secret.reveal() == "tok"
+    assert t.unread() == []

@@ -209,8 +209,20 @@ class ApplicationPlugin(_Component):
         """Check data restored under ``root``; raise a FreezeframeError when it is unusable."""
 
     def watchdog_thaw_command(self) -> Sequence[str] | None:
-        """For ``crash_safety = WATCHDOG``: the argv that thaws the application from outside."""
+        """For ``crash_safety = WATCHDOG``: the argv that thaws the application from outside.
+
+        The core's watchdog process runs it if freezeframe dies or hangs past the
+        deadline while the application is quiesced. It must hold no secret.
+        """
         return None
+
+    def frozen_mounts(self) -> Sequence[Path]:
+        """Mount points whose whole filesystem this plug-in freezes (fsfreeze).
+
+        The core refuses a profile that would have to write to one of them while
+        it is frozen (the state dir, a snapshot stage's output).
+        """
+        return ()
 
 
 class Backend(_Component):
@@ -245,3 +257,7 @@ class Backend(_Component):
 
     def discard(self, run_id: str) -> None:
         """Remove whatever a run with this id may have left half-made (after a crash)."""
+
+    def writes_to(self) -> Sequence[Path]:
+        """Local folders this backend writes into while it runs (its ``dir``)."""
+        return ()

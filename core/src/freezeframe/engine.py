@@ -20,7 +20,14 @@ from typing import Any
 
 from freezeframe import _ordered
 from freezeframe.catalog import Catalog
-from freezeframe.components import Artifact, Deadline, Role, SnapshotKind, StageContext
+from freezeframe.components import (
+    Artifact,
+    CrashSafety,
+    Deadline,
+    Role,
+    SnapshotKind,
+    StageContext,
+)
 from freezeframe.errors import (
     FreezeframeError,
     Interrupted,
@@ -33,6 +40,7 @@ from freezeframe.profile import ApplicationSpec, Profile, StageSpec
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord
 from freezeframe.registry import Registry
 from freezeframe.retention import select_keep
+from freezeframe.watchdog import Watchdog
 
 __all__ = ["Deletion", "Engine", "ProgressFactory"]
 
@@ -224,6 +232,14 @@ class Engine:
                         f"snapshots such as stage {stage.name!r} ({stage.info.kind}); "
                         f"use a {fits} snapshot backend"
                     )
+        problems += self._frozen_write_problems()
+        for app in self.profile.applications:
+            c = app.component
+            if c.crash_safety == CrashSafety.WATCHDOG and not c.watchdog_thaw_command():
+                problems.append(
+                    f"application {app.name!r} ({app.info.kind}) needs the watchdog "
+                    "but gives no thaw command (a bug of its plug-in)"
+                )
         components: list[tuple[str, Any]] = [
             *((f"application {a.name!r}", a.component) for a in self.profile.applications),
             *((f"stage {s.name!r}", s.component) for s in self.profile.stages),
@@ -235,6 +251,36 @@ class Engine:
                 problems.append(f"{label}: {_one_line(e)}")
             except Exception as e:
                 problems.append(f"{label}: check failed: {_one_line(e)}")
+        return problems
+
+    def windowed_stages(self) -> list[StageSpec]:
+        """The stages that run while applications are quiesced."""
+        return [
+            s
+            for s in self.profile.stages
+            if s.role == Role.SNAPSHOT
+            or (s.role == Role.COPY and self.profile.thaw == "after-backup")
+        ]
+
+    def _frozen_write_problems(self) -> list[str]:
+        """A filesystem frozen whole must not be one we write to inside the window."""
+        places = [("the state dir", self.profile.home)]
+        places += [
+            (f"the output of stage {s.name!r}", p)
+            for s in self.windowed_stages()
+            for p in s.component.writes_to()
+        ]
+        problems = []
+        for app in self.profile.applications:
+            for mount in app.component.frozen_mounts():
+                dev = _device(Path(mount))
+                for what, place in places:
+                    if dev is not None and _device(place) == dev:
+                        problems.append(
+                            f"application {app.name!r} freezes {mount}, which holds {what} "
+                            f"({place}); freezeframe must write there while it is frozen: "
+                            "move it to another filesystem"
+                        )
         return problems
 
     # -- plan ----------------------------------------------------------------
@@ -358,6 +404,13 @@ class Engine:
         later = [] if self.profile.thaw == "after-backup" else copies
 
         deadline = Deadline.after(self.profile.freeze_timeout)
+        thaw_commands = [
+            list(cmd)
+            for a in self.profile.applications
+            if a.component.crash_safety == CrashSafety.WATCHDOG
+            and (cmd := a.component.watchdog_thaw_command())
+        ]
+        watchdog = Watchdog.start(thaw_commands, deadline.at) if thaw_commands else None
         failure: BaseException | None = None
         try:
             self._quiesce_all(run, deadline)
@@ -368,7 +421,12 @@ class Engine:
             raise
         finally:
             with sig.shield():
-                self._thaw_all(run, failure)
+                thawed = False
+                try:
+                    thawed = self._thaw_all(run, failure)
+                finally:
+                    if watchdog is not None:  # a thaw that failed gets the watchdog's try too
+                        watchdog.disarm() if thawed else watchdog.fire()
                 self._describe_all(run)
         for stage in later:
             self._run_stage(run, stage, paths, None)
@@ -426,7 +484,8 @@ class Engine:
         if fatal:
             raise QuiesceError("; ".join(fatal))
 
-    def _thaw_all(self, run: _Run, failure: BaseException | None) -> None:
+    def _thaw_all(self, run: _Run, failure: BaseException | None) -> bool:
+        """Unquiesce everything whose quiesce began; returns whether all of it thawed."""
         started = run.quiesce
         # Everything whose quiesce began is thawed, half-failed or not: unquiesce is idempotent.
         # (A crash-consistent fallback was unquiesced the moment its quiesce failed.)
@@ -438,7 +497,7 @@ class Engine:
             and run.mode(a.name) != "crash-consistent"
         ]
         if not names:
-            return
+            return True
         artifacts = tuple(
             s.artifact
             for s in run.record.stages
@@ -487,6 +546,7 @@ class Engine:
             run.error("thaw", p)
         if problems and failure is None:
             raise QuiesceError("; ".join(problems))
+        return not problems
 
     def _describe_all(self, run: _Run) -> None:
         for a in self.profile.applications:
@@ -796,6 +856,16 @@ class Engine:
             )
             catalog.save(rec)
             return rec, checked, problems
+
+
+def _device(path: Path) -> int | None:
+    """The device of ``path`` or of its nearest existing parent."""
+    for p in (path, *path.parents):
+        try:
+            return p.stat().st_dev
+        except OSError:
+            continue
+    return None
 
 
 def _levels(after: dict[str, tuple[str, ...]]) -> list[list[str]]:

@@ -113,6 +113,10 @@ class ArchiveBackend(Backend):
         #: zstd worker threads; 0 means one per CPU.
         self.threads: int = table.get_int("threads", 0, minimum=0)
 
+    def writes_to(self) -> list[Path]:
+        """The snapshot or archive folder."""
+        return [self.dir]
+
     def check(self) -> None:
         """``dir`` exists (it is created) and is writable; zstandard imports."""
         try:

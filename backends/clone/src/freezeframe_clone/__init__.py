@@ -65,14 +65,29 @@ def _copy_file(
             if e.errno not in _NO_REFLINK:
                 raise
             stats.copied += 1
-            while True:
-                # copy_file_range lets the kernel move the bytes (and clone where it can)
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), 8 << 20)
-                if n == 0:
-                    break
-                tick(n)
+            _copy_bytes(fin.fileno(), fout.fileno(), tick)
             return
     tick(st.st_size)
+
+
+def _copy_bytes(src: int, dst: int, tick: Callable[[int], None]) -> None:
+    """copy_file_range (the kernel moves the bytes) or, across filesystems where the
+    kernel refuses it, sendfile."""
+    kernel_copy = True
+    while True:
+        if kernel_copy:
+            try:
+                n = os.copy_file_range(src, dst, 8 << 20)
+            except OSError as e:
+                if e.errno not in _NO_REFLINK:
+                    raise
+                kernel_copy = False
+                continue
+        else:
+            n = os.sendfile(dst, src, None, 8 << 20)
+        if n == 0:
+            return
+        tick(n)
 
 
 def _copy_meta(src_st: os.stat_result, dst: Path) -> None:
@@ -169,6 +184,10 @@ class CloneBackend(Backend):
         for p in self.paths:
             if p.is_relative_to(self.dir) or self.dir.is_relative_to(p):
                 raise ConfigError("paths", f"{p} and dir {self.dir} contain one another")
+
+    def writes_to(self) -> list[Path]:
+        """The snapshot or archive folder."""
+        return [self.dir]
 
     def check(self) -> None:
         """``dir`` exists (it is created) and is writable."""

@@ -1,0 +1,125 @@
+"""freezeframe application plug-in ``fsfreeze``: freeze a whole mounted filesystem.
+
+Quiesce runs ``fsfreeze --freeze MOUNT`` (the kernel's FIFREEZE: it flushes
+the filesystem and blocks every new write); unquiesce runs
+``fsfreeze --unfreeze MOUNT``. A frozen filesystem never thaws by itself, so
+this plug-in declares ``CrashSafety.WATCHDOG``: the core starts its watchdog
+process before the freeze, and the watchdog runs the unfreeze if freezeframe
+dies or the deadline passes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from freezeframe import (
+    ApplicationPlugin,
+    Artifact,
+    ConfigError,
+    CrashSafety,
+    Deadline,
+    FreezeframeError,
+    QuiesceError,
+    SnapshotKind,
+    Table,
+    hookimpl,
+)
+from freezeframe.tools import ToolError, find_tool, run_tool
+
+__all__ = ["FsfreezePlugin"]
+
+
+class FsfreezePlugin(ApplicationPlugin):
+    """One mounted filesystem (``mountpoint``), frozen whole."""
+
+    kind = "fsfreeze"
+    # Nothing on a frozen filesystem changes, so a per-file copy made while it is
+    # frozen is as consistent as an atomic snapshot.
+    consistent_on = frozenset({SnapshotKind.ATOMIC, SnapshotKind.PER_FILE})
+    crash_safety = CrashSafety.WATCHDOG
+
+    def __init__(self, name: str, table: Table) -> None:
+        super().__init__(name, table)
+        self.mountpoint: Path = table.get_path("mountpoint", must_exist=True)
+        if not os.path.ismount(self.mountpoint):
+            raise ConfigError("mountpoint", f"{self.mountpoint} is not a mount point")
+        if self.mountpoint == Path("/"):
+            raise ConfigError("mountpoint", "refusing to freeze / (freezeframe itself runs there)")
+        self._frozen = False
+        self._tool = "fsfreeze"
+
+    def check(self) -> None:
+        """fsfreeze is installed and we may freeze (root, or CAP_SYS_ADMIN)."""
+        self._tool = find_tool("fsfreeze")
+        if os.geteuid() != 0:
+            raise FreezeframeError(f"freezing {self.mountpoint} needs root (CAP_SYS_ADMIN)")
+        if _device(self.mountpoint) == _device(Path("/")):
+            raise FreezeframeError(f"{self.mountpoint} is on the root filesystem; "
+                                   "refusing to freeze /")
+
+    def data_paths(self) -> Sequence[Path]:
+        """The whole mount."""
+        return (self.mountpoint,)
+
+    def frozen_mounts(self) -> Sequence[Path]:
+        """The mount this plug-in freezes whole."""
+        return (self.mountpoint,)
+
+    def quiesce(self, deadline: Deadline) -> None:
+        """``fsfreeze --freeze``: flushes the filesystem, then blocks every write."""
+        try:
+            run_tool([self._tool, "--freeze", str(self.mountpoint)],
+                     timeout=max(0.1, deadline.remaining()))
+        except ToolError as e:
+            raise QuiesceError(f"{self.mountpoint}: {e}") from None
+        self._frozen = True
+
+    def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
+        """``fsfreeze --unfreeze`` (also after a half-failed freeze: a freeze that timed out
+        may still complete in the kernel)."""
+        try:
+            run_tool([self._tool, "--unfreeze", str(self.mountpoint)], timeout=30)
+        except ToolError as e:
+            if not _not_frozen(e):  # EINVAL: not frozen (any more): nothing to undo
+                raise QuiesceError(f"{self.mountpoint}: {e}") from None
+        self._frozen = False
+
+    def watchdog_thaw_command(self) -> Sequence[str]:
+        """What the watchdog runs if we die while frozen."""
+        return [self._tool, "--unfreeze", str(self.mountpoint)]
+
+    def describe(self) -> Mapping[str, Any]:
+        """The mount and its filesystem type."""
+        return {"mountpoint": str(self.mountpoint), "fstype": _fstype(self.mountpoint)}
+
+
+def _not_frozen(e: ToolError) -> bool:
+    # FITHAW on a filesystem that is not frozen fails with EINVAL: already thawed.
+    return "Invalid argument" in e.stderr
+
+
+def _device(path: Path) -> int:
+    return path.stat().st_dev
+
+
+def _fstype(mountpoint: Path) -> str:
+    best = ("", "?")
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                fields = line.split()
+                target = fields[1].replace("\\040", " ")
+                if Path(target) == mountpoint and len(target) >= len(best[0]):
+                    best = (target, fields[2])
+    except OSError:
+        pass
+    return best[1]
+
+
+@hookimpl
+def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
+    """Register the ``fsfreeze`` application plug-in."""
+    register(FsfreezePlugin)

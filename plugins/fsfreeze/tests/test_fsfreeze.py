@@ -1,0 +1,202 @@
+"""fsfreeze on real loop-mounted filesystems, with the core's watchdog standing guard."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from freezeframe_fsfreeze import FsfreezePlugin
+
+import freezeframe_testing.components as comps
+from freezeframe import ConfigError, Deadline, RunStatus, Table
+from freezeframe.engine import Engine
+from freezeframe.profile import load_profile
+from freezeframe.registry import Registry
+from freezeframe_testing.plugin import LoopFs
+
+TESTING = Path(comps.__file__).parent.parent
+
+
+def writer_process(path: Path) -> subprocess.Popen[bytes]:
+    """A process that creates and writes ``path`` (it blocks while the filesystem is frozen)."""
+    code = f"open({str(path)!r}, 'w').write('written')"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def finishes_within(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+    try:
+        proc.wait(seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@pytest.fixture
+def xfs(loop_fs) -> LoopFs:
+    return loop_fs("xfs", 300)
+
+
+def plugin(mount: Path) -> FsfreezePlugin:
+    return FsfreezePlugin("fs", Table({"mountpoint": str(mount)}, base_dir=mount))
+
+
+def test_writes_block_while_frozen_and_complete_after_the_thaw(xfs: LoopFs) -> None:
+    p = plugin(xfs.mountpoint)
+    p.check()
+    p.quiesce(Deadline.after(10))
+    writer = writer_process(xfs.mountpoint / "late.txt")
+    try:
+        assert not finishes_within(writer, 0.5), "a write went through a frozen filesystem"
+    finally:
+        p.unquiesce(())
+    assert finishes_within(writer, 5)
+    assert (xfs.mountpoint / "late.txt").read_text() == "written"
+    p.unquiesce(())  # idempotent: thawing a thawed filesystem is not an error
+
+
+def test_field_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a mount point"):
+        plugin(tmp_path)
+    with pytest.raises(ConfigError, match="refusing to freeze /"):
+        plugin(Path("/"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        plugin(tmp_path / "nope")
+
+
+PROFILE = """
+    [profile]
+    name = "fs"
+    freeze_timeout = "{timeout}"
+    {state}
+
+    [[application]]
+    plugin = "fsfreeze"
+    name = "data"
+    mountpoint = "{mount}"
+
+    [[backup]]
+    backend = "{backend}"
+    name = "snap"
+    dir = "{snaps}"
+    {extra}
+"""
+
+
+def test_refuses_to_freeze_what_it_must_write_to(xfs: LoopFs, write_profile, registry, tmp_path):
+    # the clone's snapshot folder on the frozen filesystem: the clone would hang
+    text = PROFILE.format(timeout="5s", state="", mount=xfs.mountpoint, backend="clone",
+                          snaps=xfs.mountpoint / "snaps", extra="")
+    problems = Engine(load_profile(write_profile(text), registry), registry).check()
+    assert any("freezes" in p and "stage 'snap'" in p for p in problems), problems
+    # the state dir (catalog, lock) on the frozen filesystem
+    text = PROFILE.format(timeout="5s", state=f'state_dir = "{xfs.mountpoint / "state"}"',
+                          mount=xfs.mountpoint, backend="clone", snaps=tmp_path / "snaps",
+                          extra="")
+    problems = Engine(load_profile(write_profile(text), registry), registry).check()
+    assert any("the state dir" in p for p in problems), problems
+
+
+def _cli(profile: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTING),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "freezeframe_testing.components", "backup", str(profile), "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _wait_for(path: Path, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_the_watchdog_thaws_when_freezeframe_dies_or_hangs(
+    xfs: LoopFs, write_profile, tmp_path: Path, how: str
+) -> None:
+    """kill -9: thawed at once (the watchdog sees its pipe close). A hung process
+    (SIGSTOP): thawed when the deadline passes. Either way within deadline + 2 s."""
+    timeout = 3.0
+    marker = tmp_path / "in-stage"
+    text = PROFILE.format(timeout=f"{timeout}s", state="", mount=xfs.mountpoint,
+                          backend="slow", snaps=tmp_path / "snaps",
+                          extra=f'seconds = "60s"\nmarker = "{marker}"')
+    proc = _cli(write_profile(text))
+    writer = None
+    try:
+        _wait_for(marker)
+        frozen_at = time.monotonic()
+        writer = writer_process(xfs.mountpoint / "during.txt")
+        assert not finishes_within(writer, 0.3)  # frozen right now
+        os.kill(proc.pid, getattr(signal, how))
+        assert finishes_within(writer, timeout + 2 - (time.monotonic() - frozen_at)), (
+            "the filesystem stayed frozen past the deadline + 2 s")
+    finally:
+        proc.kill()
+        os.kill(proc.pid, signal.SIGCONT) if proc.poll() is None else None
+        proc.wait()
+        if writer is not None:
+            writer.kill()
+            writer.wait()
+    assert (xfs.mountpoint / "during.txt").read_text() == "written"
+
+
+PAIR_WRITER = """
+import os, sys
+fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o644) for p in sys.argv[1:3]]
+n = 0
+while True:
+    n += 1
+    for fd in fds:
+        os.pwrite(fd, b"%020d" % n, 0)
+"""
+
+
+def pair_writer(root: Path) -> subprocess.Popen[bytes]:
+    """A process writing n into a.txt, then into b.txt, n = 1, 2, ...: a - b is 0 or 1.
+
+    Each write is one pwrite(2) of a fixed width, so a freeze falls between two
+    writes, never inside one (truncate-then-write would tear by design). A
+    process of its own, so it runs while the backup copies (no shared GIL).
+    """
+    return subprocess.Popen(
+        [sys.executable, "-c", PAIR_WRITER, str(root / "a.txt"), str(root / "b.txt")])
+
+
+def test_a_frozen_filesystem_copied_file_by_file_is_one_instant(
+    xfs: LoopFs, write_profile, registry: Registry, tmp_path: Path
+) -> None:
+    text = PROFILE.format(timeout="10s", state="", mount=xfs.mountpoint, backend="clone",
+                          snaps=tmp_path / "snaps", extra="")
+    text += f"""
+    [[backup]]
+    backend = "archive"
+    name = "archive"
+    dir = "{tmp_path / "archives"}"
+    """
+    engine = Engine(load_profile(write_profile(text), registry), registry)
+    writer = pair_writer(xfs.mountpoint)
+    runs = []
+    try:
+        time.sleep(0.2)
+        for _ in range(10):
+            run = engine.backup()
+            assert run.status == RunStatus.SUCCEEDED, run.error
+            runs.append(run)
+    finally:
+        writer.kill()
+        writer.wait()
+    for i, run in enumerate(runs):
+        target = tmp_path / f"r{i}"
+        engine.restore(run.run_id, target)
+        root = target / xfs.mountpoint.relative_to("/")
+        a, b = int((root / "a.txt").read_text()), int((root / "b.txt").read_text())
+        assert a - b in (0, 1), f"run {run.run_id}: a={a} b={b}"
+        assert run.applications[0].facts["fstype"] == "xfs"

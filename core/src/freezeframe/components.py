@@ -180,7 +180,11 @@ class ApplicationPlugin(_Component):
     crash_safety: ClassVar[CrashSafety] = CrashSafety.PROCESS_EXIT
 
     def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
-        """Slow work before the freeze window opens (a checkpoint). Blocks nobody."""
+        """Slow work before the freeze window opens (a checkpoint). Blocks nobody.
+
+        Once ``prepare`` has been called, ``unquiesce`` will be called too,
+        whatever happens (so a backup mode begun here is always ended).
+        """
 
     def data_paths(self) -> Sequence[Path]:
         """Absolute paths of the files and trees that hold the application's data."""

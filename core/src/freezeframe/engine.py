@@ -134,6 +134,7 @@ class _Run:
         self.registry = registry
         self._lock = threading.Lock()
         #: Whose quiesce began (so whom to thaw), and threads still working.
+        self.prepare: _ordered.Outcome | None = None
         self.quiesce: _ordered.Outcome | None = None
         self.cancel_events: list[threading.Event] = []
         self.workers: list[threading.Thread] = []
@@ -379,8 +380,48 @@ class Engine:
         problems = self.check()
         if problems:
             raise FreezeframeError("; ".join(problems))
+        snapshots = [s for s in self.profile.stages if s.role == Role.SNAPSHOT]
+        copies = [s for s in self.profile.stages if s.role == Role.COPY]
+        windowed = snapshots + (copies if self.profile.thaw == "after-backup" else [])
+        later = [] if self.profile.thaw == "after-backup" else copies
+
+        thaw_commands = [
+            list(cmd)
+            for a in self.profile.applications
+            if a.component.crash_safety == CrashSafety.WATCHDOG
+            and (cmd := a.component.watchdog_thaw_command())
+        ]
+        watchdog: Watchdog | None = None
+        failure: BaseException | None = None
+        try:
+            paths = self._prepare_all(run)
+            deadline = Deadline.after(self.profile.freeze_timeout)
+            if thaw_commands:
+                watchdog = Watchdog.start(thaw_commands, deadline.at)
+            self._quiesce_all(run, deadline)
+            for stage in windowed:
+                self._run_stage(run, stage, paths, deadline)
+        except BaseException as e:
+            failure = e
+            raise
+        finally:
+            with sig.shield():
+                thawed = False
+                try:
+                    thawed = self._thaw_all(run, failure)
+                finally:
+                    if watchdog is not None and thawed:
+                        watchdog.disarm()
+                    elif watchdog is not None:  # our thaw failed: the watchdog tries too
+                        watchdog.fire()
+                self._describe_all(run)
+        for stage in later:
+            self._run_stage(run, stage, paths, None)
+
+    def _prepare_all(self, run: _Run) -> tuple[Path, ...]:
+        """Slow work before the window: each plug-in's prepare(), then syncfs."""
         kinds = self.snapshot_kinds()
-        outcome = _ordered.run_ordered(
+        run.prepare = outcome = _ordered.run_ordered(
             [a.name for a in self.profile.applications],
             {},
             lambda name: self._app(name).component.prepare(kinds),
@@ -397,39 +438,7 @@ class Engine:
             len(self.profile.applications),
             synced,
         )
-
-        snapshots = [s for s in self.profile.stages if s.role == Role.SNAPSHOT]
-        copies = [s for s in self.profile.stages if s.role == Role.COPY]
-        windowed = snapshots + (copies if self.profile.thaw == "after-backup" else [])
-        later = [] if self.profile.thaw == "after-backup" else copies
-
-        deadline = Deadline.after(self.profile.freeze_timeout)
-        thaw_commands = [
-            list(cmd)
-            for a in self.profile.applications
-            if a.component.crash_safety == CrashSafety.WATCHDOG
-            and (cmd := a.component.watchdog_thaw_command())
-        ]
-        watchdog = Watchdog.start(thaw_commands, deadline.at) if thaw_commands else None
-        failure: BaseException | None = None
-        try:
-            self._quiesce_all(run, deadline)
-            for stage in windowed:
-                self._run_stage(run, stage, paths, deadline)
-        except BaseException as e:
-            failure = e
-            raise
-        finally:
-            with sig.shield():
-                thawed = False
-                try:
-                    thawed = self._thaw_all(run, failure)
-                finally:
-                    if watchdog is not None:  # a thaw that failed gets the watchdog's try too
-                        watchdog.disarm() if thawed else watchdog.fire()
-                self._describe_all(run)
-        for stage in later:
-            self._run_stage(run, stage, paths, None)
+        return paths
 
     def _app(self, name: str) -> ApplicationSpec:
         return next(a for a in self.profile.applications if a.name == name)
@@ -487,14 +496,16 @@ class Engine:
     def _thaw_all(self, run: _Run, failure: BaseException | None) -> bool:
         """Unquiesce everything whose quiesce began; returns whether all of it thawed."""
         started = run.quiesce
-        # Everything whose quiesce began is thawed, half-failed or not: unquiesce is idempotent.
-        # (A crash-consistent fallback was unquiesced the moment its quiesce failed.)
+        # Everything whose prepare or quiesce began is thawed, half-failed or not: unquiesce
+        # is idempotent. (A crash-consistent fallback was unquiesced when its quiesce failed.)
+        begun = {
+            *(run.prepare.started if run.prepare else ()),
+            *(started.started if started else ()),
+        }
         names = [
             a.name
             for a in self.profile.applications
-            if started is not None
-            and a.name in started.started
-            and run.mode(a.name) != "crash-consistent"
+            if a.name in begun and run.mode(a.name) != "crash-consistent"
         ]
         if not names:
             return True

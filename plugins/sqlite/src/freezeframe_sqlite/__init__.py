@@ -81,12 +81,19 @@ class SqlitePlugin(ApplicationPlugin):
     def quiesce(self, deadline: Deadline) -> None:
         """Hold the write lock; checkpoint every committed WAL frame into the main file."""
         started = time.monotonic()
-        db = self._connect(max(0.001, deadline.remaining()))
+        db = self._connect(0)
         self._lock = db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            raise QuiesceError(f"{self.path}: could not take the write lock: {e}") from None
+        # SQLite's own busy handler backs off to 100 ms sleeps, and a busy writer that
+        # commits back to back takes the lock again in between: it starved us for
+        # seconds. Asking every 0.2 ms gets the lock in milliseconds (measured).
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or deadline.expired():
+                    raise QuiesceError(f"{self.path}: could not take the write lock: {e}") from None
+                time.sleep(0.0002)
         self._facts["lock_wait_ms"] = round((time.monotonic() - started) * 1000, 3)
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
         self._facts["journal_mode"] = mode

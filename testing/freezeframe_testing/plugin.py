@@ -25,6 +25,13 @@ from freezeframe.registry import Registry, build_registry
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# Server fixtures, one module per server, loaded with this plug-in.
+pytest_plugins = [
+    "freezeframe_testing.postgres_server",
+    "freezeframe_testing.mariadb_server",
+    "freezeframe_testing.redis_server",
+]
+
 
 def need(condition: bool, reason: str) -> None:
     """Skip (or, in CI, fail) the test unless ``condition`` holds."""

@@ -371,7 +371,10 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
         if args.verb == "plugins":
             return _cmd_plugins(args, registry)
         profile = load_profile(args.profile, registry)
-        return _VERBS[args.verb](args, Engine(profile, registry))
+        engine = Engine(profile, registry)
+        if args.verb not in ("backup", "prune"):  # those two reconcile under their own lock
+            engine.reconcile_if_idle()
+        return _VERBS[args.verb](args, engine)
     except FreezeframeError as e:
         lines = e.problems if isinstance(e, ProfileError) else [str(e)]
         if args.json:

@@ -29,6 +29,7 @@ from freezeframe.components import (
     StageContext,
 )
 from freezeframe.errors import (
+    BusyError,
     FreezeframeError,
     Interrupted,
     QuiesceError,
@@ -198,6 +199,16 @@ class Engine:
             self._reconcile(catalog)
             yield catalog
 
+    def reconcile_if_idle(self) -> None:
+        """Clean up after a crashed run now, unless a run is going on (then it is not ours)."""
+        if not (self.profile.home / "catalog.sqlite").exists():
+            return
+        try:
+            with self.locked("reconcile"):
+                pass
+        except BusyError:
+            pass
+
     def _notify(self, hook: str, **kwargs: Any) -> None:
         for impl in getattr(self.registry.pm.hook, hook).get_hookimpls():
             try:
@@ -338,6 +349,7 @@ class Engine:
             status, error = RunStatus.FAILED, None
             try:
                 self._backup(run, sig)
+                self._make_durable()
                 status = RunStatus.SUCCEEDED
             except BaseException as e:
                 error = _one_line(e)
@@ -358,6 +370,14 @@ class Engine:
             if status == RunStatus.SUCCEEDED:
                 self._after_success(run, catalog)
             return run.record
+
+    def _make_durable(self) -> None:
+        """Every stage's output reaches the disk before the run may say it succeeded.
+
+        Done after the thaw (a snapshot's copy need not be synced inside the window).
+        """
+        synced = syncfs(p for s in self.profile.stages for p in s.component.writes_to())
+        log.debug("synced %d filesystem(s) holding the stages' output", synced)
 
     def _new_record(self) -> RunRecord:
         return RunRecord(
@@ -690,6 +710,7 @@ class Engine:
             why = f"interrupted: the freezeframe process (pid {pid}) died during the run"
             log.warning("run %s: %s; removing what it left", rec.run_id, why)
             catalog.add_error(rec.run_id, time.time(), "reconcile", why)
+            self._thaw_left_frozen(catalog, rec)
             rec = self._remove_outputs(catalog, rec)
             catalog.save(
                 replace(
@@ -699,6 +720,22 @@ class Engine:
                     finished_at=rec.finished_at or time.time(),
                 )
             )
+
+    def _thaw_left_frozen(self, catalog: Catalog, rec: RunRecord) -> None:
+        """What never thaws by itself (the watchdog kind) is thawed again, in case the
+        watchdog died too. Unquiesce is idempotent, so this is safe when it did not."""
+        begun = {a.name for a in rec.applications if a.mode in ("quiescing", "quiesced")}
+        for app in self.profile.applications:
+            if app.name in begun and app.component.crash_safety == CrashSafety.WATCHDOG:
+                try:
+                    app.component.unquiesce(())
+                except Exception as e:
+                    catalog.add_error(
+                        rec.run_id,
+                        time.time(),
+                        f"application {app.name}",
+                        f"reconcile could not thaw it: {_one_line(e)}",
+                    )
 
     # -- after a success: release and retention ------------------------------
     def _after_success(self, run: _Run, catalog: Catalog) -> None:
@@ -716,7 +753,11 @@ class Engine:
             self._delete(catalog, d.run_id, self.profile.stage(d.stage), None, d.reason)
 
     def retention(self, catalog: Catalog) -> list[Deletion]:
-        """Artifacts that the stages' ``keep`` rules no longer keep."""
+        """Artifacts that the stages' ``keep`` rules no longer keep.
+
+        Whatever the rules say, the newest backup of each stage and its newest
+        verified one are kept.
+        """
         deletions = []
         runs = catalog.runs(status=RunStatus.SUCCEEDED)
         for spec in self.profile.stages:
@@ -730,6 +771,9 @@ class Engine:
                 and s.deleted_at is None
             ]
             keep = select_keep([(r.run_id, r.started_at) for r, _ in live], spec.keep)
+            verified = [r for r, s in live if s.verified_at is not None]
+            if verified:
+                keep.add(verified[0].run_id)  # runs come newest first
             for r, s in live:
                 if r.run_id not in keep:
                     assert s.artifact is not None

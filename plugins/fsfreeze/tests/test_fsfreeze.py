@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -89,24 +90,40 @@ PROFILE = """
 
 def test_refuses_to_freeze_what_it_must_write_to(xfs: LoopFs, write_profile, registry, tmp_path):
     # the clone's snapshot folder on the frozen filesystem: the clone would hang
-    text = PROFILE.format(timeout="5s", state="", mount=xfs.mountpoint, backend="clone",
-                          snaps=xfs.mountpoint / "snaps", extra="")
+    text = PROFILE.format(
+        timeout="5s",
+        state="",
+        mount=xfs.mountpoint,
+        backend="clone",
+        snaps=xfs.mountpoint / "snaps",
+        extra="",
+    )
     problems = Engine(load_profile(write_profile(text), registry), registry).check()
     assert any("freezes" in p and "stage 'snap'" in p for p in problems), problems
     # the state dir (catalog, lock) on the frozen filesystem
-    text = PROFILE.format(timeout="5s", state=f'state_dir = "{xfs.mountpoint / "state"}"',
-                          mount=xfs.mountpoint, backend="clone", snaps=tmp_path / "snaps",
-                          extra="")
+    text = PROFILE.format(
+        timeout="5s",
+        state=f'state_dir = "{xfs.mountpoint / "state"}"',
+        mount=xfs.mountpoint,
+        backend="clone",
+        snaps=tmp_path / "snaps",
+        extra="",
+    )
     problems = Engine(load_profile(write_profile(text), registry), registry).check()
     assert any("the state dir" in p for p in problems), problems
 
 
 def _cli(profile: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTING),
-                                                         os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTING), os.environ.get("PYTHONPATH", "")]),
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "freezeframe_testing.components", "backup", str(profile), "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -125,9 +142,14 @@ def test_the_watchdog_thaws_when_freezeframe_dies_or_hangs(
     (SIGSTOP): thawed when the deadline passes. Either way within deadline + 2 s."""
     timeout = 3.0
     marker = tmp_path / "in-stage"
-    text = PROFILE.format(timeout=f"{timeout}s", state="", mount=xfs.mountpoint,
-                          backend="slow", snaps=tmp_path / "snaps",
-                          extra=f'seconds = "60s"\nmarker = "{marker}"')
+    text = PROFILE.format(
+        timeout=f"{timeout}s",
+        state="",
+        mount=xfs.mountpoint,
+        backend="slow",
+        snaps=tmp_path / "snaps",
+        extra=f'seconds = "60s"\nmarker = "{marker}"',
+    )
     proc = _cli(write_profile(text))
     writer = None
     try:
@@ -137,7 +159,8 @@ def test_the_watchdog_thaws_when_freezeframe_dies_or_hangs(
         assert not finishes_within(writer, 0.3)  # frozen right now
         os.kill(proc.pid, getattr(signal, how))
         assert finishes_within(writer, timeout + 2 - (time.monotonic() - frozen_at)), (
-            "the filesystem stayed frozen past the deadline + 2 s")
+            "the filesystem stayed frozen past the deadline + 2 s"
+        )
     finally:
         proc.kill()
         os.kill(proc.pid, signal.SIGCONT) if proc.poll() is None else None
@@ -167,14 +190,21 @@ def pair_writer(root: Path) -> subprocess.Popen[bytes]:
     process of its own, so it runs while the backup copies (no shared GIL).
     """
     return subprocess.Popen(
-        [sys.executable, "-c", PAIR_WRITER, str(root / "a.txt"), str(root / "b.txt")])
+        [sys.executable, "-c", PAIR_WRITER, str(root / "a.txt"), str(root / "b.txt")]
+    )
 
 
 def test_a_frozen_filesystem_copied_file_by_file_is_one_instant(
     xfs: LoopFs, write_profile, registry: Registry, tmp_path: Path
 ) -> None:
-    text = PROFILE.format(timeout="10s", state="", mount=xfs.mountpoint, backend="clone",
-                          snaps=tmp_path / "snaps", extra="")
+    text = PROFILE.format(
+        timeout="10s",
+        state="",
+        mount=xfs.mountpoint,
+        backend="clone",
+        snaps=tmp_path / "snaps",
+        extra="",
+    )
     text += f"""
     [[backup]]
     backend = "archive"
@@ -200,3 +230,71 @@ def test_a_frozen_filesystem_copied_file_by_file_is_one_instant(
         a, b = int((root / "a.txt").read_text()), int((root / "b.txt").read_text())
         assert a - b in (0, 1), f"run {run.run_id}: a={a} b={b}"
         assert run.applications[0].facts["fstype"] == "xfs"
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            out.append((int(entry.name), cmd))
+    return out
+
+
+def test_if_the_watchdog_dies_too_the_next_command_thaws(
+    xfs: LoopFs, write_profile, tmp_path: Path
+) -> None:
+    marker = tmp_path / "in-stage"
+    text = PROFILE.format(
+        timeout="60s",
+        state="",
+        mount=xfs.mountpoint,
+        backend="slow",
+        snaps=tmp_path / "snaps",
+        extra=f'seconds = "60s"\nmarker = "{marker}"',
+    )
+    profile = write_profile(text)
+    proc = _cli(profile)
+    writer = None
+    try:
+        _wait_for(marker)
+        dogs = [pid for pid, cmd in _children(proc.pid) if "freezeframe.watchdog" in cmd]
+        assert len(dogs) == 1
+        os.kill(dogs[0], signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        writer = writer_process(xfs.mountpoint / "after.txt")
+        assert not finishes_within(writer, 0.5)  # nobody thawed it: still frozen
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(TESTING), os.environ.get("PYTHONPATH", "")]),
+        }
+        listed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "freezeframe_testing.components",
+                "list",
+                str(profile),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert finishes_within(writer, 5), "the next command did not thaw the filesystem"
+        assert "died" in (json.loads(listed.stdout)[0]["error"] or "")
+    finally:
+        proc.kill()
+        proc.wait()
+        if writer is not None:
+            writer.kill()
+            writer.wait()

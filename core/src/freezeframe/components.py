@@ -259,6 +259,18 @@ class Backend(_Component):
         """Remove ``artifact``. Deleting what is already gone is not an error."""
         raise NotImplementedError
 
+    def delete_many(self, artifacts: Sequence[Artifact]) -> dict[str, str]:
+        """Remove several artifacts (retention); returns ``{artifact id: error}`` for those
+        that could not be removed. Override it when one call does it better (restic's
+        ``forget --prune``); by default each is deleted on its own."""
+        errors: dict[str, str] = {}
+        for artifact in artifacts:
+            try:
+                self.delete(artifact)
+            except Exception as e:  # one stuck artifact must not keep the others
+                errors[artifact.id] = str(e) or type(e).__name__
+        return errors
+
     def discard(self, run_id: str) -> None:
         """Remove whatever a run with this id may have left half-made (after a crash)."""
 

@@ -12,7 +12,7 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -739,18 +739,19 @@ class Engine:
 
     # -- after a success: release and retention ------------------------------
     def _after_success(self, run: _Run, catalog: Catalog) -> None:
-        for spec in self.profile.stages:
-            st = run.record.stage(spec.name)
-            if self.profile.released_after_run(spec) and st and st.artifact:
-                self._delete(
-                    catalog,
-                    run.record.run_id,
-                    spec,
-                    st.artifact,
-                    "snapshot released: its copies are made",
-                )
-        for d in self.retention(catalog):
-            self._delete(catalog, d.run_id, self.profile.stage(d.stage), None, d.reason)
+        released = [
+            Deletion(
+                run.record.run_id,
+                spec.name,
+                st.artifact.id,
+                "snapshot released: its copies are made",
+            )
+            for spec in self.profile.stages
+            if self.profile.released_after_run(spec)
+            and (st := run.record.stage(spec.name)) is not None
+            and st.artifact is not None
+        ]
+        self._delete_all(catalog, released + self.retention(catalog))
 
     def retention(self, catalog: Catalog) -> list[Deletion]:
         """Artifacts that the stages' ``keep`` rules no longer keep.
@@ -782,39 +783,47 @@ class Engine:
                     )
         return deletions
 
-    def _delete(
-        self, catalog: Catalog, run_id: str, spec: StageSpec, artifact: Artifact | None, reason: str
-    ) -> None:
-        rec = catalog.get(run_id)
-        st = rec.stage(spec.name) if rec else None
-        if rec is None or st is None or st.artifact is None:
-            return
-        try:
-            spec.component.delete(artifact or st.artifact)
-        except Exception as e:
-            catalog.add_error(
-                run_id,
-                time.time(),
-                f"stage {spec.name}",
-                f"retention could not delete {st.artifact.id}: {_one_line(e)}",
-            )
-            log.warning(
-                "stage %s: could not delete %s: %s", spec.name, st.artifact.id, _one_line(e)
-            )
-            return
-        log.info("stage %s: deleted %s of run %s (%s)", spec.name, st.artifact.id, run_id, reason)
-        stages = tuple(
-            replace(s, deleted_at=time.time()) if s.name == spec.name else s for s in rec.stages
-        )
-        catalog.save(replace(rec, stages=stages))
+    def _delete_all(self, catalog: Catalog, deletions: Sequence[Deletion]) -> None:
+        """Delete what retention chose, one ``delete_many`` call per stage."""
+        for spec in self.profile.stages:
+            mine = [d for d in deletions if d.stage == spec.name]
+            found: list[tuple[RunRecord, Artifact, Deletion]] = []
+            for d in mine:
+                rec = catalog.get(d.run_id)
+                st = rec.stage(spec.name) if rec else None
+                if rec is not None and st is not None and st.artifact is not None:
+                    found.append((rec, st.artifact, d))
+            if not found:
+                continue
+            try:
+                errors = spec.component.delete_many([a for _, a, _ in found])
+            except Exception as e:
+                errors = {a.id: _one_line(e) for _, a, _ in found}
+            for rec, artifact, d in found:
+                if artifact.id in errors:
+                    why = f"retention could not delete {artifact.id}: {errors[artifact.id]}"
+                    catalog.add_error(rec.run_id, time.time(), f"stage {spec.name}", why)
+                    log.warning("stage %s: %s", spec.name, why)
+                    continue
+                log.info(
+                    "stage %s: deleted %s of run %s (%s)",
+                    spec.name,
+                    artifact.id,
+                    rec.run_id,
+                    d.reason,
+                )
+                stages = tuple(
+                    replace(s, deleted_at=time.time()) if s.name == spec.name else s
+                    for s in rec.stages
+                )
+                catalog.save(replace(rec, stages=stages))
 
     def prune(self, *, dry_run: bool) -> list[Deletion]:
         """Apply every stage's ``keep`` now (with ``dry_run``, only say what would go)."""
         with self.locked("prune") as catalog:
             deletions = self.retention(catalog)
             if not dry_run:
-                for d in deletions:
-                    self._delete(catalog, d.run_id, self.profile.stage(d.stage), None, d.reason)
+                self._delete_all(catalog, deletions)
             return deletions
 
     # -- restore and verify --------------------------------------------------

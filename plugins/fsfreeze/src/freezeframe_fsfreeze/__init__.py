@@ -57,8 +57,9 @@ class FsfreezePlugin(ApplicationPlugin):
         if os.geteuid() != 0:
             raise FreezeframeError(f"freezing {self.mountpoint} needs root (CAP_SYS_ADMIN)")
         if _device(self.mountpoint) == _device(Path("/")):
-            raise FreezeframeError(f"{self.mountpoint} is on the root filesystem; "
-                                   "refusing to freeze /")
+            raise FreezeframeError(
+                f"{self.mountpoint} is on the root filesystem; refusing to freeze /"
+            )
 
     def data_paths(self) -> Sequence[Path]:
         """The whole mount."""
@@ -71,8 +72,10 @@ class FsfreezePlugin(ApplicationPlugin):
     def quiesce(self, deadline: Deadline) -> None:
         """``fsfreeze --freeze``: flushes the filesystem, then blocks every write."""
         try:
-            run_tool([self._tool, "--freeze", str(self.mountpoint)],
-                     timeout=max(0.1, deadline.remaining()))
+            run_tool(
+                [self._tool, "--freeze", str(self.mountpoint)],
+                timeout=max(0.1, deadline.remaining()),
+            )
         except ToolError as e:
             raise QuiesceError(f"{self.mountpoint}: {e}") from None
         self._frozen = True

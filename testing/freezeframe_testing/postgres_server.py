@@ -1,1 +1,1 @@
-"""Fixtures that start a private postgres server for one test (filled in with the postgres plug-in)."""
+"""Fixtures that start a private postgres server for one test."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from freezeframe._faults import point
 from freezeframe.components import Artifact
 from freezeframe.errors import FreezeframeError
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord
@@ -46,6 +47,9 @@ CREATE TABLE IF NOT EXISTS errors (
     at REAL NOT NULL, source TEXT NOT NULL, message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started_at);
+CREATE TABLE IF NOT EXISTS pending_deletes (
+    run_id TEXT NOT NULL, stage TEXT NOT NULL, PRIMARY KEY (run_id, stage)
+);
 """
 
 
@@ -104,6 +108,7 @@ class Catalog:
     # -- writing -------------------------------------------------------------
     def save(self, run: RunRecord, *, pid: int | None = None) -> None:
         """Write the whole record of ``run`` in one transaction."""
+        point("catalog.save")
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO runs(run_id, profile, status, started_at, finished_at, thaw, pid,"
@@ -171,6 +176,24 @@ class Catalog:
                     for i, s in enumerate(run.stages)
                 ],
             )
+
+    def mark_deleted(self, run_id: str, stage: str, at: float) -> None:
+        """Mark a stage's artifact deleted and journal the delete as pending, atomically."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE stages SET deleted_at=COALESCE(deleted_at, ?) WHERE run_id=? AND name=?",
+                (at, run_id, stage),
+            )
+            db.execute("INSERT OR IGNORE INTO pending_deletes VALUES (?,?)", (run_id, stage))
+
+    def delete_done(self, run_id: str, stage: str) -> None:
+        """The artifact is gone: the pending delete is over."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM pending_deletes WHERE run_id=? AND stage=?", (run_id, stage))
+
+    def pending_deletes(self) -> list[tuple[str, str]]:
+        """``(run id, stage)`` of every delete begun and not known to be done."""
+        return [(r, s) for r, s in self._db.execute("SELECT run_id, stage FROM pending_deletes")]
 
     def add_error(self, run_id: str, at: float, source: str, message: str) -> None:
         """Record one error of a run (a run may gather several: a stage, then a thaw)."""

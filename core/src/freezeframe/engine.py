@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from freezeframe import _ordered
+from freezeframe._faults import point
 from freezeframe.catalog import Catalog
 from freezeframe.components import (
     Artifact,
@@ -368,7 +369,10 @@ class Engine:
                 log.info("run %s %s", run.record.run_id, status)
                 self._notify("freezeframe_run_finished", run=run.record)
             if status == RunStatus.SUCCEEDED:
-                self._after_success(run, catalog)
+                try:
+                    self._after_success(run, catalog)
+                except Exception as e:  # the backup is good; say loudly that retention is not
+                    run.error("retention", _one_line(e))
             return run.record
 
     def _make_durable(self) -> None:
@@ -376,6 +380,7 @@ class Engine:
 
         Done after the thaw (a snapshot's copy need not be synced inside the window).
         """
+        point("run.durable")
         synced = syncfs(p for s in self.profile.stages for p in s.component.writes_to())
         log.debug("synced %d filesystem(s) holding the stages' output", synced)
 
@@ -428,7 +433,9 @@ class Engine:
             with sig.shield():
                 thawed = False
                 try:
+                    point("thaw.before")
                     thawed = self._thaw_all(run, failure)
+                    point("thaw.after")
                 finally:
                     if watchdog is not None and thawed:
                         watchdog.disarm()
@@ -444,7 +451,7 @@ class Engine:
         run.prepare = outcome = _ordered.run_ordered(
             [a.name for a in self.profile.applications],
             {},
-            lambda name: self._app(name).component.prepare(kinds),
+            lambda name: self._prepare_one(name, kinds),
             timeout=None,
             stop_on_failure=False,
             thread_name="prepare",
@@ -460,6 +467,10 @@ class Engine:
         )
         return paths
 
+    def _prepare_one(self, name: str, kinds: frozenset[SnapshotKind]) -> None:
+        point(f"prepare.{name}")
+        self._app(name).component.prepare(kinds)
+
     def _app(self, name: str) -> ApplicationSpec:
         return next(a for a in self.profile.applications if a.name == name)
 
@@ -472,7 +483,9 @@ class Engine:
         def quiesce(name: str) -> None:
             run.app(name, quiesce_start=time.time())
             try:
+                point(f"quiesce.before.{name}")
                 self._app(name).component.quiesce(deadline)
+                point(f"quiesce.after.{name}")
             finally:
                 run.app(name, quiesce_end=time.time())
 
@@ -544,7 +557,9 @@ class Engine:
         def thaw(name: str) -> None:
             run.app(name, thaw_start=time.time())
             try:
+                point(f"unquiesce.before.{name}")
                 self._app(name).component.unquiesce(artifacts)
+                point(f"unquiesce.after.{name}")
             finally:
                 run.app(name, thaw_end=time.time())
 
@@ -579,6 +594,16 @@ class Engine:
             raise QuiesceError("; ".join(problems))
         return not problems
 
+    def _progress_of(self, stage: str) -> Callable[[int, int], None]:
+        shown = self.progress(stage)
+
+        def report(done: int, files: int) -> None:
+            point(f"stage.progress.{stage}")
+            if shown is not None:
+                shown(done, files)
+
+        return report
+
     def _describe_all(self, run: _Run) -> None:
         for a in self.profile.applications:
             try:
@@ -603,7 +628,7 @@ class Engine:
             spec.name,
             paths,
             source,
-            on_progress=self.progress(spec.name),
+            on_progress=self._progress_of(spec.name),
         )
         run.cancel_events.append(ctx.cancel_event)
         run.stage(spec.name, status="running", started_at=time.time())
@@ -613,10 +638,13 @@ class Engine:
 
         def work() -> None:
             try:
-                result.append(spec.component.run(ctx))
+                artifact = spec.component.run(ctx)
+                result.append(artifact)
+                point(f"stage.end.{spec.name}")
             except BaseException as e:
                 errors.append(e)
 
+        point(f"stage.start.{spec.name}")
         worker = threading.Thread(target=work, name=f"stage-{spec.name}", daemon=True)
         run.workers.append(worker)
         worker.start()
@@ -704,7 +732,14 @@ class Engine:
         return record
 
     def _reconcile(self, catalog: Catalog) -> None:
-        """Runs still marked running belong to a process that died (we hold the lock): fail them."""
+        """Runs still marked running belong to a process that died (we hold the lock): fail them.
+
+        Then finish the deletes a crash interrupted.
+        """
+        self._reconcile_runs(catalog)
+        self._finish_deletes(catalog)
+
+    def _reconcile_runs(self, catalog: Catalog) -> None:
         for rec in catalog.runs(status=RunStatus.RUNNING):
             pid = catalog.pid_of(rec.run_id)
             why = f"interrupted: the freezeframe process (pid {pid}) died during the run"
@@ -739,6 +774,7 @@ class Engine:
 
     # -- after a success: release and retention ------------------------------
     def _after_success(self, run: _Run, catalog: Catalog) -> None:
+        point("retention.before")
         released = [
             Deletion(
                 run.record.run_id,
@@ -784,27 +820,35 @@ class Engine:
         return deletions
 
     def _delete_all(self, catalog: Catalog, deletions: Sequence[Deletion]) -> None:
-        """Delete what retention chose, one ``delete_many`` call per stage."""
+        """Delete what retention chose, one ``delete_many`` call per stage.
+
+        Each artifact is marked deleted and journaled as a pending delete *before*
+        it is removed, so a crash never leaves the catalog pointing at something
+        gone; the next start finishes pending deletes (:meth:`_finish_deletes`).
+        """
         for spec in self.profile.stages:
-            mine = [d for d in deletions if d.stage == spec.name]
             found: list[tuple[RunRecord, Artifact, Deletion]] = []
-            for d in mine:
-                rec = catalog.get(d.run_id)
+            for d in deletions:
+                rec = catalog.get(d.run_id) if d.stage == spec.name else None
                 st = rec.stage(spec.name) if rec else None
                 if rec is not None and st is not None and st.artifact is not None:
                     found.append((rec, st.artifact, d))
             if not found:
                 continue
+            for rec, _, _ in found:
+                catalog.mark_deleted(rec.run_id, spec.name, time.time())
             try:
+                point("retention.delete")
                 errors = spec.component.delete_many([a for _, a, _ in found])
             except Exception as e:
                 errors = {a.id: _one_line(e) for _, a, _ in found}
             for rec, artifact, d in found:
                 if artifact.id in errors:
-                    why = f"retention could not delete {artifact.id}: {errors[artifact.id]}"
+                    why = f"could not delete {artifact.id} (will retry): {errors[artifact.id]}"
                     catalog.add_error(rec.run_id, time.time(), f"stage {spec.name}", why)
                     log.warning("stage %s: %s", spec.name, why)
                     continue
+                catalog.delete_done(rec.run_id, spec.name)
                 log.info(
                     "stage %s: deleted %s of run %s (%s)",
                     spec.name,
@@ -812,11 +856,15 @@ class Engine:
                     rec.run_id,
                     d.reason,
                 )
-                stages = tuple(
-                    replace(s, deleted_at=time.time()) if s.name == spec.name else s
-                    for s in rec.stages
-                )
-                catalog.save(replace(rec, stages=stages))
+
+    def _finish_deletes(self, catalog: Catalog) -> None:
+        """Deletes a crash (or a failure) interrupted are done again; delete is idempotent."""
+        pending = catalog.pending_deletes()
+        if pending:
+            self._delete_all(
+                catalog,
+                [Deletion(r, s, "?", "finishing an interrupted delete") for r, s in pending],
+            )
 
     def prune(self, *, dry_run: bool) -> list[Deletion]:
         """Apply every stage's ``keep`` now (with ``dry_run``, only say what would go)."""

@@ -1,0 +1,63 @@
+"""Failpoints for the fault-injection suite. Inert unless ``FREEZEFRAME_FAULT`` is set.
+
+``FREEZEFRAME_FAULT="<action>@<point>"`` makes the named point of the run
+raise (``raise``), send this process SIGTERM (``sigterm``) or SIGKILL
+(``sigkill``). A point reached several times is named ``<point>#<n>`` for its
+n-th time (``catalog.save#3``). The points are listed in :data:`POINTS` with
+``{app}``/``{stage}`` standing for names; tests/test_fault_injection.py walks
+all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+__all__ = ["POINTS", "InjectedFault", "point"]
+
+POINTS = (
+    "prepare.{app}",
+    "quiesce.before.{app}",
+    "quiesce.after.{app}",
+    "stage.start.{stage}",
+    "stage.progress.{stage}",
+    "stage.end.{stage}",
+    "thaw.before",
+    "unquiesce.before.{app}",
+    "unquiesce.after.{app}",
+    "thaw.after",
+    "run.durable",
+    "retention.before",
+    "retention.delete",
+    "catalog.save",
+)
+
+_seen: Counter[str] = Counter()
+_lock = threading.Lock()
+
+
+class InjectedFault(Exception):
+    """The exception a ``raise@...`` failpoint raises."""
+
+
+def point(name: str) -> None:
+    """Fire the injected fault if ``FREEZEFRAME_FAULT`` names this point (or its n-th pass)."""
+    spec = os.environ.get("FREEZEFRAME_FAULT")
+    if not spec:
+        return
+    action, _, target = spec.partition("@")
+    with _lock:
+        _seen[name] += 1
+        nth = f"{name}#{_seen[name]}"
+    if target not in (name, nth):
+        return
+    if action == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the handler raises in the main thread meanwhile
+    else:
+        raise InjectedFault(f"injected fault at {nth}")

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from freezeframe_fsfreeze import FsfreezePlugin
 
 import freezeframe_testing.components as comps
 from freezeframe import ConfigError, Deadline, RunStatus, Table
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
+from freezeframe_fsfreeze import FsfreezePlugin
 from freezeframe_testing.plugin import LoopFs
 
 TESTING = Path(comps.__file__).parent.parent

@@ -60,23 +60,27 @@ class _ProgressReader:
         data = self.raw.read(n)
         self.pending += len(data)
         if self.pending >= _CHUNK or not data:
+            self.flush()
+        return data
+
+    def flush(self) -> None:
+        """Report what was read since the last report (tarfile stops at the member's size)."""
+        if self.pending:
             self.context.progress(bytes=self.pending)
             self.pending = 0
-        return data
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    """``root`` and every entry below it, parents before children, in a stable order."""
+    """``root`` and everything below it, depth first in name order: a folder's whole
+    contents come right after it, as GNU tar needs to restore folder times exactly.
+    A folder that cannot be listed raises (it must fail the copy, not shrink it)."""
     yield root
     if root.is_symlink() or not root.is_dir():
         return
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        base = Path(dirpath)
-        for name in dirnames:
-            yield base / name
-        for name in sorted(filenames):
-            yield base / name
+    with os.scandir(root) as entries:
+        names = sorted(e.name for e in entries)
+    for name in names:
+        yield from _walk(root / name)
 
 
 def _members(source: Artifact) -> Iterator[tuple[Path, str]]:
@@ -86,6 +90,51 @@ def _members(source: Artifact) -> Iterator[tuple[Path, str]]:
             rel = original.relative_to("/") / path.relative_to(image)
             if str(rel) != ".":
                 yield path, str(rel)
+
+
+def _tarinfo(tar: tarfile.TarFile, path: Path, arcname: str) -> tarfile.TarInfo | None:
+    """The member for ``path`` with its exact mtime (pax, nanoseconds); None for sockets."""
+    # typeshed says TarInfo, but tarfile answers None for a socket
+    info = cast("tarfile.TarInfo | None", tar.gettarinfo(str(path), arcname))
+    if info is None:
+        return None
+    ns = path.lstat().st_mtime_ns
+    info.pax_headers = {**info.pax_headers, "mtime": f"{ns // 10**9}.{ns % 10**9:09d}"}
+    return info
+
+
+def _restore_filter(
+    times: list[tuple[str, str]],
+) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
+    """tarfile's "tar" filter (no absolute paths, nothing outside the target), plus: hard
+    links must stay inside too, and modes come back as they were (setuid and group write
+    included: these are our own checksummed archives). Exact mtimes are collected in
+    ``times`` and set after extraction."""
+
+    def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        safe = tarfile.tar_filter(member, dest)
+        if member.islnk():
+            target = os.path.realpath(os.path.join(dest, member.linkname))
+            if os.path.commonpath([target, os.path.realpath(dest)]) != os.path.realpath(dest):
+                raise tarfile.LinkOutsideDestinationError(member, target)
+        if "mtime" in member.pax_headers:
+            times.append((safe.name, member.pax_headers["mtime"]))
+        return safe.replace(mode=member.mode, deep=False)
+
+    return check
+
+
+def _set_times(root: Path, times: list[tuple[str, str]]) -> None:
+    """Exact mtimes, deepest first so a folder's own time is set after its contents."""
+    for name, stamp in sorted(times, key=lambda t: t[0].count("/"), reverse=True):
+        sec, _, frac = stamp.partition(".")
+        ns = int(sec) * 10**9 + int((frac + "000000000")[:9])
+        path = root / name
+        try:
+            st = path.lstat()
+            os.utime(path, ns=(st.st_atime_ns, ns), follow_symlinks=False)
+        except OSError:
+            pass  # a symlink's time where the platform cannot set it
 
 
 def _sha256(path: Path) -> str:
@@ -144,16 +193,22 @@ class ArchiveBackend(Backend):
             with open(partial, "xb") as raw:
                 os.fchmod(raw.fileno(), 0o600)
                 out = _HashingWriter(raw)
-                compressor = zstandard.ZstdCompressor(level=self.level, threads=self.threads or -1)
+                compressor = zstandard.ZstdCompressor(
+                    level=self.level, threads=self.threads or -1, write_checksum=True
+                )
                 with (
                     compressor.stream_writer(cast(IO[bytes], out), closefd=False) as zw,
                     tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tar,
                 ):
                     for path, arcname in _members(source):
-                        info = tar.gettarinfo(str(path), arcname)
+                        info = _tarinfo(tar, path, arcname)
+                        if info is None:
+                            continue  # a socket holds no data
                         if info.isreg():
                             with open(path, "rb") as f:
-                                tar.addfile(info, cast(IO[bytes], _ProgressReader(f, context)))
+                                reader = _ProgressReader(f, context)
+                                tar.addfile(info, cast(IO[bytes], reader))
+                                reader.flush()
                         else:
                             tar.addfile(info)
                         if not info.isdir():
@@ -196,7 +251,9 @@ class ArchiveBackend(Backend):
             zstandard.ZstdDecompressor().stream_reader(raw) as zr,
             tarfile.open(fileobj=zr, mode="r|") as tar,
         ):
-            tar.extractall(target, filter="tar")
+            times: list[tuple[str, str]] = []
+            tar.extractall(target, filter=_restore_filter(times))  # noqa: S202 - filtered
+        _set_times(target, times)
         return [
             target / Path(p).relative_to(Path(p).anchor) for p in artifact.metadata.get("paths", [])
         ]
@@ -224,6 +281,8 @@ class ArchiveBackend(Backend):
                 tarfile.open(fileobj=zr, mode="r|") as tar,
             ):
                 for member in tar:
+                    if not member.isreg():
+                        continue  # links and folders have no data to read
                     f = tar.extractfile(member)
                     if f is not None:
                         while f.read(_CHUNK):
@@ -239,10 +298,11 @@ class ArchiveBackend(Backend):
             fsync_dir(self.dir)
 
     def discard(self, run_id: str) -> None:
-        """Remove a half-written archive of ``run_id``."""
+        """Remove a half-written (or finished but never recorded) archive of ``run_id``."""
         if self.dir.is_dir():
-            for p in self.dir.glob(f".*-{run_id}.tar.zst.partial"):
-                p.unlink(missing_ok=True)
+            for pattern in (f".*-{run_id}.tar.zst.partial", f"*-{run_id}.tar.zst"):
+                for p in self.dir.glob(pattern):
+                    p.unlink(missing_ok=True)
 
 
 @hookimpl

@@ -29,7 +29,6 @@ from freezeframe import (
     Table,
     hookimpl,
 )
-from freezeframe.fsutil import fsync_dir
 
 __all__ = ["CloneBackend", "copy_tree"]
 
@@ -65,29 +64,47 @@ def _copy_file(
             if e.errno not in _NO_REFLINK:
                 raise
             stats.copied += 1
-            _copy_bytes(fin.fileno(), fout.fileno(), tick)
+            _copy_data(fin.fileno(), fout.fileno(), st.st_size, tick)
             return
     tick(st.st_size)
 
 
-def _copy_bytes(src: int, dst: int, tick: Callable[[int], None]) -> None:
-    """copy_file_range (the kernel moves the bytes) or, across filesystems where the
-    kernel refuses it, sendfile."""
+def _copy_data(src: int, dst: int, size: int, tick: Callable[[int], None]) -> None:
+    """Copy only the data extents (holes stay holes: a sparse file stays sparse), by
+    copy_file_range, or sendfile where the kernel refuses to cross filesystems."""
+    pos = done = 0
     kernel_copy = True
-    while True:
-        if kernel_copy:
-            try:
-                n = os.copy_file_range(src, dst, 8 << 20)
-            except OSError as e:
-                if e.errno not in _NO_REFLINK:
-                    raise
-                kernel_copy = False
-                continue
-        else:
-            n = os.sendfile(dst, src, None, 8 << 20)
-        if n == 0:
-            return
-        tick(n)
+    while pos < size:
+        try:
+            start = os.lseek(src, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole is left
+                break
+            raise
+        end = os.lseek(src, start, os.SEEK_HOLE)
+        while start < end:
+            count = min(end - start, 8 << 20)
+            if kernel_copy:
+                try:
+                    n = os.copy_file_range(src, dst, count, start, start)
+                except OSError as e:
+                    if e.errno not in _NO_REFLINK:
+                        raise
+                    kernel_copy = False
+                    continue
+            else:
+                os.lseek(dst, start, os.SEEK_SET)
+                n = os.sendfile(dst, src, start, count)
+            if n == 0:  # the file shrank under us: copy what there is
+                end = start
+                break
+            start += n
+            done += n
+            tick(n)
+        pos = end
+    os.ftruncate(dst, size)
+    if size > done:
+        tick(size - done)  # the holes: progress and sizes count a file's length
 
 
 def _copy_meta(src_st: os.stat_result, dst: Path) -> None:
@@ -99,15 +116,20 @@ def _copy_meta(src_st: os.stat_result, dst: Path) -> None:
 
 
 def copy_tree(
-    src: Path, dst: Path, *, progress: Callable[[int, int], None] | None = None
+    src: Path,
+    dst: Path,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    links: dict[tuple[int, int], Path] | None = None,
 ) -> CopyStats:
     """Copy file or tree ``src`` to ``dst`` (which must not exist), keeping modes, owners,
-    times, symlinks and hard links; reflink regular files where the filesystem allows.
+    times, symlinks, hard links and holes; reflink regular files where the filesystem allows.
 
     ``progress(bytes, files)`` is called with increments and may raise to stop the copy.
+    Pass one ``links`` dict to several calls to keep hard links between their trees.
     """
     stats = CopyStats()
-    links: dict[tuple[int, int], Path] = {}
+    links = {} if links is None else links
     dirs: list[tuple[os.stat_result, Path]] = []
 
     def tick(n: int) -> None:
@@ -131,6 +153,8 @@ def copy_tree(
             if st.st_nlink > 1 and key in links:
                 os.link(links[key], d)
                 stats.files += 1
+                if progress:
+                    progress(0, 1)
                 return
             _copy_file(s, d, st, stats, tick)
             links[key] = d
@@ -147,11 +171,13 @@ def copy_tree(
     return stats
 
 
-def _make_parents(src: Path, dst_root: Path) -> Path:
-    """Create ``dst_root/<parents of src>`` with the originals' modes and owners; returns
-    where ``src`` itself goes."""
-    rel = src.relative_to(src.anchor)
-    cur_src, cur_dst = Path(src.anchor), dst_root
+def _make_parents(original: Path, dst_root: Path, src_root: Path = Path("/")) -> Path:
+    """Create ``dst_root/<parents of original>`` with the modes and owners of the same
+    parents under ``src_root`` (the live system, or a view); returns where ``original``
+    itself goes."""
+    rel = original.relative_to(original.anchor)
+    cur_src, cur_dst = src_root, dst_root
+    dst_root.mkdir(parents=True, exist_ok=True)
     for part in rel.parts[:-1]:
         cur_src, cur_dst = cur_src / part, cur_dst / part
         if not cur_dst.exists():
@@ -212,22 +238,23 @@ class CloneBackend(Backend):
         view, partial = self.dir / context.run_id, self._partial(context.run_id)
         partial.mkdir(mode=0o700)
         total = CopyStats()
+        links: dict[tuple[int, int], Path] = {}  # one table: links between paths survive
         try:
             for src in sources:
-                if not src.exists():
+                if not src.exists() and not src.is_symlink():
                     raise FreezeframeError(f"{src} does not exist")
                 stats = copy_tree(
                     src,
                     _make_parents(src, partial),
                     progress=lambda b, f: context.progress(bytes=b, files=f),
+                    links=links,
                 )
                 total.files += stats.files
                 total.bytes += stats.bytes
                 total.cloned += stats.cloned
                 total.copied += stats.copied
             partial.chmod(0o755)
-            partial.rename(view)
-            fsync_dir(self.dir)
+            partial.rename(view)  # made durable by the engine's syncfs after the thaw
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -248,11 +275,11 @@ class CloneBackend(Backend):
         """Copy the view's paths to ``target`` + their original absolute paths."""
         view = self._view(artifact)
         restored = []
+        links: dict[tuple[int, int], Path] = {}  # one table: links between paths survive
         for original in (Path(p) for p in artifact.metadata.get("paths", [])):
             src = view / original.relative_to(original.anchor)
-            dst = target / original.relative_to(original.anchor)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            copy_tree(src, dst)
+            dst = _make_parents(original, target, src_root=view)
+            copy_tree(src, dst, links=links)
             restored.append(dst)
         return restored
 
@@ -271,7 +298,8 @@ class CloneBackend(Backend):
             top = view / original.relative_to(original.anchor)
             if not top.exists() and not top.is_symlink():
                 raise FreezeframeError(f"{top} is missing")
-            for p in [top, *(top.rglob("*") if top.is_dir() else [])]:
+            walk = top.is_dir() and not top.is_symlink()  # a linked folder is kept as a link
+            for p in [top, *(top.rglob("*") if walk else [])]:
                 st = p.lstat()
                 if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                     files += 1

@@ -1,0 +1,337 @@
+"""freezeframe snapshot backend ``btrfs``: read-only subvolume snapshots, one instant each.
+
+Each subvolume that holds a data path (or a path of ``paths``) is snapshotted
+once, read-only, into ``<dir>/<run id>/<name>``; several paths on one
+subvolume share its snapshot. The snapshots are made in
+``<dir>/.<run id>.partial`` and the folder is renamed when all exist, so a
+view never holds half a run. A btrfs snapshot is one instant of its whole
+subvolume (what a power cut at that instant would have left on disk), and
+takes milliseconds whatever the size of the data.
+
+The view is ``<dir>/<run id>``; a path's image is inside its subvolume's
+snapshot, which ``metadata["locations"]`` records (see
+:meth:`freezeframe.Artifact.roots`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from freezeframe import (
+    Artifact,
+    Backend,
+    ConfigError,
+    FreezeframeError,
+    Role,
+    SnapshotKind,
+    StageContext,
+    Table,
+    hookimpl,
+)
+from freezeframe.fsutil import fsync_dir
+from freezeframe.tools import find_tool, run_tool
+from freezeframe_btrfs._fs import (
+    SUBVOLUME_ROOT_INO,
+    Location,
+    foreign_below,
+    fs_type,
+    fs_uuid,
+    locate,
+)
+from freezeframe_clone import copy_tree, roots
+
+__all__ = ["BtrfsBackend"]
+
+log = logging.getLogger(__name__)
+
+#: A snapshot of a synced filesystem takes milliseconds; the freeze deadline cancels sooner.
+SNAPSHOT_TIMEOUT = 120.0
+#: ``subvolume delete --commit-after`` waits for one transaction commit.
+DELETE_TIMEOUT = 300.0
+NOT_COUNTED = "files and bytes are not counted: a snapshot shares every extent with the live data"
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """One subvolume to snapshot, the name of its snapshot, and the paths it holds."""
+
+    name: str
+    subvolume: Path
+    members: tuple[Location, ...]
+
+
+class BtrfsBackend(Backend):
+    """Snapshot every subvolume holding a data path, read-only, into ``dir/<run id>``."""
+
+    kind = "btrfs"
+    role = Role.SNAPSHOT
+    snapshot_kind = SnapshotKind.ATOMIC
+
+    def __init__(self, name: str, table: Table) -> None:
+        super().__init__(name, table)
+        self.dir: Path = table.get_path("dir")
+        self.paths: list[Path] = table.get_paths("paths", must_exist=True)
+        for p in self.paths:
+            if p.is_relative_to(self.dir) or self.dir.is_relative_to(p):
+                raise ConfigError("paths", f"{p} and dir {self.dir} contain one another")
+
+    # -- check ---------------------------------------------------------------
+    def check(self) -> None:
+        """``btrfs`` is installed; ``dir`` is on btrfs (created if missing) and writable;
+        every path of ``paths`` can be snapshotted into it."""
+        find_tool("btrfs")
+        existing = self.dir
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        kind = fs_type(existing)
+        if kind != "btrfs":
+            raise FreezeframeError(
+                f"dir {self.dir} is on {kind}, not btrfs; btrfs snapshots stay on the "
+                "filesystem they snapshot: put dir on the btrfs filesystem of the data"
+            )
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise FreezeframeError(f"dir {self.dir}: cannot create it: {e.strerror}") from None
+        if not os.access(self.dir, os.W_OK | os.X_OK):
+            raise FreezeframeError(f"dir {self.dir}: not writable by this user")
+        self._plan(roots(self.paths))
+
+    # -- run -----------------------------------------------------------------
+    def _partial(self, run_id: str) -> Path:
+        return self.dir / f".{run_id}.partial"
+
+    def _filesystem(self) -> str:
+        """The UUID of the btrfs filesystem that holds ``dir``."""
+        if not self.dir.is_dir():
+            raise FreezeframeError(f"dir {self.dir} does not exist (check creates it)")
+        kind = fs_type(self.dir)
+        if kind != "btrfs":
+            raise FreezeframeError(f"dir {self.dir} is on {kind}, not btrfs")
+        return fs_uuid(self.dir)
+
+    def _plan(self, sources: list[Path]) -> tuple[str, list[_Snapshot]]:
+        """The filesystem's UUID and the subvolumes to snapshot for ``sources``.
+
+        Every refusal happens here, before any snapshot is taken.
+        """
+        filesystem = self._filesystem()
+        real_dir = self.dir.resolve()
+        groups: dict[Path, list[Location]] = {}
+        for src in sources:
+            if self.dir.is_relative_to(src) or src.is_relative_to(self.dir):
+                raise FreezeframeError(
+                    f"dir {self.dir} and data path {src} contain one another; "
+                    "put snapshots somewhere else"
+                )
+            loc = locate(src)
+            if real_dir.is_relative_to(loc.real):
+                raise FreezeframeError(
+                    f"dir {self.dir} lies inside data path {src}; put snapshots somewhere else"
+                )
+            if loc.filesystem != filesystem:
+                raise FreezeframeError(
+                    f"{src} is on another btrfs filesystem than dir {self.dir}; a snapshot "
+                    "stays on the filesystem it snapshots: put dir on the one that holds it"
+                )
+            nested = foreign_below(loc.real) if loc.is_dir else None
+            if nested is not None:
+                raise FreezeframeError(
+                    f"{src} contains {nested}, another subvolume or mount, which a snapshot of "
+                    f"subvolume {loc.subvolume} would hold as an empty folder; keep the data "
+                    "on one subvolume (make it a plain folder) or back it up separately"
+                )
+            groups.setdefault(loc.subvolume, []).append(loc)
+        plan, taken = [], set()
+        for subvolume, members in groups.items():
+            base = subvolume.name or "root"
+            name, n = base, 1
+            while name in taken:
+                n += 1
+                name = f"{base}-{n}"
+            taken.add(name)
+            plan.append(_Snapshot(name, subvolume, tuple(members)))
+        return filesystem, plan
+
+    def run(self, context: StageContext) -> Artifact:
+        """Snapshot, read-only, each subvolume that holds a data path or a path of ``paths``."""
+        btrfs = find_tool("btrfs")
+        sources = roots([*context.data_paths, *self.paths])
+        if not sources:
+            raise FreezeframeError(
+                "nothing to snapshot: no application has a data path and `paths` is empty"
+            )
+        filesystem, plan = self._plan(sources)
+        view, partial = self.dir / context.run_id, self._partial(context.run_id)
+        partial.mkdir(mode=0o700)
+        try:
+            for snap in plan:
+                context.check()
+                source, target = str(snap.subvolume), str(partial / snap.name)
+                run_tool(
+                    [btrfs, "subvolume", "snapshot", "-r", source, target],
+                    context=context,
+                    timeout=SNAPSHOT_TIMEOUT,
+                )
+            context.check()
+            partial.chmod(0o755)
+            # Each snapshot committed itself; the engine syncs dir (writes_to) after the thaw,
+            # which makes the rename durable without an fsync inside the freeze window.
+            partial.rename(view)
+        except BaseException:
+            try:
+                self.discard(context.run_id)
+            except Exception as e:  # the run's own error matters more; the engine discards again
+                log.warning("could not remove the snapshots of run %s: %s", context.run_id, e)
+            raise
+        return Artifact(
+            id=context.run_id,
+            view=view,
+            metadata={
+                "method": "snapshot",
+                "paths": [str(p) for p in sources],
+                "locations": {
+                    str(m.path): str(view / s.name / m.relative) for s in plan for m in s.members
+                },
+                "snapshots": {s.name: str(s.subvolume) for s in plan},
+                "filesystem": filesystem,
+                "note": NOT_COUNTED,
+            },
+        )
+
+    # -- restore, verify -----------------------------------------------------
+    def _view(self, artifact: Artifact) -> Path:
+        view = artifact.view or self.dir / artifact.id
+        if not view.is_dir():
+            raise FreezeframeError(f"snapshot {view} is gone")
+        return view
+
+    def restore(self, artifact: Artifact, target: Path) -> list[Path]:
+        """Copy every path out of the snapshots to ``target`` + its original absolute path."""
+        view = self._view(artifact)
+        restored = []
+        for original, image in artifact.roots():
+            if not os.path.lexists(image):
+                raise FreezeframeError(f"{image} is missing from the snapshot")
+            dst = target / original.relative_to(original.anchor)
+            _make_parents(original, image, view, target)
+            copy_tree(image, dst)
+            restored.append(dst)
+        return restored
+
+    def verify(self, artifact: Artifact) -> None:
+        """Every snapshot is there, is a read-only subvolume, and holds every path it should."""
+        view = self._view(artifact)
+        btrfs = find_tool("btrfs")
+        for name in artifact.metadata.get("snapshots", {}):
+            snap = view / name
+            if not snap.is_dir() or snap.stat().st_ino != SUBVOLUME_ROOT_INO:
+                raise FreezeframeError(f"snapshot {snap} is missing (not a subvolume)")
+            out = run_tool([btrfs, "property", "get", "-ts", str(snap), "ro"], timeout=60).stdout
+            if out.strip() != "ro=true":
+                raise FreezeframeError(f"snapshot {snap} is not read-only ({out.strip()})")
+        for _, image in artifact.roots():
+            if not os.path.lexists(image):
+                raise FreezeframeError(f"{image} is missing from the snapshot")
+
+    def writes_to(self) -> Sequence[Path]:
+        """``dir``: the snapshots are made there."""
+        return [self.dir]
+
+    # -- delete, discard -----------------------------------------------------
+    def delete(self, artifact: Artifact) -> None:
+        """Delete the run's snapshots and its folder."""
+        self._remove(artifact.view or self.dir / artifact.id)
+
+    def delete_many(self, artifacts: Sequence[Artifact]) -> dict[str, str]:
+        """Delete the snapshots of several runs with one ``btrfs subvolume delete`` (one
+        commit), then their folders; ``{artifact id: error}`` for what could not go."""
+        folders = {a.id: a.view or self.dir / a.id for a in artifacts}
+        snapshots = [s for folder in folders.values() for s in _snapshots_in(folder)]
+        if snapshots:
+            try:
+                _delete_subvolumes(snapshots)
+            except FreezeframeError:
+                return super().delete_many(artifacts)  # one by one, to know which failed
+        errors = {}
+        for artifact_id, folder in folders.items():
+            try:
+                self._remove(folder)
+            except Exception as e:
+                errors[artifact_id] = str(e) or type(e).__name__
+        return errors
+
+    def discard(self, run_id: str) -> None:
+        """Delete whatever snapshots run ``run_id`` left, made or half-made."""
+        for folder in (self._partial(run_id), self.dir / run_id):
+            self._remove(folder)
+
+    def _remove(self, folder: Path) -> None:
+        """Delete the snapshots in ``folder`` (one commit), then the folder; gone is fine."""
+        if folder.is_symlink() or not folder.is_dir():
+            return
+        snapshots = _snapshots_in(folder)
+        if snapshots:
+            _delete_subvolumes(snapshots)
+        try:
+            folder.rmdir()
+        except OSError as e:
+            raise FreezeframeError(
+                f"{folder}: cannot remove it: {e.strerror} "
+                "(it holds something that is not a snapshot of freezeframe's)"
+            ) from None
+        fsync_dir(folder.parent)
+
+
+def _make_parents(original: Path, image: Path, view: Path, target: Path) -> None:
+    """Create ``target`` + the parents of ``original``; those inside the snapshot get the
+    snapshot's owner and mode (the originals' when it was taken), the others the defaults."""
+    snapshot = view / image.relative_to(view).parts[0]
+    images: dict[Path, Path] = {}  # parent of original -> its image in the snapshot
+    o, i = original.parent, image.parent
+    while i.is_relative_to(snapshot):
+        images[o] = i
+        o, i = o.parent, i.parent
+    current = target
+    for part in original.parent.relative_to(original.anchor).parts:
+        current = current / part
+        if current.exists():
+            continue
+        current.mkdir()
+        found = images.get(original.anchor / current.relative_to(target))
+        if found is not None:
+            st = found.stat()
+            if os.geteuid() == 0:
+                os.chown(current, st.st_uid, st.st_gid)
+            current.chmod(stat.S_IMODE(st.st_mode))
+
+
+def _snapshots_in(folder: Path) -> list[Path]:
+    """The subvolumes directly in ``folder`` (none when it is gone)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    return [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_dir() and not p.is_symlink() and p.stat().st_ino == SUBVOLUME_ROOT_INO
+    ]
+
+
+def _delete_subvolumes(subvolumes: Sequence[Path]) -> None:
+    """``btrfs subvolume delete --commit-after``: gone, and still gone after a power cut."""
+    run_tool(
+        [find_tool("btrfs"), "subvolume", "delete", "--commit-after", *map(str, subvolumes)],
+        timeout=DELETE_TIMEOUT,
+    )
+
+
+@hookimpl
+def freezeframe_register_backends(register: Callable[[type[Any]], None]) -> None:
+    """Register the ``btrfs`` backend."""
+    register(BtrfsBackend)

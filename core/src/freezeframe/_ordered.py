@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Outcome", "run_ordered"]
+__all__ = ["Ordered", "Outcome", "run_ordered"]
 
 
 @dataclass
@@ -25,6 +25,82 @@ class Outcome:
         return [n for n in self.started if n not in self.done and n not in self.failed]
 
 
+class Ordered:
+    """Call ``fn(item)`` for each item in its own thread, once all of ``deps[item]`` are done.
+
+    The threads start at construction; :attr:`outcome` is updated live, so a
+    caller interrupted while waiting (a signal) still knows what began. With
+    ``stop_on_failure``, an item whose dependency failed (or any item after a
+    failure) is not started. Once :meth:`wait` returns or is interrupted,
+    nothing more starts; calls already running go on, listed in
+    ``outcome.unfinished``.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[str],
+        deps: Mapping[str, Sequence[str]],
+        fn: Callable[[str], None],
+        *,
+        stop_on_failure: bool,
+        thread_name: str,
+    ) -> None:
+        self.items = list(items)
+        self.outcome = Outcome()
+        self._finished = {name: threading.Event() for name in items}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._closed = False
+        self._fn = fn
+        self._deps = deps
+        self._stop_on_failure = stop_on_failure
+        for name in items:
+            t = threading.Thread(
+                target=self._worker, args=(name,), name=f"{thread_name}-{name}", daemon=True
+            )
+            self.outcome.threads[name] = t
+            t.start()
+
+    def _worker(self, name: str) -> None:
+        outcome = self.outcome
+        try:
+            for dep in self._deps.get(name, ()):
+                if dep in self._finished:
+                    self._finished[dep].wait()
+                    if self._stop_on_failure and dep in outcome.failed:
+                        return
+            if self._stop_on_failure and self._stop.is_set():
+                return
+            with self._lock:
+                if self._closed:
+                    return
+                outcome.started.append(name)
+            try:
+                self._fn(name)
+            except BaseException as e:
+                with self._lock:
+                    outcome.failed[name] = e
+                self._stop.set()
+            else:
+                with self._lock:
+                    outcome.done.append(name)
+        finally:
+            self._finished[name].set()
+
+    def wait(self, timeout: float | None) -> Outcome:
+        """Wait until every started call has returned or ``timeout`` seconds have passed."""
+        try:
+            end = None if timeout is None else time.monotonic() + timeout
+            for name in self.items:
+                remaining = None if end is None else max(0.0, end - time.monotonic())
+                if not self._finished[name].wait(remaining):
+                    break
+        finally:
+            with self._lock:
+                self._closed = True
+        return self.outcome
+
+
 def run_ordered(
     items: Sequence[str],
     deps: Mapping[str, Sequence[str]],
@@ -34,53 +110,6 @@ def run_ordered(
     stop_on_failure: bool,
     thread_name: str,
 ) -> Outcome:
-    """Call ``fn(item)`` for each item in its own thread, once all of ``deps[item]`` are done.
-
-    With ``stop_on_failure``, an item whose dependency failed (or any item
-    after a failure) is not started. Returns once every started call has
-    returned or ``timeout`` seconds have passed; calls still running are in
-    ``Outcome.unfinished`` and their threads keep going.
-    """
-    outcome = Outcome()
-    finished = {name: threading.Event() for name in items}
-    lock = threading.Lock()
-    stop = threading.Event()
-    closed = False  # set under ``lock`` once we stop waiting: nothing may start after that
-
-    def worker(name: str) -> None:
-        try:
-            for dep in deps.get(name, ()):
-                if dep in finished:
-                    finished[dep].wait()
-                    if stop_on_failure and dep in outcome.failed:
-                        return
-            if stop_on_failure and stop.is_set():
-                return
-            with lock:
-                if closed:
-                    return
-                outcome.started.append(name)
-            try:
-                fn(name)
-            except BaseException as e:
-                with lock:
-                    outcome.failed[name] = e
-                stop.set()
-            else:
-                with lock:
-                    outcome.done.append(name)
-        finally:
-            finished[name].set()
-
-    for name in items:
-        t = threading.Thread(target=worker, args=(name,), name=f"{thread_name}-{name}", daemon=True)
-        outcome.threads[name] = t
-        t.start()
-    end = None if timeout is None else time.monotonic() + timeout
-    for name in items:
-        remaining = None if end is None else max(0.0, end - time.monotonic())
-        if not finished[name].wait(remaining):
-            break
-    with lock:
-        closed = True
-    return outcome
+    """:class:`Ordered` started and waited for ``timeout`` seconds."""
+    ordered = Ordered(items, deps, fn, stop_on_failure=stop_on_failure, thread_name=thread_name)
+    return ordered.wait(timeout)

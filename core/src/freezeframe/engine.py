@@ -239,11 +239,18 @@ class Engine:
             for app in self.profile.applications:
                 kind = stage.component.snapshot_kind
                 if stage.role == Role.SNAPSHOT and kind not in app.component.consistent_on:
-                    fits = " or ".join(sorted(str(k) for k in app.component.consistent_on))
+                    fits = sorted(
+                        b.kind
+                        for b in self.registry.backends.values()
+                        if b.cls.role == Role.SNAPSHOT
+                        and b.cls.snapshot_kind in app.component.consistent_on
+                    )
+                    wanted = " or ".join(sorted(str(k) for k in app.component.consistent_on))
                     problems.append(
                         f"application {app.name!r} ({app.info.kind}) is not consistent on {kind} "
-                        f"snapshots such as stage {stage.name!r} ({stage.info.kind}); "
-                        f"use a {fits} snapshot backend"
+                        f"snapshots such as stage {stage.name!r} ({stage.info.kind}); use a "
+                        f"snapshot backend that is {wanted}"
+                        + (f" ({', '.join(fits)})" if fits else " (none is installed)")
                     )
         problems += self._frozen_write_problems()
         for app in self.profile.applications:
@@ -448,14 +455,15 @@ class Engine:
     def _prepare_all(self, run: _Run) -> tuple[Path, ...]:
         """Slow work before the window: each plug-in's prepare(), then syncfs."""
         kinds = self.snapshot_kinds()
-        run.prepare = outcome = _ordered.run_ordered(
+        preparing = _ordered.Ordered(
             [a.name for a in self.profile.applications],
             {},
             lambda name: self._prepare_one(name, kinds),
-            timeout=None,
             stop_on_failure=False,
             thread_name="prepare",
         )
+        run.prepare = preparing.outcome  # before waiting: a signal must not lose who began
+        outcome = preparing.wait(None)
         for name, e in outcome.failed.items():
             raise QuiesceError(f"application {name!r}: prepare failed: {_one_line(e)}") from e
         paths = self.data_paths()
@@ -489,14 +497,15 @@ class Engine:
             finally:
                 run.app(name, quiesce_end=time.time())
 
-        run.quiesce = outcome = _ordered.run_ordered(
+        quiescing = _ordered.Ordered(
             [a.name for a in apps],
             {a.name: a.after for a in apps},
             quiesce,
-            timeout=deadline.remaining(),
             stop_on_failure=True,
             thread_name="quiesce",
         )
+        run.quiesce = quiescing.outcome  # before waiting: a signal must not lose who began
+        outcome = quiescing.wait(deadline.remaining())
         fatal: list[str] = []
         for a in apps:
             if a.name in outcome.done:
@@ -579,14 +588,18 @@ class Engine:
                 )
             else:
                 log.info("thawed %s (frozen %.1f ms)", name, rec.frozen_ms or 0)
-        # A quiesce that outlived its deadline may finish after the thaw: thaw it again then.
-        if started is not None:
-            for name in started.unfinished:
-                started.threads[name].join(self.profile.freeze_timeout + 5)
-                try:
-                    self._app(name).component.unquiesce(artifacts)
-                except Exception as e:
-                    problems.append(f"application {name!r}: late unquiesce failed: {_one_line(e)}")
+        # A prepare or quiesce still running (past its deadline, or cut short by a signal)
+        # may finish after the thaw: wait for it, then thaw that application again.
+        late = [(o, n) for o in (run.prepare, started) if o is not None for n in o.unfinished]
+        for outcome_of, name in late:
+            outcome_of.threads[name].join(self.profile.freeze_timeout + 5)
+            if outcome_of.threads[name].is_alive():
+                problems.append(f"application {name!r}: its quiesce is still running")
+                continue
+            try:
+                self._app(name).component.unquiesce(artifacts)
+            except Exception as e:
+                problems.append(f"application {name!r}: late unquiesce failed: {_one_line(e)}")
         run.save()
         for p in problems:
             run.error("thaw", p)

@@ -1,0 +1,174 @@
+"""A live bank on MariaDB on btrfs, two writers, many backups: every restored copy is one instant.
+
+Two writer processes keep moving money between accounts (the total never
+changes) and, in the same transaction, append the next number of their own
+gapless sequence. Meanwhile freezeframe backs the server up again and again
+through the real engine: a btrfs snapshot while quiesced, then an archive.
+Each archive is restored and started on a server of its own beside the
+original; it must pass CHECK TABLE, hold the total, hold each sequence
+without a gap, hold everything committed before its backup began, and end
+its binary log exactly at the position recorded for the run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from freezeframe import RunStatus
+from freezeframe.engine import Engine
+from freezeframe.profile import load_profile
+from freezeframe.registry import Registry
+from freezeframe.tools import run_tool
+from freezeframe_testing.mariadb_server import MariaDB
+from freezeframe_testing.plugin import LoopFs, require_tool
+
+RUNS = 20
+ACCOUNTS = 20
+OPENING = 1000
+WRITERS = 2
+SECRET = "bank-Secret-3Jx9"  # noqa: S105
+PASSWORD_ENV = "FF_TEST_MARIADB_BANK_PASSWORD"  # noqa: S105
+
+WRITER = textwrap.dedent("""
+    import random, sys
+    import pymysql
+
+    sock, writer, accounts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    conn = pymysql.connect(unix_socket=sock, user="root", autocommit=False)
+    cur = conn.cursor()
+    rng = random.Random(writer)
+    n = 0
+    while True:
+        a, b = sorted(rng.sample(range(1, accounts + 1), 2))  # one lock order: no deadlock
+        amount = rng.randint(-50, 50)
+        move = "UPDATE bank.accounts SET balance = balance + %s WHERE id = %s"
+        try:
+            cur.execute(move, (-amount, a))
+            cur.execute(move, (amount, b))
+            cur.execute("INSERT INTO bank.seq (writer, n) VALUES (%s, %s)", (writer, n))
+            conn.commit()
+        except pymysql.err.OperationalError as e:
+            if e.args[0] not in (1205, 1213):  # lock wait timeout, deadlock: try again
+                raise
+            conn.rollback()
+            continue
+        n += 1
+""")
+
+
+@pytest.fixture
+def writers(tmp_path: Path) -> Iterator[Callable[[MariaDB], list[subprocess.Popen[bytes]]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(server: MariaDB) -> list[subprocess.Popen[bytes]]:
+        script = tmp_path / "writer.py"
+        script.write_text(WRITER)
+        for w in range(WRITERS):
+            argv = [sys.executable, str(script), str(server.socket), str(w), str(ACCOUNTS)]
+            procs.append(subprocess.Popen(argv))
+        return procs
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait(30)
+
+
+def committed(server: MariaDB) -> dict[int, int]:
+    """The highest sequence number each writer has committed."""
+    rows = server.sql("SELECT writer, MAX(n) FROM bank.seq GROUP BY writer")
+    return {int(w): int(n) for w, n in rows}
+
+
+def test_every_restored_copy_is_one_instant_and_complete(
+    tmp_path: Path,
+    loop_fs: Callable[..., LoopFs],
+    mariadb_factory: Callable[..., MariaDB],
+    writers: Callable[[MariaDB], list[subprocess.Popen[bytes]]],
+    write_profile: Callable[[str], Path],
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    btrfs = require_tool("btrfs")
+    fs = loop_fs("btrfs", 1024)
+    run_tool([btrfs, "subvolume", "create", str(fs.mountpoint / "db")], timeout=60)
+    server = mariadb_factory(fs.mountpoint / "db" / "data")
+    server.sql(
+        f"CREATE USER backup@'%' IDENTIFIED BY '{SECRET}'",
+        "GRANT RELOAD, BINLOG MONITOR ON *.* TO backup@'%'",
+        "CREATE DATABASE bank",
+        "CREATE TABLE bank.accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)",
+        "CREATE TABLE bank.seq (writer INT, n INT, PRIMARY KEY (writer, n))",
+        f"INSERT INTO bank.accounts SELECT seq, {OPENING} FROM bank.seq_1_to_{ACCOUNTS}",
+    )
+    monkeypatch.setenv(PASSWORD_ENV, SECRET)
+    profile_path = write_profile(f"""
+        [profile]
+        name = "bank"
+        freeze_timeout = "10s"
+
+        [[application]]
+        plugin = "mariadb"
+        name = "bank"
+        unix_socket = "{server.socket}"
+        user = "backup"
+        password_env = "{PASSWORD_ENV}"
+
+        [[backup]]
+        backend = "btrfs"
+        name = "snap"
+        dir = "{fs.mountpoint / "snaps"}"
+
+        [[backup]]
+        backend = "archive"
+        name = "archive"
+        dir = "{tmp_path / "archives"}"
+    """)
+    engine = Engine(load_profile(profile_path, registry), registry)
+    procs = writers(server)
+    runs = []
+    try:
+        for _ in range(RUNS):
+            before = committed(server)  # every one of these must be in the backup
+            run = engine.backup()
+            assert run.status == RunStatus.SUCCEEDED, run.error
+            runs.append((run, before))
+            assert all(p.poll() is None for p in procs), "a writer died"
+        after = committed(server)
+    finally:
+        for p in procs:
+            p.kill()
+    assert len(after) == WRITERS
+    assert sum(after.values()) > sum(runs[0][1].values()) + RUNS, "writers must keep committing"
+
+    for i, (run, before) in enumerate(runs):
+        [app] = run.applications
+        facts = app.facts
+        assert facts["method"] == "BACKUP STAGE BLOCK_COMMIT"
+        assert app.frozen_ms is not None
+        target = tmp_path / f"restore-{i}"
+        engine.restore(run.run_id, target, verify=True)  # starts it and runs CHECK TABLE
+        datadir = target / server.datadir.relative_to("/")
+        # the binary log ends exactly where the run says: nothing committed in the window
+        binlog = datadir / facts["binlog_file"]
+        assert binlog.stat().st_size == facts["binlog_position"], run.run_id
+
+        copy = mariadb_factory(datadir, init=False, networking=False)
+        total = copy.sql("SELECT SUM(balance), COUNT(*) FROM bank.accounts")
+        assert total == [(OPENING * ACCOUNTS, ACCOUNTS)], f"run {run.run_id}: torn transfer"
+        for w, n_min, n_max, count in copy.sql(
+            "SELECT writer, MIN(n), MAX(n), COUNT(*) FROM bank.seq GROUP BY writer"
+        ):
+            assert (n_min, count) == (0, n_max + 1), f"run {run.run_id}: a gap in writer {w}"
+            assert n_max >= before.get(int(w), -1), f"run {run.run_id}: lost commits of {w}"
+        assert copy.sql("SELECT @@gtid_binlog_pos")[0][0] == facts["gtid_binlog_pos"]
+        copy.stop()
+    # the password reached the driver only: nothing freezeframe keeps holds it
+    kept = [p for p in (tmp_path / "state").rglob("*") if p.is_file()]
+    assert kept and not any(SECRET.encode() in p.read_bytes() for p in kept)

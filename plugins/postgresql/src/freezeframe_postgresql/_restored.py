@@ -1,0 +1,309 @@
+"""A restored data directory: make it startable beside the original, and start it once to check.
+
+A restore lays files out under a root by their original absolute paths, so
+a restored data directory still holds absolute symlinks (``pg_wal``, the
+``pg_tblspc`` links) and a ``tablespace_map`` that point at the *original*
+folders: a server started on it would write into the live cluster's files.
+:func:`make_startable` points them at the restored folders instead.
+
+:func:`start_and_query` starts a temporary server on the copy with
+``pg_ctl``, as the copy's owner, on a private socket folder and port, with
+archiving and every outward-facing setting turned off, runs a query, and
+stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import socket
+import stat
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from freezeframe import FreezeframeError
+from freezeframe.tools import ToolError, find_tool, run_tool
+
+__all__ = ["data_dirs_below", "find_pg_ctl", "make_startable", "start_and_query"]
+
+#: How long the temporary server may take to recover and accept connections.
+START_TIMEOUT = 600
+STOP_TIMEOUT = 120
+#: Characters pg_ctl passes through its shell command line unharmed.
+_SAFE = re.compile(r"^[A-Za-z0-9_./+=:,@%-]+$")
+
+
+def data_dirs_below(root: Path) -> list[Path]:
+    """Every folder below ``root`` that looks like a data directory (PG_VERSION, global/)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if "PG_VERSION" in filenames and "global" in dirnames:
+            found.append(Path(dirpath))
+            dirnames[:] = []
+    return sorted(found)
+
+
+def _relocated(root: Path, target: str) -> Path | None:
+    """The restored place of an absolute ``target``; ``None`` when there is nothing to move:
+    a relative target (it stays inside the restored tree) or one already below ``root``."""
+    path = Path(target)
+    if not path.is_absolute() or path.is_relative_to(root):
+        return None
+    return root / path.relative_to(path.anchor)
+
+
+def _relink(link: Path, root: Path, what: str) -> str | None:
+    old = os.readlink(link)
+    new = _relocated(root, old)
+    if new is None:
+        return None
+    if not new.is_dir():
+        raise FreezeframeError(
+            f"{what} {link} points to {old}, which was not restored (expected at {new}); "
+            "a server started on this copy would use the original's files"
+        )
+    tmp = link.with_name(f".{link.name}.freezeframe")
+    tmp.unlink(missing_ok=True)
+    os.symlink(new, tmp)
+    if os.geteuid() == 0:
+        st = link.lstat()
+        os.lchown(tmp, st.st_uid, st.st_gid)
+    os.replace(tmp, link)
+    return f"{link.name} -> {new}"
+
+
+def _private(path: Path) -> None:
+    """PostgreSQL starts only on a data directory of mode 0700 (or 0750 with group access)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode not in (0o700, 0o750):
+        path.chmod(0o700)
+
+
+def make_startable(data_dir: Path, root: Path) -> list[str]:
+    """Remove the original's lock files, point links at the restored folders, fix modes.
+
+    Ownership is kept. Returns what was changed, one line each.
+    """
+    changed = []
+    for name in ("postmaster.pid", "postmaster.opts"):
+        if (data_dir / name).exists():
+            (data_dir / name).unlink()
+            changed.append(f"removed {name}")
+    wal = data_dir / "pg_wal"
+    if wal.is_symlink():
+        line = _relink(wal, root, "pg_wal")
+        if line:
+            changed.append(line)
+    tblspc = data_dir / "pg_tblspc"
+    for link in sorted(tblspc.iterdir()) if tblspc.is_dir() else []:
+        if link.is_symlink():
+            line = _relink(link, root, "tablespace link")
+            if line:
+                changed.append(f"pg_tblspc/{line}")
+    spcmap = data_dir / "tablespace_map"
+    if spcmap.is_file():
+        lines = []
+        for line in spcmap.read_text(encoding="utf-8").splitlines():
+            oid, sep, location = line.partition(" ")
+            new = _relocated(root, location) if sep else None
+            lines.append(f"{oid} {new}" if new is not None and new.is_dir() else line)
+        text = "".join(f"{line}\n" for line in lines)
+        if text != spcmap.read_text(encoding="utf-8"):
+            spcmap.write_text(text, encoding="utf-8")
+            changed.append("tablespace_map points at the restored tablespaces")
+    for path in [data_dir, *_link_targets(data_dir)]:
+        _private(path)
+    return changed
+
+
+def _link_targets(data_dir: Path) -> Iterator[Path]:
+    for link in [data_dir / "pg_wal", *sorted((data_dir / "pg_tblspc").glob("*"))]:
+        if link.is_symlink() and link.is_dir():
+            yield link.resolve()
+
+
+def _major(data_dir: Path) -> str:
+    try:
+        return (data_dir / "PG_VERSION").read_text(encoding="ascii").strip()
+    except OSError as e:
+        raise FreezeframeError(f"cannot read {data_dir / 'PG_VERSION'}: {e.strerror}") from None
+
+
+def find_pg_ctl(major: str, bin_dir: Path | None) -> str:
+    """A ``pg_ctl`` of PostgreSQL ``major``: in ``bin_dir``, the distributions' folders, PATH."""
+    candidates = [bin_dir / "pg_ctl"] if bin_dir else []
+    candidates += [
+        Path(f"/usr/lib/postgresql/{major}/bin/pg_ctl"),  # Debian, Ubuntu
+        Path(f"/usr/pgsql-{major}/bin/pg_ctl"),  # PGDG RPMs
+        Path("/usr/local/pgsql/bin/pg_ctl"),  # built from source
+    ]
+    with contextlib.suppress(ToolError):
+        candidates.append(Path(find_tool("pg_ctl")))
+    for path in candidates:
+        if not os.access(path, os.X_OK):
+            continue
+        out = run_tool([str(path), "--version"], timeout=30, check=False).stdout
+        m = re.search(r"\(PostgreSQL\) (\d+)", out)
+        if m and m.group(1) == major:
+            return str(path)
+    where = ", ".join(str(p.parent) for p in candidates)
+    raise FreezeframeError(
+        f"no pg_ctl of PostgreSQL {major} found (looked in {where}): set bin_dir in the profile"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as(owner: pwd.struct_passwd, argv: list[str], data_dir: Path) -> list[str]:
+    if os.geteuid() == owner.pw_uid:
+        return argv
+    if os.geteuid() != 0:
+        raise FreezeframeError(
+            f"{data_dir} belongs to {owner.pw_name}: run the check as root or as {owner.pw_name}"
+        )
+    return [find_tool("runuser"), "-u", owner.pw_name, "--", *argv]
+
+
+def _last_fatal(log: Path) -> str:
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if "FATAL:" in line or "PANIC:" in line:
+            return line[line.find("FATAL:") if "FATAL:" in line else line.find("PANIC:") :]
+    return lines[-1].strip() if lines else ""
+
+
+def start_and_query(
+    data_dir: Path,
+    *,
+    bin_dir: Path | None,
+    user: str | None,
+    dbname: str | None,
+    hide: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Start a temporary server on ``data_dir``, let it recover, query it, stop it.
+
+    Connects as ``user`` (default: the data directory's owner) to ``dbname``
+    (default ``postgres``) through a private socket, trusted only there. The
+    environment variables named in ``hide`` (freezeframe's secrets) are blanked
+    for pg_ctl and the server, which run as another user.
+    Returns what the server said; raises :class:`FreezeframeError` with the
+    server's last FATAL line when it does not come up.
+    """
+    import psycopg
+
+    st = data_dir.stat()
+    if st.st_uid == 0:
+        raise FreezeframeError(
+            f"{data_dir} belongs to root and PostgreSQL refuses to run as root: "
+            "chown -R it to the user the server runs as"
+        )
+    try:
+        owner = pwd.getpwuid(st.st_uid)
+    except KeyError:
+        raise FreezeframeError(
+            f"{data_dir} belongs to uid {st.st_uid}, which has no user"
+        ) from None
+    if not _SAFE.match(str(data_dir)):
+        raise FreezeframeError(f"{data_dir}: pg_ctl cannot be given a path with these characters")
+    major = _major(data_dir)
+    pg_ctl = find_pg_ctl(major, bin_dir)
+    env = {name: "" for name in hide}
+    private = Path(tempfile.mkdtemp(prefix="freezeframe-pg-", dir="/tmp"))
+    keep_private = False
+    started = False
+    try:
+        (private / "pg_hba.conf").write_text("local all all trust\n", encoding="utf-8")
+        (private / "pg_ident.conf").write_text("", encoding="utf-8")
+        port, log = _free_port(), private / "server.log"
+        settings = {
+            "port": str(port),
+            "listen_addresses": "''",
+            "unix_socket_directories": f"'{private}'",
+            "hba_file": f"'{private}/pg_hba.conf'",
+            "ident_file": f"'{private}/pg_ident.conf'",
+            # Never push this copy's WAL into the original's archive, never fetch from it.
+            "archive_mode": "off",
+            "restore_command": "''",
+            "primary_conninfo": "''",
+            "primary_slot_name": "''",
+            # Nothing the original owns: its pid file, its log, its certificates, its memory.
+            "external_pid_file": "''",
+            "logging_collector": "off",
+            "log_destination": "stderr",
+            "ssl": "off",
+            "huge_pages": "off",
+            "shared_buffers": "128MB",
+        }
+        if int(major) < 15:
+            settings["stats_temp_directory"] = f"'{private}/stat'"
+        if not (data_dir / "postgresql.conf").exists():  # Debian keeps it in /etc
+            (private / "postgresql.conf").write_text("", encoding="utf-8")
+            settings["config_file"] = f"'{private}/postgresql.conf'"
+        if os.geteuid() == 0:
+            for f in [private, *private.iterdir()]:
+                os.chown(f, st.st_uid, st.st_gid)
+        options = " ".join(f"-c {k}={v}" for k, v in settings.items())
+        start = [pg_ctl, "start", "-D", str(data_dir), "-w", "-t", str(START_TIMEOUT)]
+        start = _as(owner, [*start, "-l", str(log), "-o", options], data_dir)
+        try:
+            started = True
+            run_tool(start, timeout=START_TIMEOUT + 30, cwd=private, env=env)
+        except ToolError as e:
+            keep_private = True
+            why = _last_fatal(log) or str(e)
+            raise FreezeframeError(
+                f"the restored copy {data_dir} did not start: {why} (server log: {log})"
+            ) from None
+        try:
+            with psycopg.connect(
+                host=str(private),
+                port=port,
+                user=user or owner.pw_name,
+                dbname=dbname or "postgres",
+                connect_timeout=30,
+                autocommit=True,
+            ) as conn:
+                row = conn.execute(
+                    "SELECT current_setting('server_version'), pg_is_in_recovery(),"
+                    " (SELECT count(*) FROM pg_database)"
+                ).fetchone()
+        except psycopg.Error as e:
+            keep_private = True
+            text = "; ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip())
+            raise FreezeframeError(
+                f"the restored copy {data_dir} started but refused a query: {text}"
+            ) from None
+        assert row is not None
+        return {"server_version": row[0], "in_recovery": row[1], "databases": row[2]}
+    finally:
+        if started:
+            _stop(owner, pg_ctl, data_dir, private, env)
+        if not keep_private:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+def _stop(
+    owner: pwd.struct_passwd, pg_ctl: str, data_dir: Path, cwd: Path, env: dict[str, str]
+) -> None:
+    """Stop the temporary server: fast, and immediate if that does not work."""
+    if not (data_dir / "postmaster.pid").exists():
+        return
+    for mode in ("fast", "immediate"):
+        argv = [pg_ctl, "stop", "-D", str(data_dir), "-m", mode, "-w", "-t", str(STOP_TIMEOUT)]
+        result = run_tool(
+            _as(owner, argv, data_dir), timeout=STOP_TIMEOUT + 30, cwd=cwd, env=env, check=False
+        )
+        if result.returncode == 0:
+            return

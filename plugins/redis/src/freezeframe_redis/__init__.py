@@ -1,0 +1,398 @@
+"""freezeframe application plug-in for Redis.
+
+Quiesce pauses every client's writes with ``CLIENT PAUSE <ms> WRITE``, where
+``<ms>`` is what is left of the freeze deadline, so the server resumes by
+itself if freezeframe dies (``CrashSafety.SERVER_TIMEOUT``). It then makes
+the files on disk hold everything written before the pause:
+
+- RDB: it waits for any background save or AOF rewrite already running,
+  then runs ``BGSAVE`` and waits for it; Redis writes the dump to a temporary
+  file, fsyncs it, renames it over ``dbfilename`` and fsyncs the folder.
+- AOF (Redis 7's multi-part AOF): it waits for any rewrite to end (and runs
+  now a rewrite that Redis is about to start, when a per-file snapshot
+  follows) and for Redis's AOF buffer to be written, then fsyncs the
+  manifest, the files it lists and their folder itself.
+
+Unquiesce checks that the pause held while the snapshot was taken (no write
+reached the data, the pause did not run out, no AOF rewrite swapped the
+files under a per-file copy, a replica did not resynchronise) and sends
+``CLIENT UNPAUSE``; a broken pause fails the run rather than passing off an
+inconsistent snapshot. The password (``password_env``/``password_file``)
+reaches only redis-py's connect call; every message is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from freezeframe import (
+    ApplicationPlugin,
+    Artifact,
+    ConfigError,
+    CrashSafety,
+    Deadline,
+    FreezeframeError,
+    QuiesceError,
+    SnapshotKind,
+    Table,
+    hookimpl,
+)
+from freezeframe.tools import ToolError, find_tool
+from freezeframe_redis._layout import Layout, fsync_path, read_manifest
+from freezeframe_redis._persist import (
+    complete_aof,
+    incomplete_aof_images,
+    no_child,
+    save_rdb,
+    window_state,
+)
+from freezeframe_redis._server import Server, ServerError, parse_url, version_tuple
+from freezeframe_redis._verify import load_in_temporary_server
+
+__all__ = ["RedisPlugin"]
+
+log = logging.getLogger(__name__)
+
+#: CLIENT PAUSE ... WRITE came with Redis 6.2; the multi-part AOF with 7.0.
+MIN_VERSION = (6, 2)
+MIN_AOF_VERSION = (7, 0)
+#: How long ``prepare`` waits for a background save that is already running.
+PREPARE_WAIT = 300.0
+
+
+class RedisPlugin(ApplicationPlugin):
+    """One Redis server (``url``), paused for writes while its files are snapshotted."""
+
+    kind = "redis"
+    # Once quiesced, the files hold every acknowledged write and nothing changes them
+    # until the thaw (unquiesce fails the run if something did): any snapshot will do.
+    consistent_on = frozenset({SnapshotKind.ATOMIC, SnapshotKind.PER_FILE})
+    crash_safety = CrashSafety.SERVER_TIMEOUT
+
+    def __init__(self, name: str, table: Table) -> None:
+        super().__init__(name, table)
+        url: str = table.get_str("url")
+        try:
+            self.endpoint = parse_url(url)
+        except ValueError as e:
+            raise ConfigError("url", str(e)) from None
+        secret = table.get_secret("password")
+        if secret is not None and not secret.reveal():
+            field = "password_env" if "password_env" in table else "password_file"
+            raise ConfigError(field, "the password is empty")
+        #: The server's data folder as this machine sees it (default: ``CONFIG GET dir``).
+        self.dir: Path | None = table.get_path("dir", None)
+        self._server = Server(self.endpoint, secret)
+        self._lock = threading.Lock()
+        self._layout: Layout | None = None
+        self._kinds: frozenset[SnapshotKind] = frozenset(SnapshotKind)
+        self._paused = False
+        self._pause_until = 0.0
+        self._baseline: dict[str, Any] | None = None
+        #: auto-aof-rewrite-percentage and -min-size, when CONFIG can tell them.
+        self._auto_rewrite: tuple[int, int] | None = None
+        self._facts: dict[str, Any] = {}
+
+    @property
+    def where(self) -> str:
+        """The server, for messages."""
+        return f"Redis at {self.endpoint.where}"
+
+    # -- what the server is and where its files are --------------------------
+    def _read_layout(self) -> tuple[Layout, bool]:
+        """The server's data files as this machine sees them, and whether it persists anything."""
+        server = self._server
+        config_dir = server.config_get("dir")
+        if config_dir is None:
+            if self.dir is None:
+                raise FreezeframeError(
+                    f"{self.where}: CONFIG GET is renamed, disabled or not permitted, so "
+                    "where its files are is unknown: set the field dir to its data folder"
+                )
+            aof = bool(server.info("persistence").get("aof_enabled"))
+            # Without CONFIG the save points cannot be read: a BGSAVE still writes a dump.
+            return Layout(self.dir, aof=aof, whole_dir=True), True
+        aof = server.config_get("appendonly") == "yes"
+        saves = bool((server.config_get("save") or "").strip())
+        percentage = server.config_get("auto-aof-rewrite-percentage") or ""
+        min_size = server.config_get("auto-aof-rewrite-min-size") or ""
+        self._auto_rewrite = (
+            (int(percentage), int(min_size))
+            if percentage.isdigit() and min_size.isdigit()
+            else None
+        )
+        names = {k: server.config_get(k) for k in ("dbfilename", "appenddirname", "appendfilename")}
+        layout = Layout(
+            self.dir or Path(config_dir),
+            aof=aof,
+            dbfilename=names["dbfilename"] or "dump.rdb",
+            appenddirname=names["appenddirname"] or "appendonlydir",
+            appendfilename=names["appendfilename"] or "appendonly.aof",
+        )
+        return layout, aof or saves
+
+    def check(self) -> None:
+        """Reachable, authenticated, 6.2 or later, persisting, loaded, data folder here."""
+        info = self._server.info("server")
+        version = str(info.get("redis_version", "?"))
+        if version_tuple(version) < MIN_VERSION:
+            raise FreezeframeError(
+                f"{self.where}: version {version} is too old: CLIENT PAUSE ... WRITE needs 6.2 "
+                "or later"
+            )
+        persistence = self._server.info("persistence")
+        if persistence.get("loading") or persistence.get("async_loading"):
+            raise FreezeframeError(f"{self.where}: still loading its data set; try again later")
+        layout, persists = self._read_layout()
+        if not persists:
+            raise FreezeframeError(
+                f'{self.where} persists nothing (save "" and appendonly no), so there is no '
+                "file to back up: enable RDB snapshots (save) or the AOF (appendonly yes)"
+            )
+        if layout.aof and version_tuple(version) < MIN_AOF_VERSION:
+            raise FreezeframeError(
+                f"{self.where}: version {version} keeps its AOF in one file; freezeframe backs "
+                "up the multi-part AOF of Redis 7 or later (or turn the AOF off and use RDB)"
+            )
+        source = "dir" if self.dir is not None else "CONFIG GET dir"
+        if not layout.dir.is_dir():
+            raise FreezeframeError(
+                f"{self.where}: its data folder {layout.dir} ({source}) does not exist on this "
+                "machine: run freezeframe where Redis's files are, or set dir to where they "
+                "are mounted here"
+            )
+        if not os.access(layout.dir, os.R_OK | os.X_OK):
+            raise FreezeframeError(f"{self.where}: its data folder {layout.dir} is not readable")
+        self._layout = layout
+        replication = self._server.info("replication")
+        self._facts.update(
+            redis_version=version, role=replication.get("role"), persistence=layout.mode
+        )
+
+    def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
+        """Read where the files are; let a background save already running end before the window."""
+        self._kinds = snapshot_kinds
+        self._facts = {k: v for k, v in self._facts.items() if k in ("redis_version", "role")}
+        self._layout, _ = self._read_layout()
+        self._facts.update(persistence=self._layout.mode, dir=str(self._layout.dir))
+        try:
+            self._server.wait("saving in the background", no_child, Deadline.after(PREPARE_WAIT))
+        except ServerError as e:
+            if e.reason != "timeout":
+                raise
+            log.warning("%s; the freeze window will wait for it", e)
+
+    def data_paths(self) -> Sequence[Path]:
+        """The RDB file, or the AOF folder, or with CONFIG disabled the whole data folder."""
+        if self._layout is None:
+            self._layout, _ = self._read_layout()
+        return self._layout.data_paths()
+
+    # -- the freeze -------------------------------------------------------------
+    def quiesce(self, deadline: Deadline) -> None:
+        """CLIENT PAUSE until the deadline, then make the files on disk complete."""
+        with self._lock:
+            layout = self._layout
+            if layout is None:
+                layout, _ = self._read_layout()
+                self._layout = layout
+            ms = math.ceil(deadline.remaining() * 1000)
+            if ms < 1:
+                raise QuiesceError(f"{self.where}: no time left before the deadline")
+            started = time.monotonic()
+            # Flagged before it is sent: if the reply is lost, the pause may still be in force.
+            self._paused, self._pause_until, self._baseline = True, started + ms / 1000, None
+            try:
+                self._server.call("CLIENT", "PAUSE", ms, "WRITE")
+                self._facts["pause_ms"] = ms
+                self._settle_replica(deadline)
+                if layout.aof:
+                    # A per-file copy must not meet a rewrite: run one that is due now.
+                    rewrite = self._auto_rewrite if SnapshotKind.PER_FILE in self._kinds else None
+                    while True:  # a rewrite that started meanwhile would swap the files
+                        self._facts.update(complete_aof(self._server, layout, deadline, rewrite))
+                        self._baseline = window_state(self._server)
+                        if not self._baseline["aof_rewriting"]:
+                            break
+                else:
+                    self._facts.update(save_rdb(self._server, layout, deadline))
+                    self._baseline = window_state(self._server)
+                self._facts["keys"] = self._baseline["keys"]
+            except BaseException as e:
+                try:
+                    self._unpause()
+                except Exception as again:
+                    log.warning("%s: unpause after a failed quiesce failed: %s", self.name, again)
+                if isinstance(e, ServerError):
+                    raise QuiesceError(str(e)) from None
+                raise
+
+    def _settle_replica(self, deadline: Deadline) -> None:
+        """A replica must not be loading a full resync from its master (it replaces everything)."""
+        info = self._server.wait(
+            "loading a full resynchronisation from its master",
+            lambda i: not i.get("master_sync_in_progress"),
+            deadline,
+            section="replication",
+        )
+        if info.get("role") == "slave":
+            self._facts["master_link_status"] = info.get("master_link_status")
+            self._facts["replica_offset"] = info.get("slave_repl_offset")
+
+    def _window_problems(self, base: Mapping[str, Any], snapshots: Sequence[Artifact]) -> list[str]:
+        """Why the snapshot just taken may not be one instant of the data (empty if it is)."""
+        problems = []
+        if time.monotonic() > self._pause_until:
+            problems.append("the pause ran out (freeze_timeout) before the thaw")
+        now = window_state(self._server)
+        if isinstance(now["dirty"], int) and now["dirty"] > (base["dirty"] or 0):
+            problems.append(
+                f"{now['dirty'] - (base['dirty'] or 0)} write(s) reached the data during the "
+                "pause (did another client run CLIENT UNPAUSE?)"
+            )
+        if now["aof_rewrites"] != base["aof_rewrites"] or now["aof_rewriting"]:
+            # Same data (writes were paused), new files: a per-file copy may hold a mix.
+            if SnapshotKind.PER_FILE in self._kinds and self._layout is not None:
+                problems += incomplete_aof_images(self._layout, snapshots)
+        elif now["aof_size"] != base["aof_size"]:
+            problems.append("the AOF grew during the pause")
+        # A replica's offset may move (PINGs from its master); a new replication id, or a
+        # load, means it resynchronised: its data set was replaced during the pause.
+        if now["loading"] or now["syncing"] or now["replid"] != base["replid"]:
+            problems.append("the replica resynchronised from its master during the pause")
+        return problems
+
+    def _unpause(self) -> None:
+        try:
+            self._server.call("CLIENT", "UNPAUSE")
+        except ServerError as e:
+            if e.reason != "connect":
+                raise
+            self._server.close()  # a fresh connection, once
+            self._server.call("CLIENT", "UNPAUSE")
+        self._paused = False
+
+    def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
+        """Check that the pause held, then CLIENT UNPAUSE (idempotent: only a pause of ours)."""
+        with self._lock:
+            if not self._paused:
+                return
+            base, self._baseline = self._baseline, None
+            problems: list[str] = []
+            if base is not None:
+                try:
+                    problems = self._window_problems(base, snapshots)
+                except ServerError as e:
+                    problems = [f"could not check that the pause held: {e}"]
+            try:
+                self._unpause()
+            except ServerError as e:
+                left = max(0.0, self._pause_until - time.monotonic())
+                raise QuiesceError(
+                    f"{e}; writes resume by themselves when the pause ends (in {left:.1f}s)"
+                ) from None
+            if problems:
+                raise QuiesceError(
+                    f"{self.where}: " + "; ".join(problems) + ": the snapshot may be inconsistent"
+                )
+
+    def describe(self) -> Mapping[str, Any]:
+        """Version, role, persistence, files and sizes, pause and save times, key count."""
+        return {"server": self.endpoint.where, **self._facts}
+
+    # -- restore -----------------------------------------------------------------
+    def _original_layout(self) -> Layout:
+        """Where the data was when it was backed up: ``dir``, else what the server says now."""
+        if self._layout is not None:
+            return self._layout
+        try:
+            layout, _ = self._read_layout()
+        except FreezeframeError as e:
+            if self.dir is None:
+                raise FreezeframeError(
+                    f"application {self.name!r}: cannot tell where its data was restored "
+                    f"({e}); set the field dir to the server's data folder"
+                ) from None
+            return Layout(self.dir, aof=False, whole_dir=True)
+        return layout
+
+    def _restored(self, root: Path) -> Layout | None:
+        """The restored files below ``root``, and whether they are an AOF or a dump."""
+        original = self._original_layout()
+        layout = original.under(root)
+        if not layout.dir.is_dir():
+            return None
+        if layout.whole_dir:
+            layout = layout.find_manifest().find_dump()
+        has_aof, has_rdb = layout.manifest.is_file(), layout.dump.is_file()
+        if has_aof and (original.aof or not has_rdb):
+            return replace(layout, aof=True)
+        if has_rdb:
+            return replace(layout, aof=False)
+        return None
+
+    def prepare_restored(self, root: Path) -> None:
+        """Remove what Redis must not find beside the restored data: temp files, AOF history.
+
+        Nothing here is needed to load the data, so a restore whose location this
+        plug-in cannot tell (server down, no ``dir``) goes on with a warning.
+        """
+        try:
+            layout = self._restored(root)
+        except FreezeframeError as e:
+            log.warning("%s: nothing prepared: %s", self.name, e)
+            return
+        if layout is None:
+            return
+        for pattern in ("temp-*.rdb", "temp-*.aof"):
+            for leftover in layout.dir.glob(pattern):  # a save or rewrite cut short
+                if leftover.is_file():
+                    leftover.unlink()
+        if not layout.aof:
+            return
+        try:
+            entries = read_manifest(layout.manifest)
+        except (OSError, ValueError) as e:
+            raise FreezeframeError(f"application {self.name!r}: {e}") from None
+        history = [f for f in entries if f.type == "h"]
+        if not history:
+            return
+        # Redis deletes them at its next start: do it now, so that it writes nothing then.
+        for f in history:
+            (layout.aof_dir / f.name).unlink(missing_ok=True)
+        tmp = layout.manifest.with_name(layout.manifest.name + ".tmp")
+        tmp.write_text("".join(f"{f.line}\n" for f in entries if f.type != "h"), encoding="utf-8")
+        fsync_path(tmp)
+        tmp.replace(layout.manifest)
+        fsync_path(layout.aof_dir)
+
+    def verify_restored(self, root: Path) -> None:
+        """Load the restored data in a temporary redis-server (persisting nothing) and PING it."""
+        layout = self._restored(root)
+        if layout is None:
+            where = self._original_layout().under(root).dir
+            raise FreezeframeError(f"application {self.name!r}: no Redis data restored in {where}")
+        try:
+            binary = find_tool("redis-server")
+        except ToolError as e:
+            raise FreezeframeError(f"application {self.name!r}: cannot verify: {e}") from None
+        what = layout.manifest if layout.aof else layout.dump
+        try:
+            facts = load_in_temporary_server(binary, layout)
+        except FreezeframeError as e:
+            raise FreezeframeError(f"application {self.name!r}: {what}: {e}") from None
+        log.info("%s: %s loads (%d keys in %.2fs)", self.name, what, facts["keys"], facts["load_s"])
+
+
+@hookimpl
+def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
+    """Register the ``redis`` application plug-in."""
+    register(RedisPlugin)

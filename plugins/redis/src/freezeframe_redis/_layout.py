@@ -1,0 +1,129 @@
+"""Where a Redis server keeps its data, and which of those files a backup needs.
+
+RDB: one file, ``dir/dbfilename``, always replaced whole (written to
+``temp-<pid>.rdb``, fsync'd, renamed, folder fsync'd). AOF (Redis 7,
+multi-part): the folder ``dir/appenddirname`` holding a manifest
+(``<appendfilename>.manifest``) that lists one base file (type ``b``), the
+incremental files written since (type ``i``) and, until Redis deletes them,
+history files of earlier rewrites (type ``h``, not needed to load).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+__all__ = ["AofFile", "Layout", "fsync_path", "read_manifest"]
+
+
+@dataclass(frozen=True)
+class AofFile:
+    """One line of an AOF manifest."""
+
+    name: str
+    seq: int
+    type: str  # "b" base, "i" incremental, "h" history
+    line: str
+
+
+def read_manifest(path: Path) -> list[AofFile]:
+    """The files an AOF manifest lists; ``ValueError`` if it is not one Redis 7 wrote."""
+    files = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        if not raw.strip() or raw.startswith("#"):
+            continue
+        try:
+            tokens = shlex.split(raw)
+        except ValueError:
+            raise ValueError(f"{path}: unreadable line {raw!r}") from None
+        if len(tokens) % 2:
+            raise ValueError(f"{path}: unreadable line {raw!r}")
+        fields = dict(zip(tokens[::2], tokens[1::2], strict=True))
+        name, kind = fields.get("file", ""), fields.get("type", "")
+        if not name or "/" in name or name in (".", "..") or kind not in ("b", "i", "h"):
+            raise ValueError(f"{path}: unexpected line {raw!r}")
+        try:
+            seq = int(fields.get("seq", ""))
+        except ValueError:
+            raise ValueError(f"{path}: unexpected line {raw!r}") from None
+        files.append(AofFile(name, seq, kind, raw))
+    if sum(1 for f in files if f.type == "b") > 1:
+        raise ValueError(f"{path}: lists more than one base file")
+    return files
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or folder we did not write (a read-only descriptor is enough on Linux)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The data files of one server, as this machine sees them."""
+
+    dir: Path
+    aof: bool
+    dbfilename: str = "dump.rdb"
+    appenddirname: str = "appendonlydir"
+    appendfilename: str = "appendonly.aof"
+    #: The file names are unknown (CONFIG is disabled): the whole folder is the data.
+    whole_dir: bool = False
+
+    @property
+    def mode(self) -> str:
+        """``"aof"`` or ``"rdb"``: what Redis loads at start."""
+        return "aof" if self.aof else "rdb"
+
+    @property
+    def dump(self) -> Path:
+        """The RDB file."""
+        return self.dir / self.dbfilename
+
+    @property
+    def aof_dir(self) -> Path:
+        """The multi-part AOF folder."""
+        return self.dir / self.appenddirname
+
+    @property
+    def manifest(self) -> Path:
+        """The AOF manifest."""
+        return self.aof_dir / f"{self.appendfilename}.manifest"
+
+    def data_paths(self) -> tuple[Path, ...]:
+        """What a backup holds: the AOF folder, or the RDB file, or (names unknown) ``dir``."""
+        if self.whole_dir:
+            return (self.dir,)
+        return (self.aof_dir,) if self.aof else (self.dump,)
+
+    def aof_files(self) -> list[AofFile]:
+        """The base and incremental files the manifest lists (what loading needs)."""
+        return [f for f in read_manifest(self.manifest) if f.type in ("b", "i")]
+
+    def under(self, root: Path) -> Layout:
+        """The same layout restored below ``root`` (original absolute paths under it)."""
+        return replace(self, dir=root / self.dir.relative_to(self.dir.anchor))
+
+    def find_manifest(self) -> Layout:
+        """With unknown names: the layout that points at the one AOF manifest found in ``dir``."""
+        found = sorted(self.dir.glob("*/*.manifest"))
+        if len(found) != 1:
+            return self
+        m = found[0]
+        return replace(
+            self, appenddirname=m.parent.name, appendfilename=m.name.removesuffix(".manifest")
+        )
+
+    def find_dump(self) -> Layout:
+        """With unknown names: the layout that points at the one RDB file found in ``dir``."""
+        dumps = sorted(
+            p for p in self.dir.glob("*.rdb") if p.is_file() and not p.name.startswith("temp-")
+        )
+        if self.dump in dumps or len(dumps) != 1:
+            return self
+        return replace(self, dbfilename=dumps[0].name)

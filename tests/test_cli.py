@@ -65,6 +65,8 @@ def test_backup_list_show_restore_verify_prune(tmp_path: Path, shop) -> None:
             ("archive", "archive"),
         ]
         assert all(s["artifact"] and s["bytes"] > 0 for s in out["stages"])
+        # the record printed is the final one: the snapshot was released once copied
+        assert [s["deleted"] for s in out["stages"]] == [True, False]
         runs.append(out["run_id"])
 
     listed = run_cli("list", profile, "--json")

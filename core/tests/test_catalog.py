@@ -16,7 +16,7 @@ import pytest
 from freezeframe.catalog import Catalog
 from freezeframe.components import Artifact, Role
 from freezeframe.errors import FreezeframeError
-from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord
+from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord, iso
 
 T0 = 1_700_000_000.125
 
@@ -167,7 +167,7 @@ def test_latest_is_the_newest_succeeded_run(catalog: Catalog) -> None:
     assert latest.run_id == "r-mid-ok"
 
 
-def test_unique_prefix_finds_the_run_and_ambiguous_prefix_finds_none(catalog: Catalog) -> None:
+def test_unique_prefix_finds_the_run_and_ambiguous_prefix_says_so(catalog: Catalog) -> None:
     catalog.save(a_run("20240310-aaaa", T0))
     catalog.save(a_run("20240310-abbb", T0 + 1))
     catalog.save(a_run("20240311-cccc", T0 + 2))
@@ -175,8 +175,10 @@ def test_unique_prefix_finds_the_run_and_ambiguous_prefix_finds_none(catalog: Ca
     assert found is not None and found.run_id == "20240311-cccc"
     found = catalog.get("20240310-aa")
     assert found is not None and found.run_id == "20240310-aaaa"
-    assert catalog.get("20240310-a") is None  # two runs start so
-    assert catalog.get("2024") is None
+    with pytest.raises(FreezeframeError, match=r"ambiguous: 2 runs start with it"):
+        catalog.get("20240310-a")
+    with pytest.raises(FreezeframeError, match=r"ambiguous: 3 runs"):
+        catalog.get("2024")
     assert catalog.get("nope") is None
 
 
@@ -192,8 +194,8 @@ def test_errors_are_kept_oldest_first(catalog: Catalog) -> None:
     catalog.add_error("r1", T0 + 2, "thaw", "unquiesce failed")
     catalog.add_error("r1", T0 + 1, "stage arch", "disk full")
     assert catalog.errors("r1") == [
-        {"at": T0 + 1, "source": "stage arch", "message": "disk full"},
-        {"at": T0 + 2, "source": "thaw", "message": "unquiesce failed"},
+        {"at": iso(T0 + 1), "source": "stage arch", "message": "disk full"},
+        {"at": iso(T0 + 2), "source": "thaw", "message": "unquiesce failed"},
     ]
     assert catalog.errors("other") == []
 

@@ -227,3 +227,14 @@ def test_no_secret_fields_means_no_secret_and_a_prefix_changes_the_names(
     assert secret is not None
     assert secret.reveal() == "tok"
     assert t.unread() == []
+
+
+def test_an_empty_secret_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FF_EMPTY_SECRET", "")
+    with pytest.raises(ConfigError, match=r'"password_env".*FF_EMPTY_SECRET is empty'):
+        Table({"password_env": "FF_EMPTY_SECRET"}, base_dir=tmp_path).get_secret()
+    empty = tmp_path / "pw"
+    empty.write_text("\n")
+    empty.chmod(0o600)
+    with pytest.raises(ConfigError, match=r'"password_file".*is empty'):
+        Table({"password_file": str(empty)}, base_dir=tmp_path).get_secret()

@@ -455,17 +455,28 @@ def test_a_missing_data_path_fails_after_copying_others_and_leaves_nothing(
     assert list(snaps.iterdir()) == []
 
 
-def test_a_source_file_vanishing_mid_copy_fails_and_leaves_nothing(
+def test_a_source_file_vanishing_mid_copy_is_skipped_and_counted(
     backend: CloneBackend, tree: Tree, snaps: Path
 ) -> None:
+    """As tar and pg_basebackup do: a file listed but gone before its copy (PostgreSQL in
+    backup mode recycling WAL) is not an error; the artifact says how many vanished."""
     later = tree.root / "tiny.txt"  # sorts after big.bin, which is copied first
 
     def on_progress(done_bytes: int, done_files: int) -> None:
         later.unlink(missing_ok=True)
 
-    with pytest.raises(FileNotFoundError):
-        backend.run(context(tree.root, on_progress=on_progress))
+    artifact = backend.run(context(tree.root, on_progress=on_progress))
+    assert artifact.metadata["vanished_files"] == 1
+    assert artifact.view is not None
+    assert not (artifact.view / later.relative_to("/")).exists()
+    backend.verify(artifact)
 
+
+def test_a_data_path_that_is_gone_fails_and_leaves_nothing(
+    backend: CloneBackend, tree: Tree, snaps: Path
+) -> None:
+    with pytest.raises(FreezeframeError, match="does not exist"):
+        backend.run(context(tree.root / "nowhere"))
     assert list(snaps.iterdir()) == []
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from freezeframe._faults import point
 from freezeframe.components import Artifact
 from freezeframe.errors import FreezeframeError
-from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord
+from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord, iso
 
 __all__ = ["Catalog"]
 
@@ -186,6 +186,13 @@ class Catalog:
             )
             db.execute("INSERT OR IGNORE INTO pending_deletes VALUES (?,?)", (run_id, stage))
 
+    def mark_verified(self, run_id: str, stage: str, at: float) -> None:
+        """Record a successful verify of one stage's artifact (and nothing else)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE stages SET verified_at=? WHERE run_id=? AND name=?", (at, run_id, stage)
+            )
+
     def delete_done(self, run_id: str, stage: str) -> None:
         """The artifact is gone: the pending delete is over."""
         with self._transaction() as db:
@@ -222,14 +229,19 @@ class Catalog:
         exact = [r for r in matches if r.run_id == ref]
         if exact:
             return exact[0]
-        return matches[0] if len(matches) == 1 else None
+        if len(matches) > 1:
+            raise FreezeframeError(
+                f"run {ref!r} is ambiguous: {len(matches)} runs start with it "
+                f"({', '.join(r.run_id for r in matches[:3])}{', ...' if len(matches) > 3 else ''})"
+            )
+        return matches[0] if matches else None
 
     def errors(self, run_id: str) -> list[dict[str, Any]]:
         """Every error recorded for ``run_id``, oldest first."""
         rows = self._db.execute(
             "SELECT at, source, message FROM errors WHERE run_id=? ORDER BY at", (run_id,)
         ).fetchall()
-        return [{"at": at, "source": source, "message": msg} for at, source, msg in rows]
+        return [{"at": iso(at), "source": source, "message": msg} for at, source, msg in rows]
 
     def pid_of(self, run_id: str) -> int | None:
         """The process that ran ``run_id``."""

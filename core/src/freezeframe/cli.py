@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -240,7 +241,8 @@ def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:
                 print(f"6. stage {s['name']} ({s['backend']}) from the view of {s['source']}")
         for s in plan["stages"]:
             if s["keep"]:
-                print(f"7. retention of {s['name']}: keep {s['keep']}")
+                rules = ", ".join(f"{k} = {v}" for k, v in s["keep"].items())
+                print(f"7. retention of {s['name']}: keep {rules}")
             elif s["released_after_run"]:
                 print(f"7. release the snapshot of {s['name']} once its copies are made")
 
@@ -375,6 +377,9 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
         if args.verb not in ("backup", "prune"):  # those two reconcile under their own lock
             engine.reconcile_if_idle()
         return _VERBS[args.verb](args, engine)
+    except BrokenPipeError:  # `freezeframe list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except FreezeframeError as e:
         lines = e.problems if isinstance(e, ProfileError) else [str(e)]
         if args.json:

@@ -178,6 +178,10 @@ class ApplicationPlugin(_Component):
     consistent_on: ClassVar[frozenset[SnapshotKind]] = frozenset(SnapshotKind)
     #: What ends the quiesce if freezeframe dies (documented on the plug-in's page).
     crash_safety: ClassVar[CrashSafety] = CrashSafety.PROCESS_EXIT
+    #: Whether ``unquiesce`` adds to per-file snapshot views what recovery needs
+    #: (PostgreSQL's backup_label and WAL): then no copy may be made before the thaw,
+    #: and the core refuses ``thaw = "after-backup"`` with a per-file snapshot.
+    completes_view_on_thaw: ClassVar[bool] = False
 
     def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
         """Slow work before the freeze window opens (a checkpoint). Blocks nobody.

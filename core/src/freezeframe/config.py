@@ -17,7 +17,11 @@ from typing import Any, Final
 
 from freezeframe.errors import ConfigError
 
-__all__ = ["Secret", "Table", "parse_duration"]
+__all__ = ["SECRET_ENV_NAMES", "Secret", "Table", "parse_duration"]
+
+#: Environment variables that hold a secret a profile named (``password_env``). Tools
+#: started with :func:`freezeframe.tools.run_tool` do not inherit them unless handed one.
+SECRET_ENV_NAMES: set[str] = set()
 
 _REQUIRED: Final = object()
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -206,6 +210,9 @@ class Table:
         if env_name is not None:
             if env_name not in os.environ:
                 raise ConfigError(env_key, f"environment variable {env_name} is not set")
+            if not os.environ[env_name]:
+                raise ConfigError(env_key, f"environment variable {env_name} is empty")
+            SECRET_ENV_NAMES.add(env_name)
             return Secret(os.environ[env_name], f"${env_name}")
         if file_path is not None:
             try:
@@ -215,12 +222,14 @@ class Table:
                 if st.st_mode & 0o077:
                     raise ConfigError(
                         file_key,
-                        f"{file_path} may be read by group or others "
+                        f"{file_path} is open to group or others "
                         f"(mode {stat.filemode(st.st_mode)}); chmod 600 it",
                     )
                 value = file_path.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as e:
                 raise ConfigError(file_key, f"cannot read {file_path}: {e.strerror}") from None
+            if not value:
+                raise ConfigError(file_key, f"{file_path} is empty")
             return Secret(value, str(file_path))
         return None
 

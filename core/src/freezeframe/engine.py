@@ -253,6 +253,19 @@ class Engine:
                         + (f" ({', '.join(fits)})" if fits else " (none is installed)")
                     )
         problems += self._frozen_write_problems()
+        per_file = [
+            s.name
+            for s in self.profile.stages
+            if s.role == Role.SNAPSHOT and s.component.snapshot_kind == SnapshotKind.PER_FILE
+        ]
+        if self.profile.thaw == "after-backup" and per_file:
+            for app in self.profile.applications:
+                if app.component.completes_view_on_thaw:
+                    problems.append(
+                        f"application {app.name!r} ({app.info.kind}) completes per-file "
+                        f"snapshots (stage {per_file[0]!r}) when it thaws, so copies cannot "
+                        'be made before the thaw: use thaw = "after-snapshot"'
+                    )
         for app in self.profile.applications:
             c = app.component
             if c.crash_safety == CrashSafety.WATCHDOG and not c.watchdog_thaw_command():
@@ -374,12 +387,13 @@ class Engine:
                 )
                 run.save()
                 log.info("run %s %s", run.record.run_id, status)
-                self._notify("freezeframe_run_finished", run=run.record)
             if status == RunStatus.SUCCEEDED:
                 try:
                     self._after_success(run, catalog)
                 except Exception as e:  # the backup is good; say loudly that retention is not
                     run.error("retention", _one_line(e))
+                run.record = catalog.get(run.record.run_id) or run.record  # what retention did
+            self._notify("freezeframe_run_finished", run=run.record)
             return run.record
 
     def _make_durable(self) -> None:
@@ -828,7 +842,7 @@ class Engine:
                 if r.run_id not in keep:
                     assert s.artifact is not None
                     deletions.append(
-                        Deletion(r.run_id, spec.name, s.artifact.id, f"keep {spec.keep.to_json()}")
+                        Deletion(r.run_id, spec.name, s.artifact.id, f"keep {spec.keep}")
                     )
         return deletions
 
@@ -941,7 +955,12 @@ class Engine:
             raise
         except Exception as e:
             raise StageError(f"stage {spec.name!r}: restore failed: {_one_line(e)}") from e
+        # The run's applications, as the profile knows them today (one added since has
+        # nothing in this backup; one removed since has no plug-in configured to ask).
+        in_run = {a.name for a in rec.applications}
         for app in self.profile.applications:
+            if app.name not in in_run:
+                continue
             app.component.prepare_restored(target)
             if verify:
                 app.component.verify_restored(target)
@@ -974,12 +993,9 @@ class Engine:
                     problems.append(f"stage {st.name!r}: {st.artifact.id}: {_one_line(e)}")
                     checked.append(st)
                     continue
-                checked.append(replace(st, verified_at=time.time()))
-            rec = replace(
-                rec,
-                stages=tuple(next((c for c in checked if c.name == s.name), s) for s in rec.stages),
-            )
-            catalog.save(rec)
+                verified = replace(st, verified_at=time.time())
+                catalog.mark_verified(rec.run_id, st.name, verified.verified_at or 0.0)
+                checked.append(verified)
             return rec, checked, problems
 
 

@@ -36,7 +36,7 @@ class ApplicationRecord:
     plugin: str
     distribution: str
     version: str
-    mode: str = "quiesced"  # or "crash-consistent"
+    mode: str = "pending"  # quiescing, quiesced, crash-consistent, failed
     quiesce_start: float | None = None
     quiesce_end: float | None = None
     thaw_start: float | None = None

@@ -57,6 +57,9 @@ class KeepPolicy:
         """The rules that are on."""
         return {r: getattr(self, r) for r in RULES if getattr(self, r)}
 
+    def __str__(self) -> str:
+        return ", ".join(f"{r} = {n}" for r, n in self.to_json().items())
+
 
 def select_keep(items: Sequence[tuple[str, float]], policy: KeepPolicy) -> set[str]:
     """The ids to keep among ``(id, unix time)`` pairs under ``policy``."""

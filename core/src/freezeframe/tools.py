@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from freezeframe.components import StageContext
+from freezeframe.config import SECRET_ENV_NAMES
 from freezeframe.errors import Cancelled, FreezeframeError
 
 __all__ = ["ToolError", "find_tool", "run_tool"]
@@ -54,11 +55,13 @@ def run_tool(
     """Run ``argv`` and return its result; raise :class:`ToolError` if it fails or times out.
 
     ``env`` is added to this process's environment (pass secrets here, never in
-    argv). With ``context``, a cancelled run kills the tool and raises
+    argv); variables that hold a profile's secrets are not inherited otherwise.
+    With ``context``, a cancelled run kills the tool and raises
     :class:`~freezeframe.errors.Cancelled`.
     """
     tool = os.path.basename(argv[0])
-    full_env = {**os.environ, **(env or {})}
+    inherited = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_NAMES}
+    full_env = {**inherited, **(env or {})}
     try:
         proc = subprocess.Popen(
             list(argv),

@@ -493,3 +493,39 @@ def test_secrets_stay_out_of_the_catalog_and_the_record(
         assert PASSWORD not in text
     assert PASSWORD.encode() not in catalog.read_bytes()
     assert session_gone(server)
+
+
+def test_after_backup_thaw_with_a_per_file_snapshot_is_refused(
+    tmp_path: Path, write_profile, registry
+) -> None:
+    """The backup_label and WAL join a per-file view only at the thaw; with
+    thaw = "after-backup" the copies would be made before that and never recover."""
+    from freezeframe.engine import Engine
+    from freezeframe.profile import load_profile
+
+    text = f"""
+        [profile]
+        name = "pg"
+        thaw = "after-backup"
+
+        [[application]]
+        plugin = "postgresql"
+        name = "ledger"
+        dsn = "host=/nonexistent dbname=postgres"
+        data_dir = "{tmp_path}"
+
+        [[backup]]
+        backend = "clone"
+        name = "snap"
+        dir = "{tmp_path / "snaps"}"
+
+        [[backup]]
+        backend = "archive"
+        name = "archive"
+        dir = "{tmp_path / "archives"}"
+    """
+    problems = Engine(load_profile(write_profile(text), registry), registry).check()
+    assert any('use thaw = "after-snapshot"' in p for p in problems), problems
+    after_snapshot = text.replace('thaw = "after-backup"', 'thaw = "after-snapshot"')
+    problems = Engine(load_profile(write_profile(after_snapshot), registry), registry).check()
+    assert not any("thaw" in p for p in problems), problems

@@ -44,6 +44,9 @@ class CopyStats:
     bytes: int = 0
     cloned: int = 0
     copied: int = 0
+    #: Entries listed but gone before they were copied (a live PostgreSQL recycling WAL
+    #: in backup mode; never a quiesced application).
+    vanished: int = 0
 
     @property
     def method(self) -> str:
@@ -137,13 +140,20 @@ def copy_tree(
         if progress:
             progress(n, 0)
 
-    def one(s: Path, d: Path) -> None:
-        st = s.lstat()
+    def one(s: Path, d: Path, top: bool = False) -> None:
+        try:
+            st = s.lstat()
+            children = sorted(s.iterdir()) if stat.S_ISDIR(st.st_mode) else []
+        except FileNotFoundError:
+            if top:
+                raise
+            stats.vanished += 1  # gone since its folder was listed, as tar and pg_basebackup
+            return
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             d.mkdir()
             dirs.append((st, d))
-            for child in sorted(s.iterdir()):
+            for child in children:
                 one(child, d / child.name)
             return
         if stat.S_ISLNK(mode):
@@ -156,7 +166,13 @@ def copy_tree(
                 if progress:
                     progress(0, 1)
                 return
-            _copy_file(s, d, st, stats, tick)
+            try:
+                _copy_file(s, d, st, stats, tick)
+            except FileNotFoundError:
+                if top or d.exists():
+                    raise
+                stats.vanished += 1
+                return
             links[key] = d
         else:
             return  # sockets, fifos, devices hold no data worth a backup
@@ -165,7 +181,7 @@ def copy_tree(
         if progress:
             progress(0, 1)
 
-    one(src, dst)
+    one(src, dst, top=True)
     for st, d in reversed(dirs):  # after their contents, so times stick
         _copy_meta(st, d)
     return stats
@@ -253,6 +269,7 @@ class CloneBackend(Backend):
                 total.bytes += stats.bytes
                 total.cloned += stats.cloned
                 total.copied += stats.copied
+                total.vanished += stats.vanished
             partial.chmod(0o755)
             partial.rename(view)  # made durable by the engine's syncfs after the thaw
         except BaseException:
@@ -267,6 +284,7 @@ class CloneBackend(Backend):
                 "method": total.method,
                 "cloned_files": total.cloned,
                 "copied_files": total.copied,
+                "vanished_files": total.vanished,
                 "paths": [str(p) for p in sources],
             },
         )

@@ -111,6 +111,8 @@ class PostgresqlPlugin(ApplicationPlugin):
     kind = "postgresql"
     consistent_on = frozenset({SnapshotKind.ATOMIC, SnapshotKind.PER_FILE})
     crash_safety = CrashSafety.PROCESS_EXIT
+    # backup_label and the WAL through the stop LSN go into per-file views at the thaw
+    completes_view_on_thaw = True
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)

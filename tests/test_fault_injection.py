@@ -23,15 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-from freezeframe import RunStatus
+from freezeframe import BusyError, RunStatus
 from freezeframe._faults import POINTS
 from freezeframe.catalog import Catalog
 from freezeframe.engine import Engine
+from freezeframe.lock import ProfileLock
 from freezeframe.profile import load_profile
 from freezeframe.registry import build_registry
 from freezeframe_testing.plugin import integrity, make_counter_db, restored, writable_within
 
-FREEZE_TIMEOUT = 5.0
+FREEZE_TIMEOUT = 3.0
 APPS = ("a", "b", "fs")
 STAGES = ("snap", "archive")
 CATALOG_SAVES = 10
@@ -70,6 +71,17 @@ def xfs_writable_within(mount: Path, seconds: float) -> bool:
         proc.kill()
         proc.wait()
         return False
+
+
+def wait_for_lock(engine: Engine, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            with ProfileLock(engine.profile.home / "lock", engine.profile.name, "test"):
+                return
+        except BusyError:
+            assert time.monotonic() < end, "the profile stayed locked"
+            time.sleep(0.1)
 
 
 def test_every_fault_at_every_step_is_survived(tmp_path: Path, loop_fs, write_profile) -> None:
@@ -138,6 +150,9 @@ def test_every_fault_at_every_step_is_survived(tmp_path: Path, loop_fs, write_pr
         if not xfs_writable_within(xfs.mountpoint, max(0.1, budget - (time.monotonic() - ended))):
             problems.append(f"{tag}: the XFS mount stayed frozen")
 
+        # After a kill -9 mid-freeze the watchdog holds the profile's lock until it has
+        # finished thawing (deadline + 2 s at most); the next command reconciles then.
+        wait_for_lock(engine, FREEZE_TIMEOUT + 4)
         engine.reconcile_if_idle()  # what the next command does first
         with Catalog(engine.profile.home / "catalog.sqlite") as catalog:
             runs = catalog.runs()

@@ -28,8 +28,9 @@ class Outcome:
 class Ordered:
     """Call ``fn(item)`` for each item in its own thread, once all of ``deps[item]`` are done.
 
-    The threads start at construction; :attr:`outcome` is updated live, so a
-    caller interrupted while waiting (a signal) still knows what began. With
+    Nothing starts until :meth:`run`; :attr:`outcome` is updated live, so a
+    caller that keeps it before calling :meth:`run` still knows what began when
+    a signal interrupts it, even while the threads are being started. With
     ``stop_on_failure``, an item whose dependency failed (or any item after a
     failure) is not started. Once :meth:`wait` returns or is interrupted,
     nothing more starts; calls already running go on, listed in
@@ -55,11 +56,9 @@ class Ordered:
         self._deps = deps
         self._stop_on_failure = stop_on_failure
         for name in items:
-            t = threading.Thread(
+            self.outcome.threads[name] = threading.Thread(
                 target=self._worker, args=(name,), name=f"{thread_name}-{name}", daemon=True
             )
-            self.outcome.threads[name] = t
-            t.start()
 
     def _worker(self, name: str) -> None:
         outcome = self.outcome
@@ -87,9 +86,12 @@ class Ordered:
         finally:
             self._finished[name].set()
 
-    def wait(self, timeout: float | None) -> Outcome:
-        """Wait until every started call has returned or ``timeout`` seconds have passed."""
+    def run(self, timeout: float | None) -> Outcome:
+        """Start the threads; wait until every started call has returned or ``timeout``
+        seconds have passed. On any exit (a signal too) nothing more starts."""
         try:
+            for t in self.outcome.threads.values():
+                t.start()
             end = None if timeout is None else time.monotonic() + timeout
             for name in self.items:
                 remaining = None if end is None else max(0.0, end - time.monotonic())
@@ -112,4 +114,4 @@ def run_ordered(
 ) -> Outcome:
     """:class:`Ordered` started and waited for ``timeout`` seconds."""
     ordered = Ordered(items, deps, fn, stop_on_failure=stop_on_failure, thread_name=thread_name)
-    return ordered.wait(timeout)
+    return ordered.run(timeout)

@@ -180,6 +180,7 @@ class Engine:
         self.progress = progress or (lambda stage: None)
         #: The signal that interrupted the last backup, if one did.
         self.interrupted_by: int | None = None
+        self._lock_fd: int | None = None
 
     # -- shared pieces -------------------------------------------------------
     @contextmanager
@@ -194,9 +195,10 @@ class Engine:
         """Hold the profile's lock, reconcile what a crashed run left, and yield the catalog."""
         ensure_private_dir(self.profile.home)
         with (
-            ProfileLock(self.profile.home / "lock", self.profile.name, command),
+            ProfileLock(self.profile.home / "lock", self.profile.name, command) as lock,
             self.catalog() as catalog,
         ):
+            self._lock_fd = lock.fd
             self._reconcile(catalog)
             yield catalog
 
@@ -443,7 +445,9 @@ class Engine:
             paths = self._prepare_all(run)
             deadline = Deadline.after(self.profile.freeze_timeout)
             if thaw_commands:
-                watchdog = Watchdog.start(thaw_commands, deadline.at)
+                # the watchdog shares the profile's lock: no new run can freeze what it
+                # may still be thawing after we died
+                watchdog = Watchdog.start(thaw_commands, deadline.at, lock_fd=self._lock_fd)
             self._quiesce_all(run, deadline)
             for stage in windowed:
                 self._run_stage(run, stage, paths, deadline)
@@ -476,8 +480,8 @@ class Engine:
             stop_on_failure=False,
             thread_name="prepare",
         )
-        run.prepare = preparing.outcome  # before waiting: a signal must not lose who began
-        outcome = preparing.wait(None)
+        run.prepare = preparing.outcome  # before starting: a signal must not lose who began
+        outcome = preparing.run(None)
         for name, e in outcome.failed.items():
             raise QuiesceError(f"application {name!r}: prepare failed: {_one_line(e)}") from e
         paths = self.data_paths()
@@ -518,8 +522,8 @@ class Engine:
             stop_on_failure=True,
             thread_name="quiesce",
         )
-        run.quiesce = quiescing.outcome  # before waiting: a signal must not lose who began
-        outcome = quiescing.wait(deadline.remaining())
+        run.quiesce = quiescing.outcome  # before starting: a signal must not lose who began
+        outcome = quiescing.run(deadline.remaining())
         fatal: list[str] = []
         for a in apps:
             if a.name in outcome.done:
@@ -739,7 +743,7 @@ class Engine:
                 if st.artifact is not None and st.deleted_at is None:
                     spec.component.delete(st.artifact)
                     stages[i] = replace(st, deleted_at=time.time())
-                elif st.status != "pending" or st.artifact is None:
+                elif st.artifact is None and st.status != "pending":  # began, made nothing whole
                     spec.component.discard(record.run_id)
             except Exception as e:
                 catalog.add_error(

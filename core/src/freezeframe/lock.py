@@ -56,6 +56,11 @@ class ProfileLock:
         except (ValueError, KeyError, OSError):
             return "another process"
 
+    @property
+    def fd(self) -> int | None:
+        """The locked file descriptor (a child given it holds the lock until it closes it)."""
+        return self._fd
+
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:

@@ -10,6 +10,10 @@ deadline, and waits until it says it is armed. It runs every thaw command
   freezeframe process died: the kernel closed the pipe),
 
 and exits quietly when it reads ``disarm`` (the engine thawed in time).
+Once it has fired, it runs the thaw commands again every quarter second
+until the deadline has passed by :data:`SETTLE` seconds: a freeze command
+the dead process had started may complete after the first thaw. Meanwhile it
+holds the profile's lock (inherited), so no new run can freeze what it thaws.
 The deadline is an instant of CLOCK_MONOTONIC, which all processes share.
 Thaw commands must hold no secret: they are argv.
 """
@@ -32,6 +36,8 @@ __all__ = ["Watchdog"]
 log = logging.getLogger("freezeframe")
 ARM_TIMEOUT = 10.0
 THAW_COMMAND_TIMEOUT = 30.0
+#: After firing, keep thawing until this long past the deadline.
+SETTLE = 2.0
 
 
 class Watchdog:
@@ -41,8 +47,14 @@ class Watchdog:
         self.proc = proc
 
     @classmethod
-    def start(cls, commands: Sequence[Sequence[str]], deadline: float) -> Watchdog:
-        """Start and arm a watchdog for ``commands``; ``deadline`` is a ``time.monotonic()``."""
+    def start(
+        cls, commands: Sequence[Sequence[str]], deadline: float, *, lock_fd: int | None = None
+    ) -> Watchdog:
+        """Start and arm a watchdog for ``commands``; ``deadline`` is a ``time.monotonic()``.
+
+        ``lock_fd``, the profile's locked file, is inherited: the lock is held until
+        the watchdog has exited too.
+        """
         proc = subprocess.Popen(
             [sys.executable, "-m", "freezeframe.watchdog"],
             stdin=subprocess.PIPE,
@@ -50,6 +62,7 @@ class Watchdog:
             stderr=None,
             text=True,
             start_new_session=True,  # a Ctrl-C to our process group must not reach it
+            pass_fds=(lock_fd,) if lock_fd is not None else (),
         )
         assert proc.stdin is not None and proc.stdout is not None
         spec = {"deadline": deadline, "commands": [list(c) for c in commands]}
@@ -75,7 +88,7 @@ class Watchdog:
 
     def fire(self) -> None:
         """Make the watchdog run its thaw commands now (our own thaw failed)."""
-        self._close("")
+        self._close("fire\n")
 
     def _close(self, last_words: str) -> None:
         try:
@@ -99,7 +112,7 @@ class Watchdog:
         self.disarm()
 
 
-def _thaw(commands: list[list[str]], why: str) -> None:
+def _thaw(commands: list[list[str]], why: str, *, quiet_unless_done: bool = False) -> None:
     for argv in commands:
         try:
             r = subprocess.run(
@@ -108,6 +121,8 @@ def _thaw(commands: list[list[str]], why: str) -> None:
             status = "ok" if r.returncode == 0 else f"exit {r.returncode}: {r.stderr.strip()}"
         except (OSError, subprocess.TimeoutExpired) as e:
             status = str(e)
+        if quiet_unless_done and status != "ok":
+            continue
         try:
             sys.stderr.write(f"freezeframe watchdog: {why}: ran {' '.join(argv)}: {status}\n")
             sys.stderr.flush()
@@ -125,19 +140,28 @@ def _main() -> int:
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            _thaw(commands, "the freeze deadline passed")
-            return 0
+            why = "the freeze deadline passed"
+            break
         ready, _, _ = select.select([sys.stdin], [], [], left)
         if not ready:
             continue
         chunk = sys.stdin.readline()
         if not chunk:
-            if "disarm" not in buffer:
-                _thaw(commands, "freezeframe died while applications were frozen")
-            return 0
+            if "disarm" in buffer:
+                return 0
+            why = "freezeframe died while applications were frozen"
+            break
         buffer += chunk
         if chunk.strip() == "disarm":
             return 0
+        if chunk.strip() == "fire":  # freezeframe lives and waited for its quiesces: once
+            _thaw(commands, "freezeframe's own thaw failed")
+            return 0
+    _thaw(commands, why)
+    while time.monotonic() < deadline + SETTLE:  # a freeze already under way may land late
+        time.sleep(0.25)
+        _thaw(commands, f"{why} (a late freeze)", quiet_unless_done=True)
+    return 0
 
 
 if __name__ == "__main__":

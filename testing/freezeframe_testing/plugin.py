@@ -30,6 +30,7 @@ pytest_plugins = [
     "freezeframe_testing.postgres_server",
     "freezeframe_testing.mariadb_server",
     "freezeframe_testing.redis_server",
+    "freezeframe_testing.sshd",
 ]
 
 

@@ -1,0 +1,487 @@
+"""freezeframe copy backend ``restic``: one restic snapshot per run, deduplicated and encrypted.
+
+The real ``restic`` binary does the work. Each run becomes one snapshot of
+the source stage's view, tagged ``freezeframe``, ``profile:<name>``,
+``stage:<name>`` and ``run:<run id>``, recording every file under its
+*original* absolute path (see :mod:`freezeframe_restic.layout`), so
+``restic restore <id> --target /`` alone puts every file back where it was.
+
+The password is read once by the core (``password_env`` / ``password_file``)
+and reaches restic only in its environment (``RESTIC_PASSWORD``); never
+argv, logs, the catalog or an error message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from freezeframe import (
+    Artifact,
+    Backend,
+    ConfigError,
+    FreezeframeError,
+    Role,
+    Secret,
+    StageContext,
+    Table,
+    hookimpl,
+)
+from freezeframe.tools import ToolError, find_tool, run_tool
+from freezeframe_restic.layout import laid_out
+
+__all__ = ["ResticBackend"]
+
+log = logging.getLogger(__name__)
+
+#: The oldest restic whose JSON output and repository format this backend was written for.
+MIN_VERSION = (0, 14)
+#: For quick commands (version, listing snapshots, opening the repository).
+SHORT_TIMEOUT = 300.0
+_VERIFY_DATA = re.compile(r"^(all|none|\d+(\.\d+)?%|\d+/\d+|\d+[kKmMgGtT]?)$")
+_REMOTE = re.compile(r"^(sftp|rest|s3|b2|azure|gs|swift|rclone):")
+_CREDENTIALS = re.compile(r"(://[^/@:]*:)[^/@]*@")
+
+
+def _display(repository: str) -> str:
+    """The repository for messages: any password in a URL (``rest:https://u:p@h/``) hidden."""
+    return _CREDENTIALS.sub(r"\1***@", repository)
+
+
+def _why(e: ToolError) -> str:
+    """One line from what restic said on stderr: ssh's complaint, the first error, the fatal one."""
+    lines = [line.strip() for line in e.stderr.splitlines() if line.strip()]
+    ssh = [line for line in lines if line.startswith("subprocess ssh:")]
+    fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal:")), None)
+    parts = []
+    if ssh:
+        parts.append(ssh[-1].removeprefix("subprocess ssh:").strip())
+    if fatal is not None:
+        before = [line for line in lines[:fatal] if not line.startswith("subprocess ssh:")]
+        if before:
+            parts.append(before[0])
+        parts.append(lines[fatal].removeprefix("Fatal:").strip())
+    elif lines:
+        parts.append(lines[-1])
+    else:
+        parts.append(str(e))
+    return "; ".join(p[:300] for p in parts)
+
+
+def _quote(arg: str) -> str:
+    """``arg`` for restic's ``sftp.command`` splitter (quotes group words; no escapes)."""
+    if not arg or any(c in arg for c in "\"'\\"):
+        raise ConfigError("ssh_command", f"{arg!r}: restic cannot pass quotes or backslashes")
+    return f'"{arg}"' if any(c.isspace() for c in arg) else arg
+
+
+def _sftp_command(repository: str, ssh: Sequence[str]) -> list[str]:
+    """The ``sftp.command`` restic runs for an ``sftp:`` repository: ssh, batch mode, host."""
+    if repository.startswith("sftp://"):
+        url = urlsplit(repository)
+        user, host, port = url.username, url.hostname, url.port
+    else:
+        where = repository.removeprefix("sftp:").split(":", 1)[0]
+        user, _, host = where.rpartition("@")
+        port = None
+    if not host:
+        raise ConfigError("repository", f"{_display(repository)}: no host in this sftp address")
+    # BatchMode: never ask for a password or a host key on a terminal, fail instead.
+    argv = [*ssh, "-o", "BatchMode=yes"]
+    if port:
+        argv += ["-p", str(port)]
+    if user:
+        argv += ["-l", user]
+    return [*argv, host, "-s", "sftp"]
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON objects among restic's ``--json`` output lines."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                out.append(value)
+    return out
+
+
+@functools.cache
+def _version(restic: str) -> str:
+    """restic's version (once per process), refused when older than :data:`MIN_VERSION`."""
+    out = run_tool([restic, "version"], timeout=SHORT_TIMEOUT).stdout
+    m = re.search(r"restic (\d+)\.(\d+)\.(\d+)", out)
+    if not m:
+        raise FreezeframeError(f"cannot tell restic's version from {out.strip()[:80]!r}")
+    if tuple(map(int, m.groups()[:2])) < MIN_VERSION:
+        raise FreezeframeError(
+            f"restic {'.'.join(m.groups())} is too old: this backend needs "
+            f"{'.'.join(map(str, MIN_VERSION))} or newer"
+        )
+    return ".".join(m.groups())
+
+
+class ResticBackend(Backend):
+    """Back up the source stage's view with restic; restore, verify and forget with it too."""
+
+    kind = "restic"
+    role = Role.COPY
+
+    def __init__(self, name: str, table: Table) -> None:
+        super().__init__(name, table)
+        raw: str = table.get_str("repository")
+        self.local: Path | None = None
+        if _REMOTE.match(raw):
+            self.repository = raw
+        else:
+            path = Path(raw.removeprefix("local:")).expanduser()
+            self.local = path if path.is_absolute() else (table.base_dir / path).resolve()
+            self.repository = str(self.local)
+        secret = table.get_secret("password")
+        if secret is None:
+            raise ConfigError(
+                "password_env", 'missing: give "password_env" or "password_file" (restic encrypts)'
+            )
+        if not secret.reveal():
+            raise ConfigError("password_env", f"the password from {secret.source} is empty")
+        self._secret: Secret = secret
+        self.init: bool = table.get_bool("init", False)
+        self.ssh: list[str] = table.get_str_list("ssh_command") or ["ssh"]
+        #: For sftp: the ssh command restic runs (``sftp.command``).
+        self.sftp_argv: list[str] = []
+        if self.repository.startswith("sftp:"):
+            self.sftp_argv = _sftp_command(self.repository, self.ssh)
+            for arg in self.sftp_argv:
+                _quote(arg)
+        elif "ssh_command" in table:
+            raise ConfigError("ssh_command", "only sftp: repositories are reached through ssh")
+        self.verify_data: str = table.get_str("verify_data", "all")
+        if not _VERIFY_DATA.match(self.verify_data):
+            raise ConfigError(
+                "verify_data",
+                f'expected "all", "none", a percentage ("10%"), "n/t" or a size ("2G"), '
+                f"got {self.verify_data!r}",
+            )
+        self.cache_dir: Path | None = table.get_path("cache_dir", None)
+        #: Longest a backup, restore, check or prune may run (None: no limit).
+        self.timeout: float | None = table.get_duration("timeout", None)
+        self._ready = False
+        #: This stage's snapshots as :meth:`check` found them (the run's parent is among them).
+        self._listed: list[dict[str, Any]] | None = None
+        self.version = ""
+
+    def __repr__(self) -> str:
+        return f"ResticBackend({self.name!r}, {_display(self.repository)!r})"
+
+    # -- running restic ------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        # Empty values switch off what the caller's environment might set instead.
+        return {
+            "RESTIC_PASSWORD": self._secret.reveal(),
+            "RESTIC_PASSWORD_FILE": "",
+            "RESTIC_PASSWORD_COMMAND": "",
+            "RESTIC_REPOSITORY": "",
+            "RESTIC_REPOSITORY_FILE": "",
+        }
+
+    def _argv(self, *args: str) -> list[str]:
+        argv = [find_tool("restic"), "--repo", self.repository]
+        if self.sftp_argv:
+            command = " ".join(_quote(a) for a in self.sftp_argv)
+            argv += ["--option", f"sftp.command={command}"]
+        if self.cache_dir is not None:
+            argv += ["--cache-dir", str(self.cache_dir)]
+        return [*argv, *args]
+
+    def _restic(
+        self,
+        what: str,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = SHORT_TIMEOUT,
+        context: StageContext | None = None,
+        cwd: Path | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            return run_tool(
+                argv, env=self._env(), timeout=timeout, context=context, cwd=cwd, check=check
+            )
+        except ToolError as e:
+            why = _why(e)
+            if self.sftp_argv and "sftp session" in e.stderr and "subprocess ssh:" not in e.stderr:
+                why = f"{self._ssh_trouble()}; {why}"
+            raise ToolError(
+                f"restic {what} ({_display(self.repository)}): {why}", e.returncode, e.stderr
+            ) from None
+
+    def _ssh_trouble(self) -> str:
+        """What ssh says when it runs restic's sftp command by itself (restic may exit
+        before it passes ssh's complaint on)."""
+        try:
+            run_tool(self.sftp_argv, timeout=SHORT_TIMEOUT)
+        except ToolError as e:
+            lines = [line.strip() for line in e.stderr.splitlines() if line.strip()]
+            return lines[-1] if lines else str(e)
+        return "ssh connects, but no sftp session starts"
+
+    def _snapshots(self, *tags: str, what: str = "snapshots") -> list[dict[str, Any]]:
+        """The repository's snapshots (with every tag of ``tags``, when given), oldest first."""
+        args = ["snapshots", "--json", "--no-lock"]
+        if tags:
+            args += ["--tag", ",".join(tags)]
+        out = self._restic(what, self._argv(*args)).stdout
+        try:
+            found = json.loads(out or "[]")
+        except ValueError:
+            raise FreezeframeError(
+                f"restic snapshots ({_display(self.repository)}): output is not JSON"
+            ) from None
+        return list(found or [])
+
+    def _exclusive(self, what: str, *args: str) -> None:
+        """Run a command that locks the repository exclusively (forget, prune, check).
+
+        A restic that was killed (a cancelled run) leaves its lock behind, and restic
+        0.14 lets no exclusive lock be taken beside it: then ``restic unlock``, which
+        removes only stale locks (of dead processes, or older than 30 minutes), and once more.
+        """
+        try:
+            self._restic(what, self._argv(*args), timeout=self.timeout)
+        except ToolError as e:
+            if "already locked" not in e.stderr:
+                raise
+            self._restic("unlock", self._argv("unlock"))
+            self._restic(what, self._argv(*args), timeout=self.timeout)
+
+    # -- check ---------------------------------------------------------------------
+    def check(self) -> None:
+        """restic is recent enough; the repository opens with the password (or is created
+        here when missing and ``init = true``)."""
+        self.version = _version(find_tool("restic"))
+        if self.sftp_argv:
+            find_tool(self.ssh[0])
+        self._open()
+
+    def _open(self) -> None:
+        """Open the repository: list this stage's snapshots (kept for :meth:`run` to find
+        its parent in); create the repository if it is missing and ``init = true``."""
+        if self._ready:
+            return
+        if self.init and self.local is not None and not self.local.exists():
+            self._init()
+            return
+        try:
+            self._listed = self._snapshots(f"stage:{self.name}", what="open")
+        except ToolError as opened:
+            if not self.init:
+                hint = ""
+                if self.local is not None and not (self.local / "config").exists():
+                    hint = " (no repository there: set init = true to create it)"
+                raise ToolError(f"{opened}{hint}", opened.returncode, opened.stderr) from None
+            try:
+                # restic refuses to init over an existing repository: a repository that
+                # exists but would not open (wrong password, unreachable) fails here too.
+                self._init()
+            except ToolError as e:
+                why = str(e).split("): ", 1)[-1]
+                message = f"{opened}; and init = true could not create it: {why}"
+                raise ToolError(message, opened.returncode, opened.stderr) from None
+        self._ready = True
+
+    def _init(self) -> None:
+        self._restic("init", self._argv("init"))
+        log.info("stage %s: created restic repository %s", self.name, self.repository)
+        self._listed = []
+        self._ready = True
+
+    def writes_to(self) -> list[Path]:
+        """A local repository's folder."""
+        return [self.local] if self.local is not None else []
+
+    # -- run -----------------------------------------------------------------------
+    def run(self, context: StageContext) -> Artifact:
+        """``restic backup`` of the source view, original paths recorded, tagged with the run."""
+        source = context.source
+        if source is None or source.view is None:
+            raise FreezeframeError("restic needs a source stage with a view")
+        self._open()
+        tags = ["freezeframe", f"profile:{context.profile}", f"stage:{self.name}"]
+        listed, self._listed = self._listed, None  # fresh from check(), or listed now
+        if listed is None:
+            listed = self._snapshots(*tags)
+        ours = [s for s in listed if set(tags) <= set(s.get("tags") or ())]
+        parent = max(ours, key=lambda s: str(s["time"]))["id"] if ours else None
+        tags.append(f"run:{context.run_id}")
+        started = False
+        try:
+            with laid_out(source, f"{context.profile}-{self.name}") as layout:
+                args = ["backup", "--json", "--tag", ",".join(tags)]
+                if parent:
+                    # The view's path changes every run: name the parent, or restic finds none.
+                    args += ["--parent", parent]
+                argv = layout.argv([*self._argv(*args), "--"])
+                started = True
+                result = self._restic(
+                    "backup",
+                    argv,
+                    timeout=self.timeout,
+                    context=context,
+                    cwd=layout.cwd,
+                    check=False,
+                )
+            summary, errors = self._summary(result)
+            if result.returncode != 0 or summary is None:
+                raise self._backup_failed(result, errors)
+            short = str(summary["snapshot_id"])
+            full = next(
+                (s for s in self._snapshots(f"run:{context.run_id}") if s["id"].startswith(short)),
+                None,
+            )
+            if full is None:
+                raise FreezeframeError(
+                    f"restic backup ({_display(self.repository)}): snapshot {short} "
+                    "is not in the repository after restic made it"
+                )
+        except BaseException:
+            if started:
+                self._clean_up(context.run_id)
+            raise
+        context.progress(
+            bytes=int(summary.get("total_bytes_processed", 0)),
+            files=int(summary.get("total_files_processed", 0)),
+        )
+        return Artifact(
+            id=str(full["id"]),
+            bytes=int(summary.get("total_bytes_processed", 0)),
+            files=int(summary.get("total_files_processed", 0)),
+            metadata={
+                "repository": _display(self.repository),
+                "snapshot": short,
+                "tags": tags,
+                "paths": [str(original) for original, _ in source.roots()],
+                "parent": parent,
+                "added_bytes": int(summary.get("data_added", 0)),
+                "files_new": int(summary.get("files_new", 0)),
+                "files_changed": int(summary.get("files_changed", 0)),
+                "files_unmodified": int(summary.get("files_unmodified", 0)),
+                "layout": layout.method,
+                "restic_version": self.version,
+            },
+        )
+
+    @staticmethod
+    def _summary(
+        result: subprocess.CompletedProcess[str],
+    ) -> tuple[Mapping[str, Any] | None, list[str]]:
+        summary, errors = None, []
+        for msg in _json_lines(result.stdout) + _json_lines(result.stderr):
+            kind = msg.get("message_type")
+            if kind == "summary":
+                summary = msg
+            elif kind == "error":
+                err = msg.get("error")
+                text = err.get("message") if isinstance(err, dict) else err
+                errors.append(f"{msg.get('item', '')}: {text}".strip(": "))
+        return summary, errors
+
+    def _backup_failed(
+        self, result: subprocess.CompletedProcess[str], errors: list[str]
+    ) -> FreezeframeError:
+        where = f"restic backup ({_display(self.repository)})"
+        if result.returncode == 3:
+            first = errors[0] if errors else "see restic's output"
+            return FreezeframeError(
+                f"{where}: some files could not be read ({len(errors)} errors; first: {first}); "
+                "an incomplete snapshot is no backup: removed it"
+            )
+        err = ToolError("", result.returncode, result.stderr)
+        why = _why(err) if result.stderr.strip() else (errors[0] if errors else "no message")
+        return ToolError(
+            f"{where} failed (exit {result.returncode}): {why}", result.returncode, result.stderr
+        )
+
+    def _clean_up(self, run_id: str) -> None:
+        """After a failed backup: forget any snapshot of the run and prune the data it sent."""
+        try:
+            self._discard(run_id, prune=True)
+        except Exception as e:  # the backup's own error matters more; discard runs again later
+            log.warning("stage %s: could not clean up after run %s: %s", self.name, run_id, e)
+
+    # -- restore, verify -----------------------------------------------------------
+    def restore(self, artifact: Artifact, target: Path) -> list[Path]:
+        """``restic restore <id> --target <target>``: files land at target + original path.
+
+        Holes of sparse files are kept when this restic can (``restore --sparse``; 0.14 cannot).
+        """
+        args = ["restore", artifact.id, "--target", str(target)]
+        usage = run_tool([find_tool("restic"), "restore", "--help"], timeout=SHORT_TIMEOUT)
+        if "--sparse" in usage.stdout:
+            args.append("--sparse")
+        self._restic("restore", self._argv(*args), timeout=self.timeout)
+        return [target / Path(p).relative_to("/") for p in artifact.metadata.get("paths", [])]
+
+    def verify(self, artifact: Artifact) -> None:
+        """The snapshot is there, then ``restic check`` reading ``verify_data`` of the packs."""
+        if not any(s["id"] == artifact.id for s in self._snapshots()):
+            raise FreezeframeError(
+                f"restic snapshot {artifact.id[:8]} is gone from {_display(self.repository)}"
+            )
+        args = ["check"]
+        if self.verify_data == "all":
+            args.append("--read-data")
+        elif self.verify_data != "none":
+            args.append(f"--read-data-subset={self.verify_data}")
+        self._exclusive("check", *args)
+
+    # -- delete --------------------------------------------------------------------
+    def delete(self, artifact: Artifact) -> None:
+        """Forget the snapshot and prune what only it used."""
+        errors = self.delete_many([artifact])
+        if errors:
+            raise FreezeframeError(errors[artifact.id])
+
+    def delete_many(self, artifacts: Sequence[Artifact]) -> dict[str, str]:
+        """One ``restic forget --prune`` of them all (restic skips ids already gone)."""
+        ids = [a.id for a in artifacts]
+        if not ids:
+            return {}
+        try:
+            self._exclusive("forget", "forget", "--prune", *ids)
+        except FreezeframeError as e:
+            return {i: str(e) for i in ids}
+        return {}
+
+    def discard(self, run_id: str) -> None:
+        """Forget any snapshot a crashed or failed run ``run_id`` left (found by its tags).
+
+        Data a killed backup sent without making its snapshot is unreferenced; the
+        next prune (retention, or a failed run's own clean-up) removes it.
+        """
+        self._discard(run_id, prune=False)
+
+    def _discard(self, run_id: str, *, prune: bool) -> None:
+        if self.local is not None and not (self.local / "config").exists():
+            return  # no repository, so nothing of the run in it
+        left = [s["id"] for s in self._snapshots(f"run:{run_id}", f"stage:{self.name}")]
+        if left:
+            self._exclusive("forget", "forget", *left)
+        if prune:
+            # Only packs nothing uses are deleted: no repacking of packs in use.
+            self._exclusive("prune", "prune", "--max-unused", "unlimited")
+
+
+@hookimpl
+def freezeframe_register_backends(register: Callable[[type[Any]], None]) -> None:
+    """Register the ``restic`` backend."""
+    register(ResticBackend)

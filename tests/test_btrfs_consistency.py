@@ -8,8 +8,6 @@ hold a pair from one instant, with nothing committed before the backup lost.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from freezeframe.registry import Registry
 from freezeframe.tools import run_tool
 from freezeframe_testing.plugin import (
     LoopFs,
+    PairWriter,
     integrity,
     make_counter_db,
     read_counter,
@@ -30,29 +29,6 @@ from freezeframe_testing.plugin import (
 )
 
 RUNS = 20
-
-
-class Writer(threading.Thread):
-    """Commits +1 to A, then +1 to B, until stopped; ``committed`` is B's last committed value."""
-
-    def __init__(self, a: Path, b: Path) -> None:
-        super().__init__(daemon=True)
-        self.paths = (a, b)
-        self.stop = threading.Event()
-        self.committed = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            dbs = [sqlite3.connect(p, timeout=30, isolation_level=None) for p in self.paths]
-            while not self.stop.is_set():
-                for db in dbs:
-                    db.execute("BEGIN IMMEDIATE")
-                    db.execute("UPDATE counter SET n = n + 1 WHERE id = 1")
-                    db.execute("COMMIT")
-                self.committed += 1
-        except BaseException as e:
-            self.error = e
 
 
 def subvolume_paths(btrfs: str, fs: LoopFs) -> set[str]:
@@ -103,7 +79,7 @@ def test_every_restored_pair_is_consistent_and_complete(
         dir = "{tmp_path / "archives"}"
     """)
     engine = Engine(load_profile(profile_path, registry), registry)
-    writer = Writer(a, b)
+    writer = PairWriter(a, b)
     writer.start()
     runs = []
     try:

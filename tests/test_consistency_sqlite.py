@@ -8,8 +8,6 @@ shows a counter below what was committed before the backup began.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,32 +16,9 @@ from freezeframe import RunStatus
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
-from freezeframe_testing.plugin import integrity, read_counter, restored
+from freezeframe_testing.plugin import PairWriter, integrity, read_counter, restored
 
 RUNS = 25
-
-
-class Writer(threading.Thread):
-    """Commits +1 to A, then +1 to B, until stopped; ``committed`` is B's last committed value."""
-
-    def __init__(self, a: Path, b: Path) -> None:
-        super().__init__(daemon=True)
-        self.paths = (a, b)
-        self.stop = threading.Event()
-        self.committed = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            dbs = [sqlite3.connect(p, timeout=30, isolation_level=None) for p in self.paths]
-            while not self.stop.is_set():
-                for db in dbs:
-                    db.execute("BEGIN IMMEDIATE")
-                    db.execute("UPDATE counter SET n = n + 1 WHERE id = 1")
-                    db.execute("COMMIT")
-                self.committed += 1
-        except BaseException as e:
-            self.error = e
 
 
 @pytest.mark.parametrize("thaw", ["after-snapshot", "after-backup"])
@@ -78,7 +53,7 @@ def test_every_restored_pair_is_consistent_and_complete(
         dir = "{tmp_path / "archives"}"
     """)
     engine = Engine(load_profile(profile_path, registry), registry)
-    writer = Writer(a, b)
+    writer = PairWriter(a, b)
     writer.start()
     runs = []
     try:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from freezeframe.registry import Registry
 from freezeframe.tools import run_tool
 from freezeframe_testing.plugin import (
     LoopFs,
+    PairWriter,
     integrity,
     make_counter_db,
     read_counter,
@@ -38,29 +37,6 @@ from freezeframe_testing.sshd import Sshd
 
 RUNS = 3
 PASSWORD = "e2e throwaway passphrase"  # noqa: S105 - a test's throwaway
-
-
-class Writer(threading.Thread):
-    """Commits +1 to A, then +1 to B, until stopped; ``committed`` is B's last committed value."""
-
-    def __init__(self, a: Path, b: Path) -> None:
-        super().__init__(daemon=True)
-        self.paths = (a, b)
-        self.stop = threading.Event()
-        self.committed = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            dbs = [sqlite3.connect(p, timeout=30, isolation_level=None) for p in self.paths]
-            while not self.stop.is_set():
-                for db in dbs:
-                    db.execute("BEGIN IMMEDIATE")
-                    db.execute("UPDATE counter SET n = n + 1 WHERE id = 1")
-                    db.execute("COMMIT")
-                self.committed += 1
-        except BaseException as e:
-            self.error = e
 
 
 def btrfs_available(registry: Registry) -> bool:
@@ -139,7 +115,7 @@ def test_sqlite_pair_through_a_snapshot_into_restic_over_sftp_and_borg(
         init = true
     """)
     engine = Engine(load_profile(profile_path, registry), registry)
-    writer = Writer(a, b)
+    writer = PairWriter(a, b)
     writer.start()
     runs = []
     try:

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,34 @@ def make_counter_db(path: Path, *, wal: bool = True) -> Path:
         db.execute("INSERT INTO counter VALUES (1, 0)")
     db.close()
     return path
+
+
+class PairWriter(threading.Thread):
+    """Commits +1 to A, then +1 to B, until stopped; ``committed`` is B's last committed value.
+
+    At every instant ``A - B`` is 0 or 1: a backup that caught the two databases
+    at different moments shows another difference; one that lost commits shows
+    a value below what was committed before the backup began.
+    """
+
+    def __init__(self, a: Path, b: Path) -> None:
+        super().__init__(daemon=True)
+        self.paths = (a, b)
+        self.stop = threading.Event()
+        self.committed = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            dbs = [sqlite3.connect(p, timeout=30, isolation_level=None) for p in self.paths]
+            while not self.stop.is_set():
+                for db in dbs:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute("UPDATE counter SET n = n + 1 WHERE id = 1")
+                    db.execute("COMMIT")
+                self.committed += 1
+        except BaseException as e:
+            self.error = e
 
 
 def read_counter(path: Path) -> int:

@@ -202,9 +202,13 @@ class ArchiveBackend(Backend):
                     ) as zw,
                     # "w", not the stream mode "w|": the stream mode re-buffers every
                     # write in 10 KiB slices of a growing bytes object (2x slower here)
-                    tarfile.open(fileobj=zw, mode="w", format=tarfile.PAX_FORMAT) as tar,
+                    tarfile.TarFile(
+                        fileobj=cast(IO[bytes], zw),
+                        mode="w",
+                        format=tarfile.PAX_FORMAT,
+                        copybufsize=_CHUNK,
+                    ) as tar,
                 ):
-                    tar.copybufsize = _CHUNK
                     for path, arcname in _members(source):
                         info = _tarinfo(tar, path, arcname)
                         if info is None:

@@ -1,12 +1,15 @@
-"""End to end: two SQLite databases and a writer → a snapshot → restic over sftp and borg.
+"""End to end: PostgreSQL and two SQLite databases under load → a snapshot → restic and borg.
 
-The writer commits +1 to database A and then +1 to database B, over and over,
-so at every instant ``A - B`` is 0 or 1. Each run takes a btrfs snapshot
+One writer commits +1 to database A and then +1 to database B, over and over,
+so at every instant ``A - B`` is 0 or 1; another commits bank transfers to a
+PostgreSQL server whose data directory sits beside them (the total never
+changes, the ledger has no gap). Each run takes a btrfs snapshot
 (a clone snapshot where btrfs cannot be had), copies it with restic into a
 repository behind a real sshd and with borg into a local repository, keeps
 the two newest restic snapshots, and releases the snapshot. Every backup
-left is restored from each tool and must hold a pair from one instant, with
-nothing committed before the backup began lost.
+left is restored from each tool and must hold a pair from one instant and a
+bank a server started on the restored copy finds balanced, with nothing
+committed before the backup began lost.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ from freezeframe_testing.plugin import (
     require_tool,
     restored,
 )
+from freezeframe_testing.postgres_server import (
+    BankWriter,
+    PostgresFactory,
+    bank_state,
+    create_bank,
+)
 from freezeframe_testing.sshd import Sshd
 
 RUNS = 3
@@ -48,8 +57,9 @@ def btrfs_available(registry: Registry) -> bool:
     return os.geteuid() == 0 and shutil.which("btrfs") is not None
 
 
-def test_sqlite_pair_through_a_snapshot_into_restic_over_sftp_and_borg(
+def test_postgres_and_sqlite_through_a_snapshot_into_restic_over_sftp_and_borg(
     tmp_path: Path,
+    postgres: PostgresFactory,
     loop_fs: Callable[..., LoopFs],
     write_profile: Callable[[str], Path],
     registry: Registry,
@@ -64,16 +74,18 @@ def test_sqlite_pair_through_a_snapshot_into_restic_over_sftp_and_borg(
     if btrfs_available(registry):
         snapshot = "btrfs"
         fs = loop_fs("btrfs")
-        shop = fs.mountpoint / "shop"
+        mnt = postgres.mount_again(fs.device)  # loop_fs mounts below a folder postgres cannot enter
+        shop = mnt / "shop"
         run_tool([require_tool("btrfs"), "subvolume", "create", str(shop)], timeout=60)
-        snaps = fs.mountpoint / "snaps"
-    else:  # a clone snapshot, file by file: SQLite is consistent on it too
+        snaps = mnt / "snaps"
+    else:  # a clone snapshot, file by file: SQLite is consistent on it, PostgreSQL in backup mode
         snapshot = "clone"
-        shop = tmp_path / "shop"
-        shop.mkdir()
+        shop = postgres.folder("ffpg-shop-", owner="root")
         snaps = tmp_path / "snaps"
     (shop / "data").mkdir()
     a, b = make_counter_db(shop / "data" / "a.db"), make_counter_db(shop / "data" / "b.db")
+    server = postgres.new(data_dir=shop / "pg")  # the same subvolume: one instant
+    create_bank(server)
     restic_repo = tmp_path / "sftp-server" / "restic"
     borg_repo = tmp_path / "borg"
     profile_path = write_profile(f"""
@@ -90,6 +102,12 @@ def test_sqlite_pair_through_a_snapshot_into_restic_over_sftp_and_borg(
         plugin = "sqlite"
         name = "b"
         path = "{b}"
+
+        [[application]]
+        plugin = "postgresql"
+        name = "bank"
+        dsn = "{server.dsn()}"
+        data_dir = "{server.data_dir}"
 
         [[backup]]
         backend = "{snapshot}"
@@ -115,20 +133,24 @@ def test_sqlite_pair_through_a_snapshot_into_restic_over_sftp_and_borg(
         init = true
     """)
     engine = Engine(load_profile(profile_path, registry), registry)
-    writer = PairWriter(a, b)
+    writer, bank = PairWriter(a, b), BankWriter(server)
     writer.start()
+    bank.start()
     runs = []
     try:
         for _ in range(RUNS):
-            before = writer.committed  # both counters are at least this before the quiesce
+            # Both counters are at least this before the quiesce; so is the bank's ledger.
+            before = writer.committed, bank.committed
             run = engine.backup()
             assert run.status == RunStatus.SUCCEEDED, run.error
             runs.append((run, before))
     finally:
         writer.stop.set()
         writer.join(30)
+        bank.stop()
     assert writer.error is None
     assert writer.committed > RUNS, "the writer must have kept committing during the backups"
+    assert bank.committed > RUNS, "the bank writer must have kept committing during the backups"
 
     layouts = {run.stage("offsite").artifact.metadata["layout"] for run, _ in runs}
     assert layouts == {"namespace" if snapshot == "btrfs" else "view"}
@@ -149,13 +171,25 @@ def test_sqlite_pair_through_a_snapshot_into_restic_over_sftp_and_borg(
     _, checked, problems = engine.verify("latest")
     assert problems == [] and {s.name for s in checked} == {"offsite", "vault"}
 
-    for i, (run, before) in enumerate(runs):
+    for run, (before, bank_before) in runs:
         stages = ["vault"] if run.run_id == first.run_id else ["offsite", "vault"]
         for stage in stages:
-            target = tmp_path / f"restore-{i}-{stage}"
+            # Where the postgres user can reach the restored data directory.
+            target = postgres.folder("ffpg-restore-", owner="root") / "r"
+            # verify: each plug-in checks its restored data (PostgreSQL starts a server)
             engine.restore(run.run_id, target, stage=stage, verify=True)
+            data = restored(target, server.data_dir)
             ra, rb = restored(target, a), restored(target, b)
             assert integrity(ra) == ["ok"] and integrity(rb) == ["ok"]
             na, nb = read_counter(ra), read_counter(rb)
             assert na - nb in (0, 1), f"{stage} of {run.run_id}: A={na} B={nb} not one instant"
             assert nb >= before, f"{stage} of {run.run_id}: lost commits (B={nb} < {before})"
+            assert not (data / "postmaster.pid").exists()
+            copy = postgres.start_on(data)  # beside the original, which is still running
+            try:
+                problems = bank_state(copy).problems(bank_before)
+            finally:
+                copy.stop("immediate")
+            assert problems == [], f"{stage} of {run.run_id}: {problems}\n{copy.log_tail()}"
+            shutil.rmtree(target.parent)
+    assert bank_state(server).problems(0) == []  # the original went on untouched

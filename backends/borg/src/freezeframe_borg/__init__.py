@@ -316,7 +316,21 @@ class BorgBackend(Backend):
 
     # -- restore, verify -----------------------------------------------------------
     def restore(self, artifact: Artifact, target: Path) -> list[Path]:
-        """``borg extract --sparse`` in ``target``: files land at target + original path."""
+        """``borg extract --sparse`` in ``target``: files land at target + original path.
+
+        A borg archive holds the paths, not the folders above them, and borg would
+        make those 0700; they are made here first, 0755 like ``mkdir -p``, so that a
+        service user (postgres) can reach its restored data.
+        """
+        for p in artifact.metadata.get("paths", []):
+            missing = []
+            parent = target / Path(p).relative_to("/").parent
+            while not parent.exists():
+                missing.append(parent)
+                parent = parent.parent
+            for folder in reversed(missing):
+                folder.mkdir(mode=0o755)
+                folder.chmod(0o755)  # whatever the umask
         self._borg(
             "extract",
             self._argv("extract", "--sparse", f"{self.repository}::{artifact.id}"),

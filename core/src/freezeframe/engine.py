@@ -289,13 +289,11 @@ class Engine:
         return problems
 
     def windowed_stages(self) -> list[StageSpec]:
-        """The stages that run while applications are quiesced."""
-        return [
-            s
-            for s in self.profile.stages
-            if s.role == Role.SNAPSHOT
-            or (s.role == Role.COPY and self.profile.thaw == "after-backup")
-        ]
+        """The stages that run while applications are quiesced, in the order they run:
+        the snapshots, then (with ``thaw = "after-backup"``) the copies."""
+        snapshots = [s for s in self.profile.stages if s.role == Role.SNAPSHOT]
+        copies = [s for s in self.profile.stages if s.role == Role.COPY]
+        return snapshots + (copies if self.profile.thaw == "after-backup" else [])
 
     def _frozen_write_problems(self) -> list[str]:
         """A filesystem frozen whole must not be one we write to inside the window."""
@@ -326,10 +324,7 @@ class Engine:
             paths: list[str] | str = [str(p) for p in self.data_paths()]
         except Exception as e:
             paths = f"unknown until the applications are reachable: {_one_line(e)}"
-        copies = [s for s in self.profile.stages if s.role == Role.COPY]
-        windowed = [s for s in self.profile.stages if s.role == Role.SNAPSHOT]
-        if self.profile.thaw == "after-backup":
-            windowed += copies
+        windowed = self.windowed_stages()
         return {
             "profile": self.profile.name,
             "freeze_timeout_s": self.profile.freeze_timeout,
@@ -428,10 +423,8 @@ class Engine:
         problems = self.check()
         if problems:
             raise FreezeframeError("; ".join(problems))
-        snapshots = [s for s in self.profile.stages if s.role == Role.SNAPSHOT]
-        copies = [s for s in self.profile.stages if s.role == Role.COPY]
-        windowed = snapshots + (copies if self.profile.thaw == "after-backup" else [])
-        later = [] if self.profile.thaw == "after-backup" else copies
+        windowed = self.windowed_stages()
+        later = [s for s in self.profile.stages if s not in windowed]
 
         thaw_commands = [
             list(cmd)

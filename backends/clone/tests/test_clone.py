@@ -10,13 +10,11 @@ import fcntl
 import hashlib
 import itertools
 import os
-import random
 import shutil
 import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,80 +23,24 @@ import pytest
 from freezeframe import Artifact, Cancelled, ConfigError, FreezeframeError, StageContext, Table
 from freezeframe_clone import FICLONE, CloneBackend, roots
 from freezeframe_testing.plugin import need, restored
+from freezeframe_testing.trees import (
+    AS_ROOT,
+    BIG,
+    OWNER,
+    SPARSE_HOLE,
+    Tree,
+    build_tree,
+    set_times,
+    walk,
+)
+
+#: Sub-second mtimes in the tree, so a copy that drops nanoseconds shows it.
+FRACTION_NS = 123_456_789
 
 RUN = "20261129T093012Z-3fa2"
-BIG = (8 << 20) + 4097  # more than one copy_file_range call of 8 MiB
-SPARSE_HOLE = 4 << 20
-OWNER = (12345, 23456)  # ids no account has, so nothing maps them through a name
-AS_ROOT = os.geteuid() == 0
 
 
 # -- a tree with every kind of entry -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tree:
-    """A data path built by :func:`build_tree`, with what a backend should count in it."""
-
-    root: Path
-    files: int  # regular files, extra hard-link names and symlinks
-    bytes: int  # the size of every distinct inode, once
-    inodes: int  # distinct regular files
-
-
-def walk(root: Path) -> list[Path]:
-    """Every entry below ``root`` (symlinks not followed), sorted."""
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        out += [Path(dirpath, n) for n in (*dirnames, *filenames)]
-    return sorted(out)
-
-
-def set_times(root: Path, fraction_ns: int) -> None:
-    """Give every entry of ``root`` and ``root`` its own mtime, ``fraction_ns`` past a second."""
-    for i, p in enumerate([root, *walk(root)]):
-        t = (1_600_000_000 + 1000 * i) * 10**9 + fraction_ns
-        os.utime(p, ns=(t, t), follow_symlinks=False)
-
-
-def build_tree(root: Path, *, fraction_ns: int = 123_456_789) -> Tree:
-    """Files of many sizes, nested dirs, symlinks, a hard-link pair, a sparse file, odd modes."""
-    rng = random.Random(1)
-    contents = {
-        "empty.bin": b"",
-        "tiny.txt": b"abc",
-        "big.bin": rng.randbytes(BIG),
-        "data.db": rng.randbytes(5000),
-        "secret.key": b"do not share\n",
-        "nested/run.sh": b"#!/bin/sh\necho hi\n",
-        "nested/a/b/deep.txt": b"deep\n" * 100,
-    }
-    for rel, data in contents.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    with open(root / "sparse.img", "wb") as f:
-        f.seek(SPARSE_HOLE)
-        f.write(b"tail")
-    os.link(root / "data.db", root / "nested" / "data-link.db")
-    os.symlink("tiny.txt", root / "link-rel")
-    os.symlink("../../tiny.txt", root / "nested/a/link-up")
-    os.symlink("/nonexistent/freezeframe-target", root / "link-abs")
-    os.chmod(root / "secret.key", 0o600)
-    os.chmod(root / "nested/run.sh", 0o750)  # noqa: S103 - odd modes are what is under test
-    os.chmod(root / "nested/a", 0o700)
-    os.chmod(root / "nested", 0o750)  # noqa: S103 - odd modes are what is under test
-    if AS_ROOT:
-        os.chown(root / "secret.key", *OWNER)
-        os.chown(root / "nested", *OWNER)
-        os.chown(root / "link-rel", *OWNER, follow_symlinks=False)
-    set_times(root, fraction_ns)
-    return Tree(
-        root,
-        files=len(contents) + 1 + 1 + 3,  # + sparse.img, data-link.db, three symlinks
-        bytes=sum(map(len, contents.values())) + SPARSE_HOLE + len(b"tail"),
-        inodes=len(contents) + 1,
-    )
 
 
 def state(root: Path) -> dict[str, dict[str, Any]]:
@@ -149,7 +91,7 @@ def can_reflink(folder: Path) -> bool:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Tree:
-    return build_tree(tmp_path / "srv" / "shop")
+    return build_tree(tmp_path / "srv" / "shop", fraction_ns=FRACTION_NS)
 
 
 @pytest.fixture
@@ -337,7 +279,7 @@ def test_roots_drops_duplicates_and_nested_paths() -> None:
 
 
 def test_extra_paths_are_snapshotted_and_restored(tmp_path: Path, snaps: Path) -> None:
-    tree = build_tree(tmp_path / "srv" / "shop")
+    tree = build_tree(tmp_path / "srv" / "shop", fraction_ns=FRACTION_NS)
     conf = tmp_path / "etc" / "shop.conf"
     conf.parent.mkdir()
     conf.write_bytes(b"[shop]\n")
@@ -359,7 +301,7 @@ def test_extra_paths_are_snapshotted_and_restored(tmp_path: Path, snaps: Path) -
 
 
 def test_overlapping_paths_are_copied_once(tmp_path: Path, snaps: Path) -> None:
-    tree = build_tree(tmp_path / "srv" / "shop")
+    tree = build_tree(tmp_path / "srv" / "shop", fraction_ns=FRACTION_NS)
     backend = make_backend(tmp_path, dir=str(snaps), paths=[str(tree.root)])
 
     artifact = backend.run(context(tree.root / "nested", tree.root, tree.root / "tiny.txt"))

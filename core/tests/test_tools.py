@@ -1,7 +1,9 @@
-"""run_tool: no shell, one-line errors, timeouts, cancellation, secrets kept from children."""
+"""run_tool and streaming_tool: no shell, one-line errors, timeouts, cancellation, secrets
+kept from children."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from freezeframe import Cancelled, StageContext, Table
-from freezeframe.tools import ToolError, find_tool, run_tool
+from freezeframe.tools import ToolError, find_tool, run_tool, streaming_tool
 
 
 def test_output_and_failure_in_one_line() -> None:
@@ -49,3 +51,54 @@ def test_a_profiles_secret_variable_does_not_reach_other_tools(
     # handed on purpose, it arrives
     handed = run_tool(["env"], env={"PGPASSWORD": secret.reveal()}).stdout
     assert "PGPASSWORD=s3cret-value" in handed
+
+
+# -- streaming_tool ------------------------------------------------------------------------
+
+
+def test_streaming_hands_over_the_output_as_it_comes(tmp_path: Path) -> None:
+    # more than a pipe holds: it must be read while the tool runs
+    with streaming_tool(["head", "-c", str(5 << 20), "/dev/zero"], cwd=tmp_path) as proc:
+        assert proc.stdout is not None
+        total = 0
+        while chunk := proc.stdout.read(1 << 16):
+            total += len(chunk)
+    assert total == 5 << 20
+    assert proc.returncode == 0
+
+
+def test_streaming_failure_is_one_line_with_the_whole_stderr() -> None:
+    script = "echo first >&2; echo last words >&2; exit 3"
+    with pytest.raises(ToolError) as e, streaming_tool(["sh", "-c", script]) as proc:
+        assert proc.stdout is not None
+        proc.stdout.read()
+    assert str(e.value) == "sh failed (exit 3): last words"
+    assert e.value.returncode == 3
+    assert e.value.stderr == "first\nlast words\n"
+
+
+def test_streaming_kills_the_tool_when_the_block_raises() -> None:
+    with pytest.raises(KeyError), streaming_tool(["sleep", "30"]) as proc:
+        raise KeyError("the reader gave up")
+    assert proc.returncode is not None  # waited for: no process left behind
+    with pytest.raises(ProcessLookupError):
+        os.kill(proc.pid, 0)
+
+
+def test_streaming_passes_the_given_descriptors_and_keeps_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FF_TEST_DB_PASSWORD", "s3cret-value")
+    Table({"password_env": "FF_TEST_DB_PASSWORD"}, base_dir=tmp_path).get_secret()
+    read_end, write_end = os.pipe()
+    try:
+        argv = ["sh", "-c", f"env; echo side > /dev/fd/{write_end}"]
+        with streaming_tool(argv, env={"TZ": "UTC"}, pass_fds=[write_end]) as proc:
+            os.close(write_end)
+            assert proc.stdout is not None
+            env = proc.stdout.read().decode()
+        assert os.read(read_end, 100) == b"side\n"
+    finally:
+        os.close(read_end)
+    assert "TZ=UTC" in env.splitlines()
+    assert "s3cret-value" not in env and "FF_TEST_DB_PASSWORD" not in env

@@ -7,6 +7,7 @@ register the class from a ``freezeframe_register_*`` hook.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from freezeframe.config import Table
-from freezeframe.errors import Cancelled
+from freezeframe.errors import Cancelled, FreezeframeError
 
 __all__ = [
     "API_VERSION",
@@ -115,6 +116,23 @@ class Artifact:
             )
             for p in paths
         ]
+
+    def outer_roots(self) -> list[tuple[Path, Path]]:
+        """:meth:`roots` in path order, less those inside another listed path: what a
+        copy must read, each tree once. Raises :class:`FreezeframeError` when there is
+        none or when an image is missing from the snapshot."""
+        outer: list[tuple[Path, Path]] = []
+        for original, image in sorted(self.roots()):
+            if any(original.is_relative_to(o) for o, _ in outer):
+                continue  # inside a path already listed
+            if not os.path.lexists(image):
+                raise FreezeframeError(
+                    f"{image} (the image of {original}) is missing from the snapshot"
+                )
+            outer.append((original, image))
+        if not outer:
+            raise FreezeframeError("the source snapshot holds no paths")
+        return outer
 
 
 ProgressCallback = Callable[[int, int], None]

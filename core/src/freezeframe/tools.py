@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from freezeframe.components import StageContext
 from freezeframe.config import SECRET_ENV_NAMES
 from freezeframe.errors import Cancelled, FreezeframeError
 
-__all__ = ["ToolError", "find_tool", "run_tool"]
+__all__ = ["ToolError", "find_tool", "run_tool", "streaming_tool"]
 
 
 class ToolError(FreezeframeError):
@@ -42,6 +44,12 @@ def _last_words(stderr: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
+    """This process's environment without the profile's secrets, plus ``env``."""
+    inherited = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_NAMES}
+    return {**inherited, **(env or {})}
+
+
 def run_tool(
     argv: Sequence[str],
     *,
@@ -60,8 +68,6 @@ def run_tool(
     :class:`~freezeframe.errors.Cancelled`.
     """
     tool = os.path.basename(argv[0])
-    inherited = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_NAMES}
-    full_env = {**inherited, **(env or {})}
     try:
         proc = subprocess.Popen(
             list(argv),
@@ -69,7 +75,7 @@ def run_tool(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=full_env,
+            env=_environment(env),
             cwd=cwd,
         )
     except OSError as e:
@@ -103,3 +109,49 @@ def run_tool(
         words = _last_words(err) or _last_words(out) or "no message"
         raise ToolError(f"{tool} failed (exit {proc.returncode}): {words}", proc.returncode, err)
     return result
+
+
+@contextmanager
+def streaming_tool(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    pass_fds: Sequence[int] = (),
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` with its standard output a pipe that the block reads (``proc.stdout``).
+
+    For tools whose output is the data (``tar -cf -``). Leaving the block closes
+    the pipe, waits for the tool and raises :class:`ToolError` (with its whole
+    stderr) if it failed; a block that raises kills the tool first. stderr goes
+    to a temporary file, so a chatty tool never blocks on it. The environment
+    is :func:`run_tool`'s.
+    """
+    tool = os.path.basename(argv[0])
+    with tempfile.TemporaryFile() as errors:
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=_environment(env),
+                cwd=cwd,
+                pass_fds=tuple(pass_fds),
+            )
+        except OSError as e:
+            raise ToolError(f"{tool}: cannot run it: {e.strerror}") from None
+        assert proc.stdout is not None
+        try:
+            with proc.stdout:
+                yield proc
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        returncode = proc.wait()
+        if returncode != 0:
+            errors.seek(0)
+            err = errors.read().decode(errors="replace")
+            words = _last_words(err) or "no message"
+            raise ToolError(f"{tool} failed (exit {returncode}): {words}", returncode, err)

@@ -94,17 +94,7 @@ def laid_out(source: Artifact, name: str = "run") -> Iterator[Layout]:
     the same every run. Raises :class:`FreezeframeError` when a path's image is
     missing or when the images must be laid out and this process is not root.
     """
-    roots: list[tuple[Path, Path]] = []
-    for original, image in sorted(source.roots()):
-        if any(original.is_relative_to(o) for o, _ in roots):
-            continue  # inside a path already listed
-        if not os.path.lexists(image):
-            raise FreezeframeError(
-                f"{image} (the image of {original}) is missing from the snapshot"
-            )
-        roots.append((original, image))
-    if not roots:
-        raise FreezeframeError("the source snapshot holds no paths")
+    roots = source.outer_roots()
     targets = tuple(_relative(o) for o, _ in roots)
     view = source.view
     if view is not None and all(image == view / _relative(o) for o, image in roots):

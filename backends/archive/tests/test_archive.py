@@ -25,7 +25,7 @@ import pytest
 import zstandard
 
 from freezeframe import Artifact, Cancelled, ConfigError, FreezeframeError, StageContext, Table
-from freezeframe_archive import ArchiveBackend
+from freezeframe_archive import ArchiveBackend, _gnu_tar
 from freezeframe_testing.plugin import require_tool
 from freezeframe_testing.trees import (
     Tree,
@@ -231,6 +231,41 @@ def test_restore_returns_every_recorded_path(
     assert state(paths[1], link_times=False) == state(tree.root, link_times=False)
 
 
+def test_images_kept_away_from_their_paths_are_named_by_the_original_paths(
+    backend: ArchiveBackend, tmp_path: Path, target: Path
+) -> None:
+    # as btrfs keeps them: inside the snapshot, under names unlike the originals; every
+    # character special to tar's --transform expressions is in a name
+    snap = tmp_path / r"snap [1].*$^&\x;y"
+    a_image, b_image = snap / "a", snap / r"b&\1"
+    a_tree = build_tree(a_image)
+    b_image.mkdir()
+    (b_image / "db").write_bytes(b"b" * 3000)
+    os.link(b_image / "db", b_image / "db-link")
+    looks_like_a = str(a_image / "tiny.txt").removeprefix("/")  # as a member name would be
+    os.symlink(looks_like_a, b_image / "to-image")  # but a symlink's target is never renamed
+    # b's original lies inside a's image: a rule renaming a's image must not touch b's members
+    b_original, a_original = a_image / "sub", Path("/zz/one [&]")
+    source = Artifact(
+        "snap-id",
+        view=snap,
+        metadata={
+            "paths": [str(a_original), str(b_original)],
+            "locations": {str(a_original): str(a_image), str(b_original): str(b_image)},
+        },
+    )
+    before = {"a": state(a_tree.root, link_times=False), "b": state(b_image)}
+
+    artifact = backend.run(context(source))
+    paths = backend.restore(artifact, target)
+
+    assert paths == [target / "zz" / "one [&]", target / b_original.relative_to("/")]
+    assert state(paths[0], link_times=False) == before["a"]
+    assert state(paths[1]) == before["b"]
+    assert os.readlink(paths[1] / "to-image") == looks_like_a
+    assert artifact.files == a_tree.files + 3
+
+
 def test_the_zstd_and_tar_command_lines_read_it(
     backend: ArchiveBackend, source: Artifact, tree: Tree, tmp_path: Path
 ) -> None:
@@ -417,6 +452,29 @@ def test_a_negative_thread_count_is_a_config_error(tmp_path: Path) -> None:
     assert e.value.field == "threads"
 
 
+@pytest.fixture
+def only_bsdtar_as_tar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """PATH finds libarchive's bsdtar under the name ``tar`` (as on systems without GNU tar)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tar").symlink_to(require_tool("bsdtar"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    _gnu_tar.cache_clear()
+    yield
+    _gnu_tar.cache_clear()
+
+
+@pytest.mark.usefixtures("only_bsdtar_as_tar")
+def test_check_refuses_a_tar_that_is_not_gnu_tar(tmp_path: Path) -> None:
+    backend = ArchiveBackend("archive", Table({"dir": "a"}, base_dir=tmp_path))
+    with pytest.raises(FreezeframeError) as e:
+        backend.check()
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path}/bin/tar is bsdtar ")  # its own --version line
+    assert message.endswith("; archive needs GNU tar 1.28+")
+    assert "\n" not in message
+
+
 def test_dir_is_required(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         ArchiveBackend("archive", Table({}, base_dir=tmp_path))
@@ -481,7 +539,7 @@ def test_a_source_file_vanishing_mid_run_fails_and_leaves_nothing(
     def on_progress(done_bytes: int, done_files: int) -> None:
         later.unlink(missing_ok=True)
 
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FreezeframeError, match=r"srv/shop/tiny\.txt: File removed before we read"):
         backend.run(context(source, on_progress=on_progress))
 
     assert os.listdir(archives) == []
@@ -491,21 +549,23 @@ def test_a_missing_source_image_fails_and_leaves_nothing(
     backend: ArchiveBackend, tmp_path: Path, archives: Path
 ) -> None:
     gone = Artifact("snap-id", view=tmp_path / "deleted-snapshot", metadata={"paths": ["/srv"]})
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(
+        FreezeframeError, match=r"deleted-snapshot/srv \(the image of /srv\) is missing"
+    ):
         backend.run(context(gone))
     assert os.listdir(archives) == []
 
 
-def test_a_directory_that_cannot_be_listed_fails_the_run(
+def test_a_folder_vanishing_mid_run_fails_the_run(
     backend: ArchiveBackend, source: Artifact, tree: Tree, archives: Path
 ) -> None:
-    nested = tree.root / "nested"  # yielded (as a member) before big.bin, listed after it
+    nested = tree.root / "nested"  # in the listing tar made of srv/shop; read after big.bin
 
     def on_progress(done_bytes: int, done_files: int) -> None:
         if nested.exists():
             shutil.rmtree(nested)
 
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FreezeframeError, match=r"srv/shop/nested: File removed before we read"):
         backend.run(context(source, on_progress=on_progress))
 
     assert os.listdir(archives) == []
@@ -577,16 +637,16 @@ def test_delete_removes_the_archive_and_tolerates_it_gone(
 # -- progress ------------------------------------------------------------------------------
 
 
-def test_progress_reports_every_byte_of_whole_mib_files(
-    backend: ArchiveBackend, plain: Artifact
-) -> None:
+def test_progress_comes_file_by_file_as_tar_goes(backend: ArchiveBackend, plain: Artifact) -> None:
     seen: list[tuple[int, int]] = []
 
     artifact = backend.run(context(plain, on_progress=lambda b, f: seen.append((b, f))))
 
-    done = [b for b, _ in seen]
-    assert all(a <= b for a, b in itertools.pairwise(done))
-    assert len(set(done)) == sum(PLAIN_SIZES) >> 20  # one report per MiB read
+    # each file counts whole, with its size, when tar reaches it: every report is a prefix
+    whole = [sum(PLAIN_SIZES[:n]) for n in range(len(PLAIN_SIZES) + 1)]
+    assert all(done == whole[files] for done, files in seen)
+    assert all(a <= b for a, b in itertools.pairwise(seen))
+    assert len(set(seen)) > 1  # during the run, not only once at the end
     assert seen[-1] == (sum(PLAIN_SIZES), len(PLAIN_SIZES)) == (sum(PLAIN_SIZES), artifact.files)
 
 

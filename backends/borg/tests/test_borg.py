@@ -403,31 +403,46 @@ def test_discard_delete_many_and_verify(repo: Path, tmp_path: Path, view: Path) 
     assert "\n" not in str(e.value)
 
 
+def test_a_cancel_after_borg_finished_removes_the_archive(
+    repo: Path, tmp_path: Path, source: Artifact
+) -> None:
+    backend = make_backend(tmp_path)
+    ctx = context(source)
+    ctx.on_progress = lambda done, files: ctx.cancel_event.set()  # borg's only report: at the end
+
+    with pytest.raises(Cancelled):
+        backend.run(ctx)
+
+    assert archives(repo) == []
+
+
 def test_cancel_kills_borg_and_leaves_no_archive(repo: Path, tmp_path: Path, view: Path) -> None:
     folder = view / "srv" / "shop"
     folder.mkdir(parents=True)
-    (folder / "big.bin").write_bytes(random.Random(5).randbytes(48 << 20))
+    (folder / "big.bin").write_bytes(random.Random(5).randbytes(160 << 20))
     backend = make_backend(tmp_path)
     ctx = context(Artifact("s", view=view, metadata={"paths": ["/srv/shop"]}))
-    seen = threading.Event()
+    stop = threading.Event()
+    cancelled_mid_create: list[bool] = []
 
-    def cancel_when_borg_runs() -> None:
-        while not seen.is_set():
-            if borg_pids("create"):
-                seen.set()
-                time.sleep(0.3)  # borg is Python: let it get going
+    def cancel_once_borg_writes() -> None:
+        while not stop.is_set():
+            if borg_pids("create") and du(repo / "data") > 4 << 20:
                 ctx.cancel_event.set()
+                cancelled_mid_create.append(bool(borg_pids("create")))
+                return
             time.sleep(0.005)
 
-    watcher = threading.Thread(target=cancel_when_borg_runs, daemon=True)
+    watcher = threading.Thread(target=cancel_once_borg_writes, daemon=True)
     watcher.start()
     try:
         with pytest.raises(Cancelled):
             backend.run(ctx)
     finally:
-        seen.set()
+        stop.set()
         watcher.join()
 
+    assert cancelled_mid_create == [True]  # borg was still writing: it was killed
     assert not borg_pids("create")
     assert archives(repo) == []
     assert du(repo / "data") < 1 << 20  # what it had written was rolled back

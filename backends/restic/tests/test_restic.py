@@ -378,6 +378,19 @@ def test_discard_delete_many_and_verify(repo: Path, tmp_path: Path, view: Path) 
     assert "\n" not in str(e.value)
 
 
+def test_a_cancel_after_restic_finished_removes_the_snapshot(
+    repo: Path, tmp_path: Path, source: Artifact
+) -> None:
+    backend = make_backend(tmp_path)
+    ctx = context(source)
+    ctx.on_progress = lambda done, files: ctx.cancel_event.set()  # restic's report: at the end
+
+    with pytest.raises(Cancelled):
+        backend.run(ctx)
+
+    assert json.loads(restic(tmp_path / "repo", "snapshots", "--json")) in ([], None)
+
+
 def test_cancel_kills_restic_and_leaves_no_snapshot(repo: Path, tmp_path: Path, view: Path) -> None:
     folder = view / "srv" / "shop"
     folder.mkdir(parents=True)

@@ -284,11 +284,12 @@ class BorgBackend(Backend):
                 raise FreezeframeError(
                     f"borg create ({self.repository}): output is not the JSON expected"
                 ) from None
+            # inside: a cancel that lands after borg finished must remove the archive too
+            context.progress(bytes=int(stats["original_size"]), files=int(stats["nfiles"]))
         except BaseException:
             if started:
                 self._clean_up(context.run_id)
             raise
-        context.progress(bytes=int(stats["original_size"]), files=int(stats["nfiles"]))
         return Artifact(
             id=name,
             bytes=int(stats["original_size"]),

@@ -353,14 +353,15 @@ class ResticBackend(Backend):
                     f"restic backup ({_display(self.repository)}): snapshot {short} "
                     "is not in the repository after restic made it"
                 )
+            # inside: a cancel that lands after restic finished must remove the snapshot too
+            context.progress(
+                bytes=int(summary.get("total_bytes_processed", 0)),
+                files=int(summary.get("total_files_processed", 0)),
+            )
         except BaseException:
             if started:
                 self._clean_up(context.run_id)
             raise
-        context.progress(
-            bytes=int(summary.get("total_bytes_processed", 0)),
-            files=int(summary.get("total_files_processed", 0)),
-        )
         return Artifact(
             id=str(full["id"]),
             bytes=int(summary.get("total_bytes_processed", 0)),

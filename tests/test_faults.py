@@ -8,11 +8,9 @@ so "writable again" is checked against a real write lock.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +24,6 @@ from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe_testing.plugin import make_counter_db, writable_within
-
-TESTING = Path(comps.__file__).parent.parent
 
 
 @pytest.fixture
@@ -215,32 +211,7 @@ def test_failing_unquiesce_fails_the_run_but_thaws_the_rest(tmp_path, db, write_
 
 
 def _cli(profile: Path, *args: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTING), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "freezeframe_testing.components",
-            "backup",
-            str(profile),
-            "--json",
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def _wait_for(path: Path, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < end, f"{path} never appeared"
-        time.sleep(0.02)
+    return comps.start_freezeframe("backup", profile, "--json", *args)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -253,7 +224,7 @@ def test_a_signal_during_the_snapshot_thaws_and_records_failure(
     )
     proc = _cli(write_profile(text))
     try:
-        _wait_for(marker)
+        comps.wait_for(marker)
         assert not writable_within(db, 0.1)  # frozen right now
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
@@ -279,7 +250,7 @@ def test_sigkill_mid_freeze_releases_the_lock_and_the_next_run_reconciles(
     profile = write_profile(text)
     proc = _cli(profile)
     try:
-        _wait_for(marker)
+        comps.wait_for(marker)
         run_id = marker.read_text()
         proc.kill()
         proc.wait(10)
@@ -308,7 +279,7 @@ def test_two_backups_of_one_profile_never_overlap(tmp_path, db, write_profile):
     profile = write_profile(text)
     first = _cli(profile)
     try:
-        _wait_for(marker)
+        comps.wait_for(marker)
         second = _cli(profile)
         _out2, err2 = second.communicate(timeout=30)
         _out1, err1 = first.communicate(timeout=60)

@@ -8,6 +8,9 @@ not mocks of the core.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -186,10 +189,37 @@ def freezeframe_register_backends(register: Callable[[type[Any]], None]) -> None
     register(FailingSnapshot)
 
 
+def start_freezeframe(
+    *args: str | Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``freezeframe ARGS`` with these components registered, as a real subprocess (a test
+    may kill it); stdout and stderr are pipes."""
+    testing = str(Path(__file__).resolve().parent.parent)
+    return subprocess.Popen(
+        [sys.executable, "-m", "freezeframe_testing.components", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            **(env or {}),
+            "PYTHONPATH": os.pathsep.join([testing, os.environ.get("PYTHONPATH", "")]),
+        },
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str] | None = None, timeout: float = 60) -> None:
+    """Wait until ``path`` exists (a slow stage's marker); fail if ``proc`` ends first."""
+    end = time.monotonic() + timeout
+    while not path.exists():
+        if proc is not None:
+            assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.01)
+
+
 def main() -> None:
     """The CLI with these components registered: ``python -m freezeframe_testing.components``."""
-    import sys
-
     from freezeframe.cli import main as cli_main
     from freezeframe.registry import build_registry
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from freezeframe import RunRecord, RunStatus
+from freezeframe.engine import Engine
 from freezeframe.registry import Registry, build_registry
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -52,6 +55,71 @@ def require_tool(name: str) -> str:
     need(path is not None, f"{name} is not installed")
     assert path is not None
     return path
+
+
+def writer_process(path: Path) -> subprocess.Popen[bytes]:
+    """A process that creates and writes ``path`` (it blocks while the filesystem is frozen)."""
+    code = f"open({str(path)!r}, 'w').write('written')"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def finishes_within(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Whether ``proc`` exits within ``seconds``."""
+    try:
+        proc.wait(seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+PAIR_WRITER = """
+import os, sys
+fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o644) for p in sys.argv[1:3]]
+n = 0
+while True:
+    n += 1
+    for fd in fds:
+        os.pwrite(fd, b"%020d" % n, 0)
+"""
+
+
+def pair_writer(root: Path) -> subprocess.Popen[bytes]:
+    """A process writing n into a.txt, then into b.txt, n = 1, 2, ...: a - b is 0 or 1.
+
+    Each write is one pwrite(2) of a fixed width, so a freeze falls between two
+    writes, never inside one (truncate-then-write would tear by design). A
+    process of its own, so it runs while the backup copies (no shared GIL).
+    """
+    return subprocess.Popen(
+        [sys.executable, "-c", PAIR_WRITER, str(root / "a.txt"), str(root / "b.txt")]
+    )
+
+
+def pairs_restored(
+    engine: Engine, root: Path, restore_to: Path, runs: int = 10
+) -> list[tuple[RunRecord, int]]:
+    """``runs`` backups while :func:`pair_writer` writes in ``root``; each restored under
+    ``restore_to``. Returns each run with ``a - b`` of its restore: 0 or 1 when the
+    backup was one instant (it fails the test if a run did not succeed)."""
+    writer = pair_writer(root)
+    done = []
+    try:
+        time.sleep(0.2)
+        for _ in range(runs):
+            run = engine.backup()
+            assert run.status == RunStatus.SUCCEEDED, run.error
+            done.append(run)
+    finally:
+        writer.kill()
+        writer.wait()
+    gaps = []
+    for i, run in enumerate(done):
+        restored_root = restore_to / f"r{i}" / root.relative_to("/")
+        engine.restore(run.run_id, restore_to / f"r{i}")
+        a, b = (int((restored_root / name).read_text()) for name in ("a.txt", "b.txt"))
+        assert a > 0, f"run {run.run_id}: nothing written before it"
+        gaps.append((run, a - b))
+    return gaps
 
 
 def make_counter_db(path: Path, *, wal: bool = True) -> Path:

@@ -5,36 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import freezeframe_testing.components as comps
-from freezeframe import ConfigError, Deadline, RunStatus, Table
+from freezeframe import ConfigError, Deadline, Table
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe_fsfreeze import FsfreezePlugin
-from freezeframe_testing.plugin import LoopFs
-
-TESTING = Path(comps.__file__).parent.parent
-
-
-def writer_process(path: Path) -> subprocess.Popen[bytes]:
-    """A process that creates and writes ``path`` (it blocks while the filesystem is frozen)."""
-    code = f"open({str(path)!r}, 'w').write('written')"
-    return subprocess.Popen([sys.executable, "-c", code])
-
-
-def finishes_within(proc: subprocess.Popen[bytes], seconds: float) -> bool:
-    try:
-        proc.wait(seconds)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
+from freezeframe_testing.plugin import LoopFs, finishes_within, pairs_restored, writer_process
 
 
 @pytest.fixture
@@ -113,27 +95,6 @@ def test_refuses_to_freeze_what_it_must_write_to(xfs: LoopFs, write_profile, reg
     assert any("the state dir" in p for p in problems), problems
 
 
-def _cli(profile: Path) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTING), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "freezeframe_testing.components", "backup", str(profile), "-q"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def _wait_for(path: Path, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < end, f"{path} never appeared"
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
 def test_the_watchdog_thaws_when_freezeframe_dies_or_hangs(
     xfs: LoopFs, write_profile, tmp_path: Path, how: str
@@ -150,10 +111,10 @@ def test_the_watchdog_thaws_when_freezeframe_dies_or_hangs(
         snaps=tmp_path / "snaps",
         extra=f'seconds = "60s"\nmarker = "{marker}"',
     )
-    proc = _cli(write_profile(text))
+    proc = comps.start_freezeframe("backup", write_profile(text), "-q")
     writer = None
     try:
-        _wait_for(marker)
+        comps.wait_for(marker)
         frozen_at = time.monotonic()
         writer = writer_process(xfs.mountpoint / "during.txt")
         assert not finishes_within(writer, 0.3)  # frozen right now
@@ -169,29 +130,6 @@ def test_the_watchdog_thaws_when_freezeframe_dies_or_hangs(
             writer.kill()
             writer.wait()
     assert (xfs.mountpoint / "during.txt").read_text() == "written"
-
-
-PAIR_WRITER = """
-import os, sys
-fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o644) for p in sys.argv[1:3]]
-n = 0
-while True:
-    n += 1
-    for fd in fds:
-        os.pwrite(fd, b"%020d" % n, 0)
-"""
-
-
-def pair_writer(root: Path) -> subprocess.Popen[bytes]:
-    """A process writing n into a.txt, then into b.txt, n = 1, 2, ...: a - b is 0 or 1.
-
-    Each write is one pwrite(2) of a fixed width, so a freeze falls between two
-    writes, never inside one (truncate-then-write would tear by design). A
-    process of its own, so it runs while the backup copies (no shared GIL).
-    """
-    return subprocess.Popen(
-        [sys.executable, "-c", PAIR_WRITER, str(root / "a.txt"), str(root / "b.txt")]
-    )
 
 
 def test_a_frozen_filesystem_copied_file_by_file_is_one_instant(
@@ -212,24 +150,11 @@ def test_a_frozen_filesystem_copied_file_by_file_is_one_instant(
     dir = "{tmp_path / "archives"}"
     """
     engine = Engine(load_profile(write_profile(text), registry), registry)
-    writer = pair_writer(xfs.mountpoint)
-    runs = []
-    try:
-        time.sleep(0.2)
-        for _ in range(10):
-            run = engine.backup()
-            assert run.status == RunStatus.SUCCEEDED, run.error
-            runs.append(run)
-    finally:
-        writer.kill()
-        writer.wait()
-    for i, run in enumerate(runs):
-        target = tmp_path / f"r{i}"
-        engine.restore(run.run_id, target)
-        root = target / xfs.mountpoint.relative_to("/")
-        a, b = int((root / "a.txt").read_text()), int((root / "b.txt").read_text())
-        assert a - b in (0, 1), f"run {run.run_id}: a={a} b={b}"
-        assert run.applications[0].facts["fstype"] == "xfs"
+
+    restored = pairs_restored(engine, xfs.mountpoint, tmp_path)
+
+    assert {gap for _, gap in restored} <= {0, 1}, restored
+    assert all(run.applications[0].facts["fstype"] == "xfs" for run, _ in restored)
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
@@ -260,10 +185,10 @@ def test_if_the_watchdog_dies_too_the_next_command_thaws(
         extra=f'seconds = "60s"\nmarker = "{marker}"',
     )
     profile = write_profile(text)
-    proc = _cli(profile)
+    proc = comps.start_freezeframe("backup", profile, "-q")
     writer = None
     try:
-        _wait_for(marker)
+        comps.wait_for(marker)
         dogs = [pid for pid, cmd in _children(proc.pid) if "freezeframe.watchdog" in cmd]
         assert len(dogs) == 1
         os.kill(dogs[0], signal.SIGKILL)
@@ -271,27 +196,11 @@ def test_if_the_watchdog_dies_too_the_next_command_thaws(
         proc.wait(10)
         writer = writer_process(xfs.mountpoint / "after.txt")
         assert not finishes_within(writer, 0.5)  # nobody thawed it: still frozen
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(TESTING), os.environ.get("PYTHONPATH", "")]),
-        }
-        listed = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "freezeframe_testing.components",
-                "list",
-                str(profile),
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
-        assert listed.returncode == 0, listed.stderr
+        listed = comps.start_freezeframe("list", profile, "--json")
+        out, err = listed.communicate(timeout=60)
+        assert listed.returncode == 0, err
         assert finishes_within(writer, 5), "the next command did not thaw the filesystem"
-        assert "died" in (json.loads(listed.stdout)[0]["error"] or "")
+        assert "died" in (json.loads(out)[0]["error"] or "")
     finally:
         proc.kill()
         proc.wait()

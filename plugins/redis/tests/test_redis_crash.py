@@ -11,10 +11,7 @@ that a write is answered within freeze_timeout + 2 s, because the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,32 +20,12 @@ import redis
 import freezeframe_testing.components as comps
 from freezeframe_testing.redis_server import RedisServer
 
-TESTING = Path(comps.__file__).parent.parent
 FREEZE_TIMEOUT = 3.0
 PASSWORD = "crash-Pa55word"  # noqa: S105 (a test server's password)
 
 
 def backup_cli(profile: Path) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "FF_REDIS_PASSWORD": PASSWORD,
-        "PYTHONPATH": os.pathsep.join([str(TESTING), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "freezeframe_testing.components", "backup", str(profile), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < end, f"{path} never appeared"
-        time.sleep(0.01)
+    return comps.start_freezeframe("backup", profile, "--json", env={"FF_REDIS_PASSWORD": PASSWORD})
 
 
 def test_sigkill_while_paused_and_the_server_takes_writes_again_by_itself(
@@ -79,7 +56,7 @@ def test_sigkill_while_paused_and_the_server_takes_writes_again_by_itself(
     profile = write_profile(text)
     proc = backup_cli(profile)
     try:
-        wait_for(marker, proc)
+        comps.wait_for(marker, proc)
         assert PASSWORD not in Path(f"/proc/{proc.pid}/cmdline").read_text()
         blocked = server.client(socket_timeout=0.3)
         try:

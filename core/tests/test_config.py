@@ -238,3 +238,32 @@ def test_an_empty_secret_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     empty.chmod(0o600)
     with pytest.raises(ConfigError, match=r'"password_file".*is empty'):
         Table({"password_file": str(empty)}, base_dir=tmp_path).get_secret()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fsfreeze -f /srv", 'e.g. ["fsfreeze", "-f", "/srv"]'),
+        ("echo 'unclosed", 'e.g. ["program", "arg"]'),
+        ([], "expected a non-empty list of strings (argv, no shell)"),
+        (["ok", 1], "expected a non-empty list of strings (argv, no shell)"),
+        ({"program": "x"}, "expected a non-empty list of strings (argv, no shell)"),
+        (["", "arg"], "the program (first item) must not be empty"),
+    ],
+)
+def test_get_argv_wants_a_list_and_shows_what_a_string_would_be(
+    tmp_path: Path, value: object, message: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        Table({"command": value}, base_dir=tmp_path).get_argv("command")
+    assert e.value.field == "command"
+    assert message in str(e.value)
+
+
+def test_get_argv_returns_a_copy_or_the_default(tmp_path: Path) -> None:
+    argv = ["ssh", "-p", "2222"]
+    table = Table({"command": argv}, base_dir=tmp_path)
+    got = table.get_argv("command")
+    assert got == argv and got is not argv
+    assert table.get_argv("absent", ["ssh"]) == ["ssh"]
+    assert table.get_argv("absent", None) is None

@@ -193,7 +193,8 @@ class ApplicationPlugin(_Component):
     """
 
     #: Snapshot kinds this plug-in is consistent on; ``check`` refuses other pairings.
-    consistent_on: ClassVar[frozenset[SnapshotKind]] = frozenset(SnapshotKind)
+    #: A class attribute; a plug-in whose table decides it sets it per instance (exec).
+    consistent_on: frozenset[SnapshotKind] = frozenset(SnapshotKind)
     #: What ends the quiesce if freezeframe dies (documented on the plug-in's page).
     crash_safety: ClassVar[CrashSafety] = CrashSafety.PROCESS_EXIT
     #: Whether ``unquiesce`` adds to per-file snapshot views what recovery needs

@@ -7,9 +7,11 @@ parsing and secret handling live here once, for every package.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import shlex
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,6 +70,13 @@ class Secret:
         return f"Secret({self.source})"
 
     __str__ = __repr__
+
+
+def _splits(text: str) -> bool:
+    try:
+        return bool(shlex.split(text))
+    except ValueError:  # an unclosed quote
+        return False
 
 
 class Table:
@@ -185,6 +194,20 @@ class Table:
         value = self._get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(key, "expected a list of strings")
+        return list(value)
+
+    def get_argv(self, key: str, default: Any = _REQUIRED) -> Any:
+        """A command to run without a shell: a non-empty list of strings (or ``default``)."""
+        value = self._get(key, default)
+        if value is default and default is not _REQUIRED:
+            return value
+        if isinstance(value, str):
+            example = json.dumps(shlex.split(value)) if _splits(value) else '["program", "arg"]'
+            raise ConfigError(key, f"expected a list of strings (argv, no shell), e.g. {example}")
+        if not value or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, "expected a non-empty list of strings (argv, no shell)")
+        if not value[0].strip():
+            raise ConfigError(key, "the program (first item) must not be empty")
         return list(value)
 
     def get_table(self, key: str) -> dict[str, Any] | None:

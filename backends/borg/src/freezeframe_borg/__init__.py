@@ -107,7 +107,7 @@ class BorgBackend(Backend):
             raise ConfigError("password_env", f"the passphrase from {secret.source} is empty")
         self._secret: Secret = secret
         self.init: bool = table.get_bool("init", False)
-        self.ssh: list[str] = table.get_str_list("ssh_command") or ["ssh"]
+        self.ssh: list[str] = table.get_argv("ssh_command", ["ssh"])
         if "ssh_command" in table and self.local is not None:
             raise ConfigError("ssh_command", "only remote (ssh://) repositories are reached by ssh")
         self.remote_path: str | None = table.get_str("remote_path", None)

@@ -156,7 +156,7 @@ class ResticBackend(Backend):
             raise ConfigError("password_env", f"the password from {secret.source} is empty")
         self._secret: Secret = secret
         self.init: bool = table.get_bool("init", False)
-        self.ssh: list[str] = table.get_str_list("ssh_command") or ["ssh"]
+        self.ssh: list[str] = table.get_argv("ssh_command", ["ssh"])
         #: For sftp: the ssh command restic runs (``sftp.command``).
         self.sftp_argv: list[str] = []
         if self.repository.startswith("sftp:"):

@@ -135,6 +135,12 @@ def test_a_failed_run_exits_1_with_one_line_and_is_listed(tmp_path: Path, shop) 
     assert listed[0]["status"] == "failed"
     assert not any((tmp_path / "snaps").iterdir())  # nothing of the failed run is left
 
+    as_json = run_cli("backup", profile, "--json")  # the cause on stderr too, JSON on stdout
+    assert as_json.returncode == 1
+    assert as_json.json()["status"] == "failed"
+    errors = [line for line in as_json.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "archive" in errors[0]
+
 
 BAD = {
     "missing file": (None, "no such profile file"),
@@ -171,6 +177,11 @@ BAD = {
         '[profile]\nname="x"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"\n'
         '[[backup]]\nbackend="archive"\nname="a"\nsource="nope"\ndir="/tmp/a"',
         "no earlier stage named 'nope'",
+    ),
+    "several problems": (
+        '[profile]\nname="x"\n[[backup]]\nbackend="tape"\nname="s"\n'
+        '[[backup]]\nbackend="clone"\nname="t"\ncolour=1',
+        "(and 1 more: ",
     ),
     "path does not exist": (
         '[profile]\nname="x"\n[[application]]\nplugin="sqlite"\nname="a"\n'

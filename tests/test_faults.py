@@ -103,6 +103,7 @@ def test_a_quiesce_that_raises_thaws_the_others(tmp_path, db, write_profile, reg
     assert "application 'web'" in (run.error or "")
     assert writable_within(db, 0.5)  # sqlite quiesced in parallel, and was thawed
     names = [(w, n) for w, n, _ in comps.EVENTS]
+    assert names.index(("prepare", "web")) < names.index(("quiesce-start", "web"))  # prepare()
     assert ("unquiesce-end", "web") in names  # the half-failed one is unquiesced too
     assert ("stage-start", "snap") not in names  # no snapshot of a half-frozen set
     assert catalog_run(tmp_path, run.run_id)["status"] == "failed"

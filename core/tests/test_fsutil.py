@@ -24,6 +24,16 @@ def test_ensure_private_dir_creates_parents_with_mode_0700(tmp_path: Path) -> No
         os.umask(old)
     assert target.is_dir()
     assert mode_of(target) == 0o700
+    assert mode_of(target.parent) == mode_of(target.parent.parent) == 0o700  # made here too
+
+
+def test_ensure_private_dir_leaves_existing_parents_alone(tmp_path: Path) -> None:
+    shared = tmp_path / "var-lib"
+    shared.mkdir()
+    shared.chmod(0o755)
+    ensure_private_dir(shared / "freezeframe" / "nightly")
+    assert mode_of(shared) == 0o755
+    assert mode_of(shared / "freezeframe") == 0o700
 
 
 def test_ensure_private_dir_tightens_an_existing_dir(tmp_path: Path) -> None:

@@ -55,6 +55,9 @@ class Recorder(ApplicationPlugin):
         self.data: Path | None = table.get_path("data", None)
         self.frozen = False
 
+    def prepare(self) -> None:  # type: ignore[override]  # as DESIGN.md writes it: no kinds
+        record("prepare", self.name)
+
     def data_paths(self) -> Sequence[Path]:
         return (self.data,) if self.data else ()
 

@@ -212,8 +212,8 @@ def _cmd_check(args: argparse.Namespace, engine: Engine) -> int:
             )
 
     _out(args, data, human)
-    if problems and not args.json:
-        sys.stderr.write(f"freezeframe: error: {problems[0]}\n")
+    if problems:
+        sys.stderr.write(f"freezeframe: error: {_one_line(problems)}\n")
     return 1 if problems else 0
 
 
@@ -257,8 +257,7 @@ def _cmd_backup(args: argparse.Namespace, engine: Engine) -> int:
     _out(args, run.to_json(), lambda: _print_run(run))
     if run.status == RunStatus.SUCCEEDED:
         return 0
-    if not args.json:
-        sys.stderr.write(f"freezeframe: error: run {run.run_id} failed: {run.error}\n")
+    sys.stderr.write(f"freezeframe: error: run {run.run_id} failed: {run.error}\n")
     return 128 + engine.interrupted_by if engine.interrupted_by else 1
 
 
@@ -332,8 +331,8 @@ def _cmd_verify(args: argparse.Namespace, engine: Engine) -> int:
             print(f"problem: {p}")
 
     _out(args, data, human)
-    if problems and not args.json:
-        sys.stderr.write(f"freezeframe: error: verify failed: {problems[0]}\n")
+    if problems:
+        sys.stderr.write(f"freezeframe: error: verify failed: {_one_line(problems)}\n")
     return 1 if problems else 0
 
 
@@ -364,6 +363,12 @@ _VERBS: dict[str, Callable[[argparse.Namespace, Engine], int]] = {
 }
 
 
+def _one_line(problems: Sequence[str]) -> str:
+    """Every problem on one line: the first, then the others after it."""
+    first, *more = problems
+    return first if not more else f"{first} (and {len(more)} more: {'; '.join(more)})"
+
+
 def main(argv: Sequence[str] | None = None, registry: Registry | None = None) -> int:
     """Run the CLI; returns the exit code (``registry`` lets tests bring their own plug-ins)."""
     args = _parser().parse_args(argv)
@@ -387,8 +392,7 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
                 {"error": lines[0], "errors": lines, "exit_code": e.exit_code}, sys.stdout, indent=2
             )
             sys.stdout.write("\n")
-        for line in lines:
-            sys.stderr.write(f"freezeframe: error: {line}\n")
+        sys.stderr.write(f"freezeframe: error: {_one_line(lines)}\n")
         return e.exit_code
     except Exception as e:
         if args.debug:

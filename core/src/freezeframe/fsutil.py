@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -16,8 +17,14 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and make it mode 0700."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Make ``path`` a folder of mode 0700; every missing folder above it is created 0700
+    too (the state dir, and ``freezeframe`` under ``$XDG_STATE_HOME``); folders that
+    already exist above it are left as they are."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile: tightened below if ours
+            folder.mkdir(mode=0o700)
+            folder.chmod(0o700)  # whatever the umask
     if path.stat().st_mode & 0o777 != 0o700:
         path.chmod(0o700)
     return path

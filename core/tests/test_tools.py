@@ -102,3 +102,34 @@ def test_streaming_passes_the_given_descriptors_and_keeps_secrets(
         os.close(read_end)
     assert "TZ=UTC" in env.splitlines()
     assert "s3cret-value" not in env and "FF_TEST_DB_PASSWORD" not in env
+
+
+def test_a_fatal_line_on_stderr_stops_a_tool_that_would_retry_for_minutes() -> None:
+    script = (
+        "echo 'Save(<data/1>) returned error, retrying after 720ms: write x: "
+        "no space left on device' >&2; exec sleep 60"
+    )
+    started = time.monotonic()
+    with pytest.raises(ToolError) as e:
+        run_tool(["sh", "-c", script], fatal=["no space left on device"])
+    assert time.monotonic() - started < 5
+    assert str(e.value).startswith("sh stopped: Save(<data/1>) returned error")
+    assert "no space left on device" in e.value.stderr
+    # without the pattern it is only a line among others
+    done = run_tool(["sh", "-c", "echo 'no space left on device' >&2"], fatal=["quota"])
+    assert done.stderr == "no space left on device\n"
+
+
+def test_input_reaches_the_tool() -> None:
+    assert run_tool(["cat"], input="to stdin\n").stdout == "to stdin\n"
+
+
+def test_a_watch_that_finds_a_reason_stops_a_silent_tool() -> None:
+    started = time.monotonic()
+
+    def after_half_a_second() -> str | None:
+        return "the disk is full" if time.monotonic() - started > 0.5 else None
+
+    with pytest.raises(ToolError, match=r"^sleep stopped: the disk is full$"):
+        run_tool(["sleep", "60"], watch=after_half_a_second)
+    assert time.monotonic() - started < 5

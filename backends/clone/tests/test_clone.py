@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from freezeframe import Artifact, Cancelled, ConfigError, FreezeframeError, StageContext, Table
-from freezeframe_clone import FICLONE, CloneBackend, roots
+from freezeframe.copying import FICLONE, outermost
+from freezeframe_clone import CloneBackend
 from freezeframe_testing.plugin import need, restored
 from freezeframe_testing.trees import (
     AS_ROOT,
@@ -259,7 +260,7 @@ def test_sparse_file_stays_sparse(backend: CloneBackend, tree: Tree) -> None:
 
 
 def test_roots_drops_duplicates_and_nested_paths() -> None:
-    got = roots(
+    got = outermost(
         [
             Path("/srv/shop"),
             Path("/srv/shop/orders.db"),

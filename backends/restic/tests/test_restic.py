@@ -346,6 +346,45 @@ def test_snapshots_laid_out_elsewhere_are_recorded_under_their_original_paths(
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("freezeframe-layout-*"))
 
 
+def test_a_snapshot_is_recorded_as_the_live_paths_and_the_live_files_stay_untouched(
+    repo: Path, tmp_path: Path, target: Path
+) -> None:
+    need(AS_ROOT, "mounting images over the original paths needs a mount namespace (root)")
+    live = build_tree(tmp_path / "live" / "shop")  # the application's files: they exist here
+    conf = tmp_path / "live" / "shop.conf"
+    conf.write_bytes(b"[live]\n")
+    view = tmp_path / "snaps" / RUN  # the snapshot keeps its images elsewhere, as btrfs does
+    image = view / "subvol-0" / "shop"
+    image.parent.mkdir(parents=True)
+    copy_view(live.root, image)
+    image_conf = view / "subvol-1" / "shop.conf"
+    image_conf.parent.mkdir()
+    image_conf.write_bytes(b"[snapshot]\n")
+    (live.root / "tiny.txt").write_bytes(b"written after the snapshot")  # must not be backed up
+    source = Artifact(
+        RUN,
+        view=view,
+        metadata={
+            "paths": [str(live.root), str(conf)],
+            "locations": {str(live.root): str(image), str(conf): str(image_conf)},
+        },
+    )
+    before = state(image)
+
+    artifact = make_backend(tmp_path).run(context(source))
+
+    assert artifact.metadata["layout"] == "original"
+    (snapshot,) = json.loads(restic(tmp_path / "repo", "snapshots", "--json"))
+    assert sorted(snapshot["paths"]) == sorted([str(live.root), str(conf)])  # restic's own record
+    restic(tmp_path / "repo", "restore", artifact.id, "--target", str(target))  # restic alone
+    assert state(target / live.root.relative_to("/")) == before
+    assert (target / conf.relative_to("/")).read_bytes() == b"[snapshot]\n"
+    # the mounts lived in restic's namespace only: the live files are as they were
+    assert (live.root / "tiny.txt").read_bytes() == b"written after the snapshot"
+    assert conf.read_bytes() == b"[live]\n"
+    assert str(live.root) not in Path("/proc/self/mountinfo").read_text()
+
+
 # -- retention, discard, verify -----------------------------------------------------------
 
 
@@ -657,20 +696,24 @@ def test_retention_keeps_exactly_what_the_policy_says(
 
 
 def test_the_password_never_shows_in_argv_output_catalog_or_logs(
-    tmp_path: Path, shop: Shop
+    tmp_path: Path, shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv(PW_ENV)  # this profile reads a file: no variable of ours holds it
     pw_file = tmp_path / "restic.pass"
     pw_file.write_text(PASSWORD + "\n")
     pw_file.chmod(0o600)
     profile = shop.profile(tmp_path / "repo", password=f'password_file = "{pw_file}"')
     cmdlines: list[bytes] = []
+    environs: list[bytes] = []
     stop = threading.Event()
 
-    def spy() -> None:  # every restic process's argv, while it runs
+    def spy() -> None:  # every restic process's argv and environment, while it runs
         while not stop.is_set():
             for pid in restic_pids(""):
                 with contextlib.suppress(OSError):  # it may have exited
                     cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+                    if environ := Path(f"/proc/{pid}/environ").read_bytes():  # b"": exited
+                        environs.append(environ)
             time.sleep(0.002)
 
     watcher = threading.Thread(target=spy, daemon=True)
@@ -687,6 +730,10 @@ def test_the_password_never_shows_in_argv_output_catalog_or_logs(
     assert [o.returncode for o in outputs] == [0, 0, 1]
     assert any(b"backup" in c for c in cmdlines), "the spy must have seen restic running"
     assert not [c for c in cmdlines if PASSWORD.encode() in c]
+    # from a file, restic reads the password itself: not even its environment holds it
+    assert environs and not [e for e in environs if PASSWORD.encode() in e]
+    pointed = f"RESTIC_PASSWORD_FILE={pw_file}".encode()
+    assert any(pointed in e.split(b"\0") for e in environs)  # pointed at the file instead
     for o in outputs:
         assert PASSWORD not in o.stdout and PASSWORD not in o.stderr
     assert "wrong password" in outputs[-1].stdout + outputs[-1].stderr

@@ -1,9 +1,12 @@
-"""The program :func:`freezeframe_restic.layout.laid_out` runs inside ``unshare --mount``.
+"""The program :func:`freezeframe.layout.laid_out` runs inside ``unshare --mount``.
 
-``python -m freezeframe_restic._namespace SPEC -- TOOL ARGS...`` mounts a tmpfs on
-the empty folder SPEC names, creates below it the folders above each original
-path (with the live folders' owners, modes and times), bind-mounts each image
-read-only at its original path, changes into the folder and becomes the tool.
+``python -m freezeframe._namespace SPEC -- TOOL ARGS...`` bind-mounts each
+image read-only over its original path and changes into ``/``; or, when SPEC
+names a staging folder (an original path is missing on this machine), mounts
+a tmpfs on that empty folder, creates below it the folders above each
+original path (with the live folders' owners, modes and times), bind-mounts
+each image read-only at its original path below it and changes into it.
+Then it becomes the tool.
 Everything it mounts lives in the namespace ``unshare`` made for it, and goes
 away with the tool's process.
 """
@@ -18,6 +21,8 @@ import os
 import stat
 import sys
 from pathlib import Path
+
+from freezeframe.copying import copy_metadata
 
 _MS_RDONLY = 1
 _MS_REMOUNT = 32
@@ -52,13 +57,6 @@ def _mount(
         raise OSError(err, os.strerror(err), str(target))
 
 
-def _copy_meta(st: os.stat_result, dst: Path) -> None:
-    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    if not stat.S_ISLNK(st.st_mode):
-        os.chmod(dst, stat.S_IMODE(st.st_mode))
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
 def _make_parents(staging: Path, original: Path) -> list[tuple[os.stat_result, Path]]:
     """Create ``staging/<parents of original>`` like the live parents; returns what to stamp."""
     made = []
@@ -82,7 +80,7 @@ def _lay_out(staging: Path, roots: list[list[str]]) -> None:
         st = image.lstat()
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(image), dst)
-            _copy_meta(st, dst)
+            copy_metadata(st, dst)
             continue
         if stat.S_ISDIR(st.st_mode):
             dst.mkdir()
@@ -91,11 +89,22 @@ def _lay_out(staging: Path, roots: list[list[str]]) -> None:
         _mount(str(image), dst, None, _MS_BIND | _MS_REC)
         _mount(None, dst, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
     for st, folder in reversed(stamps):  # after their contents, so the times stick
-        _copy_meta(st, folder)
+        copy_metadata(st, folder)
+
+
+def _bind_over(roots: list[list[str]]) -> None:
+    """Each image, read-only, over its original path. The images are opened first, so a
+    bind cannot hide an image that lies below another path."""
+    held = [(os.open(i, os.O_PATH | os.O_NOFOLLOW), Path(o)) for o, i in roots]
+    for fd, original in held:
+        _mount(f"/proc/self/fd/{fd}", original, None, _MS_BIND | _MS_REC)
+        _mount(None, original, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
+    for fd, _ in held:
+        os.close(fd)
 
 
 def main(argv: list[str]) -> int:
-    """``python -m freezeframe_restic.layout SPEC -- TOOL ARGS...`` (inside ``unshare --mount``).
+    """``python -m freezeframe._namespace SPEC -- TOOL ARGS...`` (inside ``unshare --mount``).
 
     Lays the snapshot out, then becomes the tool (its exit status is the tool's).
     """
@@ -103,10 +112,13 @@ def main(argv: list[str]) -> int:
         print("usage: layout SPEC -- TOOL [ARGS...]", file=sys.stderr)
         return 2
     spec = json.loads(argv[1])
-    staging = Path(spec["staging"])
     try:
-        _lay_out(staging, spec["roots"])
-        os.chdir(staging)
+        if spec["staging"] is None:
+            _bind_over(spec["roots"])
+            os.chdir("/")
+        else:
+            _lay_out(Path(spec["staging"]), spec["roots"])
+            os.chdir(spec["staging"])
         os.execvp(argv[3], argv[3:])  # noqa: S606 - argv as a list, no shell
     except OSError as e:
         print(f"freezeframe: cannot lay out the snapshot: {e}", file=sys.stderr)

@@ -56,11 +56,14 @@ class Secret:
     a child process, a driver's connect call), never to argv, logs or the catalog.
     """
 
-    __slots__ = ("_value", "source")
+    __slots__ = ("_value", "file", "source")
 
-    def __init__(self, value: str, source: str) -> None:
+    def __init__(self, value: str, source: str, file: Path | None = None) -> None:
         self._value = value
         self.source = source
+        #: The file it was read from (a tool that reads a password file can be pointed
+        #: there instead of being handed the value), or ``None``.
+        self.file = file
 
     def reveal(self) -> str:
         """The secret itself."""
@@ -253,7 +256,7 @@ class Table:
                 raise ConfigError(file_key, f"cannot read {file_path}: {e.strerror}") from None
             if not value:
                 raise ConfigError(file_key, f"{file_path} is empty")
-            return Secret(value, str(file_path))
+            return Secret(value, str(file_path), file=file_path)
         return None
 
     def _absolute(self, value: str) -> Path:

@@ -7,12 +7,14 @@ and cancellation from a stage context. A failure becomes one
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from freezeframe.components import StageContext
@@ -59,13 +61,19 @@ def run_tool(
     input: str | None = None,
     cwd: str | os.PathLike[str] | None = None,
     check: bool = True,
+    fatal: Sequence[str] = (),
+    watch: Callable[[], str | None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` and return its result; raise :class:`ToolError` if it fails or times out.
 
     ``env`` is added to this process's environment (pass secrets here, never in
     argv); variables that hold a profile's secrets are not inherited otherwise.
     With ``context``, a cancelled run kills the tool and raises
-    :class:`~freezeframe.errors.Cancelled`.
+    :class:`~freezeframe.errors.Cancelled`. A line on stderr containing one of
+    ``fatal`` (``"no space left on device"`` for a tool that would retry for
+    minutes) kills the tool at once and raises :class:`ToolError` with that line;
+    so does ``watch``, called every 0.2 s while the tool runs, when it returns a
+    reason (a tool that stalls silently on a full disk).
     """
     tool = os.path.basename(argv[0])
     try:
@@ -80,34 +88,72 @@ def run_tool(
         )
     except OSError as e:
         raise ToolError(f"{tool}: cannot run it: {e.strerror}") from None
+    out: list[str] = []
+    err: list[str] = []
+    fatal_line: list[str] = []
+
+    def read_out() -> None:
+        assert proc.stdout is not None
+        out.append(proc.stdout.read())
+
+    def read_err() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err.append(line)
+            if not fatal_line and any(f in line for f in fatal):
+                fatal_line.append(line.strip())
+
+    def write_in() -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # the tool did not want all of it
+            proc.stdin.write(input or "")
+            proc.stdin.close()
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (read_out, read_err)]
+    if input is not None:
+        threads.append(threading.Thread(target=write_in, daemon=True))
+    for t in threads:
+        t.start()
+
+    def stop() -> None:
+        proc.kill()
+        proc.wait()
+        for t in threads:
+            t.join()
+
     deadline = None if timeout is None else time.monotonic() + timeout
-    pending_input = input
-    while True:
-        wait = 0.2 if context is not None else None
-        if deadline is not None:
-            left = max(0.0, deadline - time.monotonic())
-            wait = left if wait is None else min(wait, left)
-        try:
-            out, err = proc.communicate(pending_input, timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            pending_input = None  # communicate() has sent it already
+    try:
+        while True:
+            wait = 0.2 if context is not None or fatal or watch else None
+            if deadline is not None:
+                left = max(0.0, deadline - time.monotonic())
+                wait = left if wait is None else min(wait, left)
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if fatal_line or (watch is not None and (reason := watch())):
+                stop()
+                why = fatal_line[0] if fatal_line else reason
+                raise ToolError(f"{tool} stopped: {why}", None, "".join(err))
             if context is not None and context.cancelled:
-                proc.kill()
-                proc.communicate()
-                raise Cancelled(f"{tool} stopped: the run was cancelled") from None
+                stop()
+                raise Cancelled(f"{tool} stopped: the run was cancelled")
             if deadline is not None and time.monotonic() >= deadline:
-                proc.kill()
-                proc.communicate()
-                raise ToolError(f"{tool} did not finish within {timeout:g}s") from None
-        except BaseException:
-            proc.kill()
-            proc.communicate()
-            raise
-    result = subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+                stop()
+                raise ToolError(f"{tool} did not finish within {timeout:g}s")
+    except BaseException:
+        if proc.poll() is None:
+            stop()
+        raise
+    for t in threads:
+        t.join()
+    stdout, stderr = "".join(out), "".join(err)
+    result = subprocess.CompletedProcess(list(argv), proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
-        words = _last_words(err) or _last_words(out) or "no message"
-        raise ToolError(f"{tool} failed (exit {proc.returncode}): {words}", proc.returncode, err)
+        words = _last_words(stderr) or _last_words(stdout) or "no message"
+        raise ToolError(f"{tool} failed (exit {proc.returncode}): {words}", proc.returncode, stderr)
     return result
 
 

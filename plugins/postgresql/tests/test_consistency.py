@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from freezeframe import Artifact, FreezeframeError, RunStatus, SnapshotKind, Table
+from freezeframe.copying import copy_tree
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe.tools import run_tool
-from freezeframe_clone import copy_tree
 from freezeframe_postgresql import PostgresqlPlugin
 from freezeframe_testing.plugin import LoopFs, require_tool
 from freezeframe_testing.postgres_server import (

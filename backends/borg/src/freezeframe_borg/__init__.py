@@ -3,7 +3,7 @@
 The real ``borg`` (1.2) does the work. Each run becomes the archive
 ``<profile>-<stage>-<run id>`` in a local or ``ssh://`` repository, recording
 every file under its *original* path (borg drops the leading ``/``: see
-:mod:`freezeframe_restic.layout`), so ``cd / && borg extract REPO::ARCHIVE``
+:mod:`freezeframe.layout`), so ``cd / && borg extract REPO::ARCHIVE``
 alone puts every file back where it was.
 
 The passphrase is read once by the core (``password_env`` / ``password_file``)
@@ -35,8 +35,8 @@ from freezeframe import (
     Table,
     hookimpl,
 )
+from freezeframe.layout import laid_out
 from freezeframe.tools import ToolError, find_tool, run_tool
-from freezeframe_restic.layout import laid_out
 
 __all__ = ["BorgBackend"]
 
@@ -249,7 +249,8 @@ class BorgBackend(Backend):
         name = f"{context.profile}-{self.name}-{context.run_id}"
         started = False
         try:
-            with laid_out(source, f"{context.profile}-{self.name}") as layout:
+            writes = [self.local] if self.local is not None else []
+            with laid_out(source, f"{context.profile}-{self.name}", writes) as layout:
                 tool = self._argv(
                     "create",
                     "--json",

@@ -34,6 +34,7 @@ from freezeframe import (
     Table,
     hookimpl,
 )
+from freezeframe.copying import copy_tree, outermost
 from freezeframe.fsutil import fsync_dir
 from freezeframe.tools import find_tool, run_tool
 from freezeframe_btrfs._fs import (
@@ -44,7 +45,6 @@ from freezeframe_btrfs._fs import (
     fs_uuid,
     locate,
 )
-from freezeframe_clone import copy_tree, roots
 
 __all__ = ["BtrfsBackend"]
 
@@ -101,7 +101,7 @@ class BtrfsBackend(Backend):
             raise FreezeframeError(f"dir {self.dir}: cannot create it: {e.strerror}") from None
         if not os.access(self.dir, os.W_OK | os.X_OK):
             raise FreezeframeError(f"dir {self.dir}: not writable by this user")
-        self._plan(roots(self.paths))
+        self._plan(outermost(self.paths))
 
     # -- run -----------------------------------------------------------------
     def _partial(self, run_id: str) -> Path:
@@ -162,7 +162,7 @@ class BtrfsBackend(Backend):
     def run(self, context: StageContext) -> Artifact:
         """Snapshot, read-only, each subvolume that holds a data path or a path of ``paths``."""
         btrfs = find_tool("btrfs")
-        sources = roots([*context.data_paths, *self.paths])
+        sources = outermost([*context.data_paths, *self.paths])
         if not sources:
             raise FreezeframeError(
                 "nothing to snapshot: no application has a data path and `paths` is empty"

@@ -3,7 +3,7 @@
 The real ``restic`` binary does the work. Each run becomes one snapshot of
 the source stage's view, tagged ``freezeframe``, ``profile:<name>``,
 ``stage:<name>`` and ``run:<run id>``, recording every file under its
-*original* absolute path (see :mod:`freezeframe_restic.layout`), so
+*original* absolute path (see :mod:`freezeframe.layout`), so
 ``restic restore <id> --target /`` alone puts every file back where it was.
 
 The password is read once by the core (``password_env`` / ``password_file``)
@@ -16,8 +16,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,8 @@ from freezeframe import (
     Table,
     hookimpl,
 )
+from freezeframe.layout import laid_out
 from freezeframe.tools import ToolError, find_tool, run_tool
-from freezeframe_restic.layout import laid_out
 
 __all__ = ["ResticBackend"]
 
@@ -48,6 +50,12 @@ SHORT_TIMEOUT = 300.0
 _VERIFY_DATA = re.compile(r"^(all|none|\d+(\.\d+)?%|\d+/\d+|\d+[kKmMgGtT]?)$")
 _REMOTE = re.compile(r"^(sftp|rest|s3|b2|azure|gs|swift|rclone):")
 _CREDENTIALS = re.compile(r"(://[^/@:]*:)[^/@]*@")
+
+
+#: How long a local repository's filesystem may stay full before restic is stopped.
+FULL_DISK_GRACE = 5.0
+#: What restic retries for many minutes (its backend retries), though it will not pass.
+_FATAL = ("no space left on device", "disk quota exceeded")
 
 
 def _display(repository: str) -> str:
@@ -185,10 +193,13 @@ class ResticBackend(Backend):
 
     # -- running restic ------------------------------------------------------------
     def _env(self) -> dict[str, str]:
-        # Empty values switch off what the caller's environment might set instead.
+        # restic reads the profile's password file itself; a password from the environment
+        # goes in RESTIC_PASSWORD. Empty values switch off what the caller's environment
+        # might set instead.
+        file = self._secret.file
         return {
-            "RESTIC_PASSWORD": self._secret.reveal(),
-            "RESTIC_PASSWORD_FILE": "",
+            "RESTIC_PASSWORD": "" if file else self._secret.reveal(),
+            "RESTIC_PASSWORD_FILE": str(file) if file else "",
             "RESTIC_PASSWORD_COMMAND": "",
             "RESTIC_REPOSITORY": "",
             "RESTIC_REPOSITORY_FILE": "",
@@ -215,7 +226,14 @@ class ResticBackend(Backend):
     ) -> subprocess.CompletedProcess[str]:
         try:
             return run_tool(
-                argv, env=self._env(), timeout=timeout, context=context, cwd=cwd, check=check
+                argv,
+                env=self._env(),
+                timeout=timeout,
+                context=context,
+                cwd=cwd,
+                check=check,
+                fatal=_FATAL,
+                watch=self._full_disk_watch(),
             )
         except ToolError as e:
             why = _why(e)
@@ -224,6 +242,30 @@ class ResticBackend(Backend):
             raise ToolError(
                 f"restic {what} ({_display(self.repository)}): {why}", e.returncode, e.stderr
             ) from None
+
+    def _full_disk_watch(self) -> Callable[[], str | None] | None:
+        """For a local repository: a reason to stop restic once the repository's filesystem
+        has had no free block for 5 s. restic can stall there for many minutes without a
+        word (its backend retries the write that failed)."""
+        if self.local is None:
+            return None
+        full_since: float | None = None
+
+        def full() -> str | None:
+            nonlocal full_since
+            try:
+                st = os.statvfs(self.local or "/")
+            except OSError:
+                return None
+            if st.f_bfree * st.f_frsize >= 1 << 20:
+                full_since = None
+                return None
+            full_since = full_since or time.monotonic()
+            if time.monotonic() - full_since < FULL_DISK_GRACE:
+                return None
+            return f"no space left on device: {self.local} has been full for {FULL_DISK_GRACE:g}s"
+
+        return full
 
     def _ssh_trouble(self) -> str:
         """What ssh says when it runs restic's sftp command by itself (restic may exit
@@ -325,7 +367,8 @@ class ResticBackend(Backend):
         tags.append(f"run:{context.run_id}")
         started = False
         try:
-            with laid_out(source, f"{context.profile}-{self.name}") as layout:
+            writes = [p for p in (self.local, self.cache_dir) if p is not None]
+            with laid_out(source, f"{context.profile}-{self.name}", writes) as layout:
                 args = ["backup", "--json", "--tag", ",".join(tags)]
                 if parent:
                     # The view's path changes every run: name the parent, or restic finds none.

@@ -149,7 +149,7 @@ def _pump(stream: int, index: int, sink: IO[bytes], context: StageContext) -> _L
 
     open_fds = {stream, index}
     while open_fds:
-        for fd, _ in poller.poll():
+        for fd, _ in poller.poll(200):  # ms: a cancel is seen even while tar is stuck
             data = os.read(fd, _CHUNK)
             if not data:
                 poller.unregister(fd)

@@ -63,6 +63,7 @@ def run_tool(
     check: bool = True,
     fatal: Sequence[str] = (),
     watch: Callable[[], str | None] | None = None,
+    on_stdout: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` and return its result; raise :class:`ToolError` if it fails or times out.
 
@@ -73,7 +74,8 @@ def run_tool(
     ``fatal`` (``"no space left on device"`` for a tool that would retry for
     minutes) kills the tool at once and raises :class:`ToolError` with that line;
     so does ``watch``, called every 0.2 s while the tool runs, when it returns a
-    reason (a tool that stalls silently on a full disk).
+    reason (a tool that stalls silently on a full disk). ``on_stdout`` sees each
+    line of stdout as it comes (from another thread), for such a watch.
     """
     tool = os.path.basename(argv[0])
     try:
@@ -94,7 +96,10 @@ def run_tool(
 
     def read_out() -> None:
         assert proc.stdout is not None
-        out.append(proc.stdout.read())
+        for line in proc.stdout:
+            out.append(line)
+            if on_stdout is not None:
+                on_stdout(line)
 
     def read_err() -> None:
         assert proc.stderr is not None

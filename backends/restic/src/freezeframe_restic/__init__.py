@@ -52,6 +52,31 @@ _REMOTE = re.compile(r"^(sftp|rest|s3|b2|azure|gs|swift|rclone):")
 _CREDENTIALS = re.compile(r"(://[^/@:]*:)[^/@]*@")
 
 
+class _Stall:
+    """restic's JSON status lines, watched: a backup whose counts have not moved for
+    ``seconds`` has stalled (restic 0.14 can deadlock after a failed write)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = time.monotonic()
+        self.counts: tuple[object, ...] = ()
+
+    def line(self, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(msg, dict) and msg.get("message_type") == "status":
+            counts = tuple(msg.get(k) for k in ("bytes_done", "files_done", "seconds_remaining"))
+            if counts != self.counts:
+                self.counts, self.last = counts, time.monotonic()
+
+    def check(self) -> str | None:
+        if time.monotonic() - self.last < self.seconds:
+            return None
+        return f"no progress for {self.seconds:g}s (restic stalled; is the repository failing?)"
+
+
 #: How long a local repository's filesystem may stay full before restic is stopped.
 FULL_DISK_GRACE = 5.0
 #: What restic retries for many minutes (its backend retries), though it will not pass.
@@ -183,6 +208,8 @@ class ResticBackend(Backend):
         self.cache_dir: Path | None = table.get_path("cache_dir", None)
         #: Longest a backup, restore, check or prune may run (None: no limit).
         self.timeout: float | None = table.get_duration("timeout", None)
+        #: Longest a backup may go without progress before it is stopped.
+        self.stall_timeout: float = table.get_duration("stall_timeout", 600.0)
         self._ready = False
         #: This stage's snapshots as :meth:`check` found them (the run's parent is among them).
         self._listed: list[dict[str, Any]] | None = None
@@ -223,7 +250,13 @@ class ResticBackend(Backend):
         context: StageContext | None = None,
         cwd: Path | None = None,
         check: bool = True,
+        stall: _Stall | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        full = self._full_disk_watch()
+
+        def watch() -> str | None:
+            return (full() if full else None) or (stall.check() if stall else None)
+
         try:
             return run_tool(
                 argv,
@@ -233,7 +266,8 @@ class ResticBackend(Backend):
                 cwd=cwd,
                 check=check,
                 fatal=_FATAL,
-                watch=self._full_disk_watch(),
+                watch=watch,
+                on_stdout=stall.line if stall else None,
             )
         except ToolError as e:
             why = _why(e)
@@ -382,6 +416,7 @@ class ResticBackend(Backend):
                     context=context,
                     cwd=layout.cwd,
                     check=False,
+                    stall=_Stall(self.stall_timeout),
                 )
             summary, errors = self._summary(result)
             if result.returncode != 0 or summary is None:

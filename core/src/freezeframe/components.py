@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from freezeframe.config import Table
+from freezeframe.copying import outermost
 from freezeframe.errors import Cancelled, FreezeframeError
 
 __all__ = [
@@ -121,10 +122,14 @@ class Artifact:
         """:meth:`roots` in path order, less those inside another listed path: what a
         copy must read, each tree once. Raises :class:`FreezeframeError` when there is
         none or when an image is missing from the snapshot."""
+        roots = sorted(self.roots())
+        keep = set(outermost(o for o, _ in roots))  # each tree once
         outer: list[tuple[Path, Path]] = []
-        for original, image in sorted(self.roots()):
-            if any(original.is_relative_to(o) for o, _ in outer):
-                continue  # inside a path already listed
+        for original, image in roots:
+            key = Path(os.path.abspath(original))  # as outermost() normalises it
+            if key not in keep:
+                continue  # inside a path already listed, or listed twice
+            keep.discard(key)
             if not os.path.lexists(image):
                 raise FreezeframeError(
                     f"{image} (the image of {original}) is missing from the snapshot"

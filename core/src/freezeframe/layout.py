@@ -29,6 +29,7 @@ snapshot that lays its images out under their original paths already
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -69,29 +70,58 @@ def _relative(original: Path) -> str:
     return str(original.relative_to(original.anchor))
 
 
-def _staging(name: str) -> Path:
+@contextmanager
+def _staging(name: str) -> Iterator[Path]:
     """An empty private folder to lay the images out on, at the same path every run.
 
     A stable path keeps the paths the tool sees stable too: borg's files cache (keyed
     by absolute path) then knows unchanged files again. One left by a crash is reused
-    if it is ours (a folder, not a link, owned by us, mode 0700); otherwise, or when
-    another run holds it, a fresh random one is taken.
+    if it is ours (a folder, not a link, owned by us, mode 0700). The folder is held
+    with an flock for as long as the tool runs: its mounts live in the tool's private
+    namespace, so from here a folder in use looks empty, and another run of a profile
+    and stage of the same names (another profile file) must not take it, nor remove it
+    under us. When it is held, or not ours, a fresh random one is taken.
     """
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     path = Path(tempfile.gettempdir()) / f"freezeframe-layout-{safe}"
-    try:
+    with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
-        return path
-    except FileExistsError:
-        st = path.lstat()
+    fd = _held(path)
+    if fd is None:
+        path = Path(tempfile.mkdtemp(prefix=f"freezeframe-layout-{safe}-"))
+        fd = _held(path)
+        if fd is None:
+            raise FreezeframeError(f"cannot hold the private folder {path} for the layout")
+    try:
+        yield path
+    finally:
+        # Removed while still held: whoever opened it meanwhile sees it gone and moves on.
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        os.close(fd)
+
+
+def _held(path: Path) -> int | None:
+    """An flock'ed descriptor of ``path`` if it is an empty private folder of ours that
+    nobody holds, and the path still names it once locked; else ``None``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st, now = os.fstat(fd), os.stat(path, follow_symlinks=False)
         if (
-            stat.S_ISDIR(st.st_mode)
+            (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
             and st.st_uid == os.geteuid()
             and stat.S_IMODE(st.st_mode) == 0o700
-            and not any(path.iterdir())
+            and not os.listdir(fd)
         ):
-            return path
-    return Path(tempfile.mkdtemp(prefix=f"freezeframe-layout-{safe}-"))
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def _can_bind_over(original: Path, image: Path) -> bool:
@@ -134,7 +164,15 @@ def laid_out(
     over = all(_can_bind_over(o, i) for o, i in roots) and not any(
         Path(os.path.abspath(v)).is_relative_to(o) for v in visible for o, _ in roots
     )
-    staging = None if over else _staging(name)
+    with contextlib.ExitStack() as stack:
+        staging = None if over else stack.enter_context(_staging(name))
+        yield _in_namespace(roots, targets, staging)
+
+
+def _in_namespace(
+    roots: Sequence[tuple[Path, Path]], targets: tuple[str, ...], staging: Path | None
+) -> Layout:
+    """The layout that runs the tool through :mod:`freezeframe._namespace`."""
     spec = {
         "staging": None if staging is None else str(staging),
         "roots": [[str(o), str(i)] for o, i in roots],
@@ -151,10 +189,4 @@ def laid_out(
         json.dumps(spec),
         "--",
     )
-    try:
-        yield Layout(None, targets, prefix, "original" if staging is None else "namespace")
-    finally:
-        # Only the tool's namespace ever had anything mounted here: it is an empty folder.
-        if staging is not None:
-            with contextlib.suppress(OSError):
-                staging.rmdir()
+    return Layout(None, targets, prefix, "original" if staging is None else "namespace")

@@ -193,6 +193,23 @@ class Engine:
         #: The signal that interrupted the last backup, if one did.
         self.interrupted_by: int | None = None
         self._lock_fd: int | None = None
+        self._serial: dict[int, threading.Lock] = {}
+
+    @contextmanager
+    def _alone(self, component: object, timeout: float = -1) -> Iterator[None]:
+        """One call at a time into one component instance: plug-ins need not be thread-safe.
+
+        A signal or a deadline makes the thaw start while a quiesce thread may still be
+        inside the plug-in; unquiesce closing a connection under a running query crashed
+        the interpreter (SIGSEGV). Only ``interrupt()`` is called outside this lock.
+        """
+        lock = self._serial.setdefault(id(component), threading.Lock())
+        if not lock.acquire(timeout=timeout):
+            raise QuiesceError(f"its quiesce is still running after {timeout:g}s")
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- shared pieces -------------------------------------------------------
     @contextmanager
@@ -241,7 +258,9 @@ class Engine:
         """Every application's data paths, in profile order, without duplicates."""
         seen: dict[Path, None] = {}
         for app in self.profile.applications:
-            for p in app.component.data_paths():
+            with self._alone(app.component):
+                paths = app.component.data_paths()
+            for p in paths:
                 seen.setdefault(Path(p), None)
         return tuple(seen)
 
@@ -293,7 +312,8 @@ class Engine:
         ]
         for label, component in components:
             try:
-                component.check()
+                with self._alone(component):
+                    component.check()
             except FreezeframeError as e:
                 problems.append(f"{label}: {_one_line(e)}")
             except Exception as e:
@@ -500,11 +520,13 @@ class Engine:
 
     def _prepare_one(self, name: str, kinds: frozenset[SnapshotKind]) -> None:
         point(f"prepare.{name}")
-        prepare = self._app(name).component.prepare
-        if _takes_an_argument(prepare):
-            prepare(kinds)
-        else:  # written from DESIGN.md's prepare(): the kinds are not wanted
-            prepare()  # type: ignore[call-arg]
+        component = self._app(name).component
+        prepare = component.prepare
+        with self._alone(component):
+            if _takes_an_argument(prepare):
+                prepare(kinds)
+            else:  # written from DESIGN.md's prepare(): the kinds are not wanted
+                prepare()  # type: ignore[call-arg]
 
     def _app(self, name: str) -> ApplicationSpec:
         return next(a for a in self.profile.applications if a.name == name)
@@ -518,9 +540,11 @@ class Engine:
         def quiesce(name: str) -> None:
             run.app(name, quiesce_start=time.time())
             try:
-                point(f"quiesce.before.{name}")
-                self._app(name).component.quiesce(deadline)
-                point(f"quiesce.after.{name}")
+                component = self._app(name).component
+                with self._alone(component):
+                    point(f"quiesce.before.{name}")
+                    component.quiesce(deadline)
+                    point(f"quiesce.after.{name}")
             finally:
                 run.app(name, quiesce_end=time.time())
 
@@ -549,7 +573,8 @@ class Engine:
                 run.app(a.name, mode="crash-consistent", error=reason)
                 run.error(f"application {a.name}", f"{reason}; backing it up crash-consistent")
                 try:
-                    a.component.unquiesce(())
+                    with self._alone(a.component):
+                        a.component.unquiesce(())
                 except Exception as e:
                     fatal.append(
                         f"application {a.name!r}: unquiesce after a failed quiesce "
@@ -590,14 +615,25 @@ class Engine:
                 if dep in reverse and a.name in reverse:
                     reverse[dep].append(a.name)
 
+        # A prepare or quiesce still running (past its deadline, or cut short by a signal)
+        # is asked to stop, and its unquiesce waits until it has returned.
+        running = {n for o in (run.prepare, started) if o is not None for n in o.unfinished}
+
         def thaw(name: str) -> None:
-            run.app(name, thaw_start=time.time())
-            try:
-                point(f"unquiesce.before.{name}")
-                self._app(name).component.unquiesce(artifacts)
-                point(f"unquiesce.after.{name}")
-            finally:
-                run.app(name, thaw_end=time.time())
+            component = self._app(name).component
+            if name in running:
+                try:
+                    component.interrupt()
+                except Exception as e:
+                    log.warning("application %s: interrupt failed: %s", name, _one_line(e))
+            with self._alone(component, THAW_TIMEOUT):
+                run.app(name, thaw_start=time.time())
+                try:
+                    point(f"unquiesce.before.{name}")
+                    component.unquiesce(artifacts)
+                    point(f"unquiesce.after.{name}")
+                finally:
+                    run.app(name, thaw_end=time.time())
 
         outcome = _ordered.run_ordered(
             names, reverse, thaw, timeout=THAW_TIMEOUT, stop_on_failure=False, thread_name="thaw"
@@ -615,18 +651,6 @@ class Engine:
                 )
             else:
                 log.info("thawed %s (frozen %.1f ms)", name, rec.frozen_ms or 0)
-        # A prepare or quiesce still running (past its deadline, or cut short by a signal)
-        # may finish after the thaw: wait for it, then thaw that application again.
-        late = [(o, n) for o in (run.prepare, started) if o is not None for n in o.unfinished]
-        for outcome_of, name in late:
-            outcome_of.threads[name].join(self.profile.freeze_timeout + 5)
-            if outcome_of.threads[name].is_alive():
-                problems.append(f"application {name!r}: its quiesce is still running")
-                continue
-            try:
-                self._app(name).component.unquiesce(artifacts)
-            except Exception as e:
-                problems.append(f"application {name!r}: late unquiesce failed: {_one_line(e)}")
         run.save()
         for p in problems:
             run.error("thaw", p)
@@ -647,7 +671,8 @@ class Engine:
     def _describe_all(self, run: _Run) -> None:
         for a in self.profile.applications:
             try:
-                facts = dict(a.component.describe())
+                with self._alone(a.component, THAW_TIMEOUT):
+                    facts = dict(a.component.describe())
             except Exception as e:
                 facts = {"describe_error": _one_line(e)}
             run.app(a.name, facts=facts)
@@ -803,7 +828,8 @@ class Engine:
         for app in self.profile.applications:
             if app.name in begun and app.component.crash_safety == CrashSafety.WATCHDOG:
                 try:
-                    app.component.unquiesce(())
+                    with self._alone(app.component):
+                        app.component.unquiesce(())
                 except Exception as e:
                     catalog.add_error(
                         rec.run_id,
@@ -974,9 +1000,10 @@ class Engine:
         for app in self.profile.applications:
             if app.name not in in_run:
                 continue
-            app.component.prepare_restored(target)
-            if verify:
-                app.component.verify_restored(target)
+            with self._alone(app.component):
+                app.component.prepare_restored(target)
+                if verify:
+                    app.component.verify_restored(target)
         return rec, spec.name, restored
 
     def verify(

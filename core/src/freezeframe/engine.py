@@ -38,12 +38,12 @@ from freezeframe.errors import (
     StageError,
 )
 from freezeframe.fsutil import ensure_private_dir, syncfs
-from freezeframe.lock import ProfileLock
+from freezeframe.lock import Owner, ProfileLock
 from freezeframe.profile import ApplicationSpec, Profile, StageSpec
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord
 from freezeframe.registry import Registry
 from freezeframe.retention import select_keep
-from freezeframe.watchdog import Watchdog
+from freezeframe.watchdog import Watchdog, outlive
 
 __all__ = ["Deletion", "Engine", "ProgressFactory"]
 
@@ -192,7 +192,6 @@ class Engine:
         self.progress = progress or (lambda stage: None)
         #: The signal that interrupted the last backup, if one did.
         self.interrupted_by: int | None = None
-        self._lock_fd: int | None = None
         self._serial: dict[int, threading.Lock] = {}
 
     @contextmanager
@@ -224,10 +223,9 @@ class Engine:
         """Hold the profile's lock, reconcile what a crashed run left, and yield the catalog."""
         ensure_private_dir(self.profile.home)
         with (
-            ProfileLock(self.profile.home / "lock", self.profile.name, command) as lock,
+            ProfileLock(self.profile.home / "lock", self.profile.name, command),
             self.catalog() as catalog,
         ):
-            self._lock_fd = lock.fd
             self._reconcile(catalog)
             yield catalog
 
@@ -394,6 +392,7 @@ class Engine:
         with sig.installed(), self.locked("backup") as catalog:
             run = _Run(self._new_record(), catalog, self.registry)
             run.catalog.save(run.record, pid=os.getpid())
+            run.catalog.set_owner(run.record.run_id, "run", Owner.me())
             log.info("run %s of profile %s started", run.record.run_id, self.profile.name)
             self._notify("freezeframe_run_started", run=run.record)
             status, error = RunStatus.FAILED, None
@@ -470,9 +469,13 @@ class Engine:
             paths = self._prepare_all(run)
             deadline = Deadline.after(self.profile.freeze_timeout)
             if thaw_commands:
-                # the watchdog shares the profile's lock: no new run can freeze what it
-                # may still be thawing after we died
-                watchdog = Watchdog.start(thaw_commands, deadline.at, lock_fd=self._lock_fd)
+                watchdog = Watchdog.start(thaw_commands, deadline.at)
+                # if we die, the next command waits for it: no new run may freeze what it
+                # may still be thawing (see _reconcile_runs)
+                if (owner := watchdog.owner()) is not None:
+                    run.catalog.set_owner(
+                        run.record.run_id, "watchdog", owner, Watchdog.until(deadline.at)
+                    )
             self._quiesce_all(run, deadline)
             for stage in windowed:
                 self._run_stage(run, stage, paths, deadline)
@@ -807,9 +810,27 @@ class Engine:
     def _reconcile_runs(self, catalog: Catalog) -> None:
         for rec in catalog.runs(status=RunStatus.RUNNING):
             pid = catalog.pid_of(rec.run_id)
+            owners = catalog.owners(rec.run_id)
+            if "run" in owners:
+                owner, _ = owners["run"]
+                if owner.alive() and owner.pid != os.getpid():
+                    # We hold the lock and it still runs: its lock file was removed or
+                    # replaced under it. Its run is not ours to judge.
+                    raise BusyError(
+                        f"profile {self.profile.name!r} is busy: pid {owner.pid} is running "
+                        f"{rec.run_id} (its lock file {self.profile.home / 'lock'} was "
+                        "removed or replaced)"
+                    )
             why = f"interrupted: the freezeframe process (pid {pid}) died during the run"
             log.warning("run %s: %s; removing what it left", rec.run_id, why)
             catalog.add_error(rec.run_id, time.time(), "reconcile", why)
+            if "watchdog" in owners:
+                # Its watchdog may still be thawing (a late freeze of the dead run): a
+                # freeze of ours now would be thawed under us. It ends by itself soon.
+                watchdog, until = owners["watchdog"]
+                said = outlive(watchdog, until if until is not None else time.monotonic())
+                if said:
+                    catalog.add_error(rec.run_id, time.time(), "reconcile", said)
             self._thaw_left_frozen(catalog, rec)
             rec = self._remove_outputs(catalog, rec)
             catalog.save(

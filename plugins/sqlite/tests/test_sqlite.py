@@ -108,6 +108,42 @@ def test_quiesce_gives_up_at_the_deadline_when_a_writer_holds_the_lock(tmp_path:
     assert writable_within(db, 0.2)
 
 
+def test_interrupt_stops_a_quiesce_waiting_for_a_writer_and_holds_until_unquiesce(
+    tmp_path: Path,
+) -> None:
+    db = make_counter_db(tmp_path / "a.db")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    p = plugin(db)
+    errors: list[BaseException] = []
+
+    def quiesce() -> None:
+        try:
+            p.quiesce(Deadline.after(60))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=quiesce)
+    t.start()
+    time.sleep(0.2)  # inside its retry loop, contending with the writer
+    started = time.monotonic()
+    p.interrupt()  # from another thread, as the core calls it
+    t.join(10)
+    assert not t.is_alive() and time.monotonic() - started < 2  # not the 60 s deadline
+    assert len(errors) == 1 and isinstance(errors[0], QuiesceError), errors
+    assert "interrupted" in str(errors[0])
+    p.interrupt()  # before the next quiesce begins: that one gives up too
+    with pytest.raises(QuiesceError, match="interrupted"):
+        p.quiesce(Deadline.after(60))
+    p.unquiesce(())
+    holder.execute("ROLLBACK")
+    holder.close()
+    p.quiesce(Deadline.after(5))  # the request ended with the unquiesce
+    assert not writable_within(db, 0.1)
+    p.unquiesce(())
+    assert writable_within(db, 0.5)
+
+
 def test_lock_ends_when_the_process_holding_it_is_killed(tmp_path: Path) -> None:
     db = make_counter_db(tmp_path / "a.db")
     script = textwrap.dedent(f"""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from freezeframe.errors import BusyError
-from freezeframe.lock import ProfileLock
+from freezeframe.lock import Owner, ProfileLock
 
 HOLDER = textwrap.dedent(
     """
@@ -132,3 +132,48 @@ def test_holder_without_a_readable_record_is_another_process(lock_path: Path) ->
         assert time.monotonic() - started < 2  # never waits for the lock
     finally:
         os.close(fd)
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_the_owner_of_a_run_is_alive_while_it_runs_and_not_after() -> None:
+    proc = _sleeper()
+    try:
+        owner = Owner.of(proc.pid)
+        assert owner is not None and owner.alive()
+        assert Owner.me().alive()
+    finally:
+        proc.kill()
+    end = time.monotonic() + 10  # SIGKILL takes effect soon, not at once
+    while owner.alive() and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not owner.alive()  # a zombie not yet reaped is not a live owner
+    assert proc.poll() is not None  # it was a zombie until now
+    proc.wait(timeout=30)
+    assert not owner.alive()
+    assert Owner.of(proc.pid) is None
+
+
+def test_a_pid_reused_by_another_process_is_not_the_owner() -> None:
+    first = _sleeper()
+    try:
+        recorded = Owner.of(first.pid)
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    assert recorded is not None
+    time.sleep(0.05)  # start times are counted in clock ticks (10 ms): the next one differs
+    second = _sleeper()
+    try:
+        now = Owner.of(second.pid)
+        assert now is not None and now.alive()
+        # the record of the first process, had the kernel given its pid to the second
+        reused = Owner(second.pid, recorded.boot_id, recorded.start_ticks)
+        assert now.start_ticks != recorded.start_ticks
+        assert not reused.alive()
+        assert not Owner(second.pid, "another boot", now.start_ticks).alive()
+    finally:
+        second.kill()
+        second.wait(timeout=30)

@@ -18,6 +18,7 @@ from typing import Any
 from freezeframe._faults import point
 from freezeframe.components import Artifact
 from freezeframe.errors import FreezeframeError
+from freezeframe.lock import Owner
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord, iso
 
 __all__ = ["Catalog"]
@@ -49,6 +50,11 @@ CREATE TABLE IF NOT EXISTS errors (
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started_at);
 CREATE TABLE IF NOT EXISTS pending_deletes (
     run_id TEXT NOT NULL, stage TEXT NOT NULL, PRIMARY KEY (run_id, stage)
+);
+CREATE TABLE IF NOT EXISTS owners (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, role TEXT NOT NULL,
+    pid INTEGER NOT NULL, boot_id TEXT NOT NULL, start_ticks INTEGER NOT NULL, until REAL,
+    PRIMARY KEY (run_id, role)
 );
 """
 
@@ -176,6 +182,22 @@ class Catalog:
                     for i, s in enumerate(run.stages)
                 ],
             )
+
+    def set_owner(self, run_id: str, role: str, owner: Owner, until: float | None = None) -> None:
+        """Record a process working for ``run_id``: ``"run"`` (the freezeframe process) or
+        ``"watchdog"``, whose work ends at ``until`` (a ``time.monotonic()``) at the latest."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO owners VALUES (?,?,?,?,?,?)",
+                (run_id, role, owner.pid, owner.boot_id, owner.start_ticks, until),
+            )
+
+    def owners(self, run_id: str) -> dict[str, tuple[Owner, float | None]]:
+        """The processes recorded for ``run_id``, by role, each with its ``until``."""
+        rows = self._db.execute(
+            "SELECT role, pid, boot_id, start_ticks, until FROM owners WHERE run_id=?", (run_id,)
+        ).fetchall()
+        return {r[0]: (Owner(r[1], r[2], r[3]), r[4]) for r in rows}
 
     def mark_deleted(self, run_id: str, stage: str, at: float) -> None:
         """Mark a stage's artifact deleted and journal the delete as pending, atomically."""

@@ -230,6 +230,19 @@ class ApplicationPlugin(_Component):
         """
         raise NotImplementedError
 
+    def interrupt(self) -> None:
+        """Make a ``quiesce`` under way (or about to begin) give up soon, with an error.
+
+        The one method the core calls while another method of the same instance
+        may be running (the core calls every other method of an instance one at
+        a time): when a signal or the deadline cuts a quiesce short, the core
+        calls ``interrupt`` from another thread, waits for ``quiesce`` to
+        return, then calls ``unquiesce``. It must therefore be thread-safe and
+        must not block; the request holds until ``unquiesce`` returns. The
+        default does nothing, and the core then waits for the quiesce to end by
+        itself (at most its deadline).
+        """
+
     def describe(self) -> Mapping[str, Any]:
         """Facts worth recording in the run's manifest (version, LSN, binlog position)."""
         return {}

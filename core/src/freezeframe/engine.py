@@ -38,12 +38,12 @@ from freezeframe.errors import (
     StageError,
 )
 from freezeframe.fsutil import ensure_private_dir, syncfs
-from freezeframe.lock import ProfileLock
+from freezeframe.lock import Owner, ProfileLock
 from freezeframe.profile import ApplicationSpec, Profile, StageSpec
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord
 from freezeframe.registry import Registry
 from freezeframe.retention import select_keep
-from freezeframe.watchdog import Watchdog
+from freezeframe.watchdog import Watchdog, outlive
 
 __all__ = ["Deletion", "Engine", "ProgressFactory"]
 
@@ -192,7 +192,23 @@ class Engine:
         self.progress = progress or (lambda stage: None)
         #: The signal that interrupted the last backup, if one did.
         self.interrupted_by: int | None = None
-        self._lock_fd: int | None = None
+        self._serial: dict[int, threading.Lock] = {}
+
+    @contextmanager
+    def _alone(self, component: object, timeout: float = -1) -> Iterator[None]:
+        """One call at a time into one component instance: plug-ins need not be thread-safe.
+
+        A signal or a deadline makes the thaw start while a quiesce thread may still be
+        inside the plug-in; unquiesce closing a connection under a running query crashed
+        the interpreter (SIGSEGV). Only ``interrupt()`` is called outside this lock.
+        """
+        lock = self._serial.setdefault(id(component), threading.Lock())
+        if not lock.acquire(timeout=timeout):
+            raise QuiesceError(f"its quiesce is still running after {timeout:g}s")
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- shared pieces -------------------------------------------------------
     @contextmanager
@@ -207,10 +223,9 @@ class Engine:
         """Hold the profile's lock, reconcile what a crashed run left, and yield the catalog."""
         ensure_private_dir(self.profile.home)
         with (
-            ProfileLock(self.profile.home / "lock", self.profile.name, command) as lock,
+            ProfileLock(self.profile.home / "lock", self.profile.name, command),
             self.catalog() as catalog,
         ):
-            self._lock_fd = lock.fd
             self._reconcile(catalog)
             yield catalog
 
@@ -241,7 +256,9 @@ class Engine:
         """Every application's data paths, in profile order, without duplicates."""
         seen: dict[Path, None] = {}
         for app in self.profile.applications:
-            for p in app.component.data_paths():
+            with self._alone(app.component):
+                paths = app.component.data_paths()
+            for p in paths:
                 seen.setdefault(Path(p), None)
         return tuple(seen)
 
@@ -293,7 +310,8 @@ class Engine:
         ]
         for label, component in components:
             try:
-                component.check()
+                with self._alone(component):
+                    component.check()
             except FreezeframeError as e:
                 problems.append(f"{label}: {_one_line(e)}")
             except Exception as e:
@@ -374,6 +392,7 @@ class Engine:
         with sig.installed(), self.locked("backup") as catalog:
             run = _Run(self._new_record(), catalog, self.registry)
             run.catalog.save(run.record, pid=os.getpid())
+            run.catalog.set_owner(run.record.run_id, "run", Owner.me())
             log.info("run %s of profile %s started", run.record.run_id, self.profile.name)
             self._notify("freezeframe_run_started", run=run.record)
             status, error = RunStatus.FAILED, None
@@ -450,9 +469,13 @@ class Engine:
             paths = self._prepare_all(run)
             deadline = Deadline.after(self.profile.freeze_timeout)
             if thaw_commands:
-                # the watchdog shares the profile's lock: no new run can freeze what it
-                # may still be thawing after we died
-                watchdog = Watchdog.start(thaw_commands, deadline.at, lock_fd=self._lock_fd)
+                watchdog = Watchdog.start(thaw_commands, deadline.at)
+                # if we die, the next command waits for it: no new run may freeze what it
+                # may still be thawing (see _reconcile_runs)
+                if (owner := watchdog.owner()) is not None:
+                    run.catalog.set_owner(
+                        run.record.run_id, "watchdog", owner, Watchdog.until(deadline.at)
+                    )
             self._quiesce_all(run, deadline)
             for stage in windowed:
                 self._run_stage(run, stage, paths, deadline)
@@ -500,11 +523,13 @@ class Engine:
 
     def _prepare_one(self, name: str, kinds: frozenset[SnapshotKind]) -> None:
         point(f"prepare.{name}")
-        prepare = self._app(name).component.prepare
-        if _takes_an_argument(prepare):
-            prepare(kinds)
-        else:  # written from DESIGN.md's prepare(): the kinds are not wanted
-            prepare()  # type: ignore[call-arg]
+        component = self._app(name).component
+        prepare = component.prepare
+        with self._alone(component):
+            if _takes_an_argument(prepare):
+                prepare(kinds)
+            else:  # written from DESIGN.md's prepare(): the kinds are not wanted
+                prepare()  # type: ignore[call-arg]
 
     def _app(self, name: str) -> ApplicationSpec:
         return next(a for a in self.profile.applications if a.name == name)
@@ -518,9 +543,11 @@ class Engine:
         def quiesce(name: str) -> None:
             run.app(name, quiesce_start=time.time())
             try:
-                point(f"quiesce.before.{name}")
-                self._app(name).component.quiesce(deadline)
-                point(f"quiesce.after.{name}")
+                component = self._app(name).component
+                with self._alone(component):
+                    point(f"quiesce.before.{name}")
+                    component.quiesce(deadline)
+                    point(f"quiesce.after.{name}")
             finally:
                 run.app(name, quiesce_end=time.time())
 
@@ -549,7 +576,8 @@ class Engine:
                 run.app(a.name, mode="crash-consistent", error=reason)
                 run.error(f"application {a.name}", f"{reason}; backing it up crash-consistent")
                 try:
-                    a.component.unquiesce(())
+                    with self._alone(a.component):
+                        a.component.unquiesce(())
                 except Exception as e:
                     fatal.append(
                         f"application {a.name!r}: unquiesce after a failed quiesce "
@@ -590,14 +618,25 @@ class Engine:
                 if dep in reverse and a.name in reverse:
                     reverse[dep].append(a.name)
 
+        # A prepare or quiesce still running (past its deadline, or cut short by a signal)
+        # is asked to stop, and its unquiesce waits until it has returned.
+        running = {n for o in (run.prepare, started) if o is not None for n in o.unfinished}
+
         def thaw(name: str) -> None:
-            run.app(name, thaw_start=time.time())
-            try:
-                point(f"unquiesce.before.{name}")
-                self._app(name).component.unquiesce(artifacts)
-                point(f"unquiesce.after.{name}")
-            finally:
-                run.app(name, thaw_end=time.time())
+            component = self._app(name).component
+            if name in running:
+                try:
+                    component.interrupt()
+                except Exception as e:
+                    log.warning("application %s: interrupt failed: %s", name, _one_line(e))
+            with self._alone(component, THAW_TIMEOUT):
+                run.app(name, thaw_start=time.time())
+                try:
+                    point(f"unquiesce.before.{name}")
+                    component.unquiesce(artifacts)
+                    point(f"unquiesce.after.{name}")
+                finally:
+                    run.app(name, thaw_end=time.time())
 
         outcome = _ordered.run_ordered(
             names, reverse, thaw, timeout=THAW_TIMEOUT, stop_on_failure=False, thread_name="thaw"
@@ -615,18 +654,6 @@ class Engine:
                 )
             else:
                 log.info("thawed %s (frozen %.1f ms)", name, rec.frozen_ms or 0)
-        # A prepare or quiesce still running (past its deadline, or cut short by a signal)
-        # may finish after the thaw: wait for it, then thaw that application again.
-        late = [(o, n) for o in (run.prepare, started) if o is not None for n in o.unfinished]
-        for outcome_of, name in late:
-            outcome_of.threads[name].join(self.profile.freeze_timeout + 5)
-            if outcome_of.threads[name].is_alive():
-                problems.append(f"application {name!r}: its quiesce is still running")
-                continue
-            try:
-                self._app(name).component.unquiesce(artifacts)
-            except Exception as e:
-                problems.append(f"application {name!r}: late unquiesce failed: {_one_line(e)}")
         run.save()
         for p in problems:
             run.error("thaw", p)
@@ -647,7 +674,8 @@ class Engine:
     def _describe_all(self, run: _Run) -> None:
         for a in self.profile.applications:
             try:
-                facts = dict(a.component.describe())
+                with self._alone(a.component, THAW_TIMEOUT):
+                    facts = dict(a.component.describe())
             except Exception as e:
                 facts = {"describe_error": _one_line(e)}
             run.app(a.name, facts=facts)
@@ -782,9 +810,27 @@ class Engine:
     def _reconcile_runs(self, catalog: Catalog) -> None:
         for rec in catalog.runs(status=RunStatus.RUNNING):
             pid = catalog.pid_of(rec.run_id)
+            owners = catalog.owners(rec.run_id)
+            if "run" in owners:
+                owner, _ = owners["run"]
+                if owner.alive() and owner.pid != os.getpid():
+                    # We hold the lock and it still runs: its lock file was removed or
+                    # replaced under it. Its run is not ours to judge.
+                    raise BusyError(
+                        f"profile {self.profile.name!r} is busy: pid {owner.pid} is running "
+                        f"{rec.run_id} (its lock file {self.profile.home / 'lock'} was "
+                        "removed or replaced)"
+                    )
             why = f"interrupted: the freezeframe process (pid {pid}) died during the run"
             log.warning("run %s: %s; removing what it left", rec.run_id, why)
             catalog.add_error(rec.run_id, time.time(), "reconcile", why)
+            if "watchdog" in owners:
+                # Its watchdog may still be thawing (a late freeze of the dead run): a
+                # freeze of ours now would be thawed under us. It ends by itself soon.
+                watchdog, until = owners["watchdog"]
+                said = outlive(watchdog, until if until is not None else time.monotonic())
+                if said:
+                    catalog.add_error(rec.run_id, time.time(), "reconcile", said)
             self._thaw_left_frozen(catalog, rec)
             rec = self._remove_outputs(catalog, rec)
             catalog.save(
@@ -803,7 +849,8 @@ class Engine:
         for app in self.profile.applications:
             if app.name in begun and app.component.crash_safety == CrashSafety.WATCHDOG:
                 try:
-                    app.component.unquiesce(())
+                    with self._alone(app.component):
+                        app.component.unquiesce(())
                 except Exception as e:
                     catalog.add_error(
                         rec.run_id,
@@ -974,9 +1021,10 @@ class Engine:
         for app in self.profile.applications:
             if app.name not in in_run:
                 continue
-            app.component.prepare_restored(target)
-            if verify:
-                app.component.verify_restored(target)
+            with self._alone(app.component):
+                app.component.prepare_restored(target)
+                if verify:
+                    app.component.verify_restored(target)
         return rec, spec.name, restored
 
     def verify(

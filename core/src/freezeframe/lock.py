@@ -1,6 +1,9 @@
 """One run per profile at a time: an flock(2) on a file in the profile's state folder.
 
-The kernel drops the lock when the holder dies, so a stale lock never blocks.
+The kernel drops the lock when the holder dies, and no child process inherits
+it, so a stale lock never blocks. A lock file someone removed during a run
+cannot give a second run the profile: the catalog keeps each run's
+:class:`Owner` and the engine refuses to start while a running run's owner lives.
 """
 
 from __future__ import annotations
@@ -9,13 +12,17 @@ import fcntl
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from freezeframe.errors import BusyError
 from freezeframe.records import iso
 
-__all__ = ["ProfileLock"]
+__all__ = ["Owner", "ProfileLock"]
+
+#: How often to try again when the lock file was replaced between open and flock.
+_REOPEN_TRIES = 5
 
 
 class ProfileLock:
@@ -28,15 +35,21 @@ class ProfileLock:
         self._fd: int | None = None
 
     def __enter__(self) -> ProfileLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._holder(fd)
-            os.close(fd)
-            raise BusyError(
-                f"profile {self.profile!r} is busy: {holder} holds {self.path}"
-            ) from None
+        for _ in range(_REOPEN_TRIES):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise BusyError(
+                    f"profile {self.profile!r} is busy: {holder} holds {self.path}"
+                ) from None
+            if self._names(fd):
+                break
+            os.close(fd)  # removed or replaced while we locked it: that lock guards nothing
+        else:
+            raise BusyError(f"profile {self.profile!r}: {self.path} keeps being replaced")
         os.ftruncate(fd, 0)
         os.pwrite(
             fd,
@@ -48,6 +61,15 @@ class ProfileLock:
         self._fd = fd
         return self
 
+    def _names(self, fd: int) -> bool:
+        """Whether the lock file's path still names the file ``fd`` has open."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+
     @staticmethod
     def _holder(fd: int) -> str:
         try:
@@ -56,14 +78,58 @@ class ProfileLock:
         except (ValueError, KeyError, OSError):
             return "another process"
 
-    @property
-    def fd(self) -> int | None:
-        """The locked file descriptor (a child given it holds the lock until it closes it)."""
-        return self._fd
-
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:  # no such file in some sandboxes: the start time still tells pids apart
+        return ""
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of ``/proc/PID/stat``: when the process started, in clock ticks since boot
+    (``None`` when there is no such process, or only its zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its last ")"
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):  # dead, not yet reaped by its parent
+        return None
+    return int(fields[22 - 3])
+
+
+@dataclass(frozen=True)
+class Owner:
+    """One process, told apart from any later process that reuses its pid."""
+
+    pid: int
+    boot_id: str
+    start_ticks: int
+
+    @classmethod
+    def of(cls, pid: int) -> Owner | None:
+        """The process ``pid`` now (``None`` when there is none)."""
+        ticks = _start_ticks(pid)
+        return None if ticks is None else cls(pid, _boot_id(), ticks)
+
+    @classmethod
+    def me(cls) -> Owner:
+        """This process."""
+        owner = cls.of(os.getpid())
+        assert owner is not None
+        return owner
+
+    def alive(self) -> bool:
+        """Whether this very process still runs (not merely a process with its pid)."""
+        return Owner.of(self.pid) == self

@@ -12,8 +12,16 @@ deadline, and waits until it says it is armed. It runs every thaw command
 and exits quietly when it reads ``disarm`` (the engine thawed in time).
 Once it has fired, it runs the thaw commands again every quarter second
 until the deadline has passed by :data:`SETTLE` seconds: a freeze command
-the dead process had started may complete after the first thaw. Meanwhile it
-holds the profile's lock (inherited), so no new run can freeze what it thaws.
+the dead process had started may complete after the first thaw. It reports
+its first thaw, then only a late freeze it thawed (a command that failed
+and now succeeds), not every poll.
+
+It inherits no descriptor of the engine (not the profile's lock: a crashed
+run must not keep its profile locked). What the shared lock used to ensure,
+that no new run freezes what this process may still be thawing, the engine
+ensures from the catalog instead: it records this process (pid, boot, start
+time) and the instant its work ends, and the next command's reconcile waits
+for it (:func:`outlive`) before it thaws and lets a new run begin.
 The deadline is an instant of CLOCK_MONOTONIC, which all processes share.
 Thaw commands must hold no secret: they are argv.
 """
@@ -22,7 +30,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -30,8 +40,9 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from freezeframe.errors import QuiesceError
+from freezeframe.lock import Owner
 
-__all__ = ["Watchdog"]
+__all__ = ["Watchdog", "outlive"]
 
 log = logging.getLogger("freezeframe")
 ARM_TIMEOUT = 10.0
@@ -47,13 +58,11 @@ class Watchdog:
         self.proc = proc
 
     @classmethod
-    def start(
-        cls, commands: Sequence[Sequence[str]], deadline: float, *, lock_fd: int | None = None
-    ) -> Watchdog:
+    def start(cls, commands: Sequence[Sequence[str]], deadline: float) -> Watchdog:
         """Start and arm a watchdog for ``commands``; ``deadline`` is a ``time.monotonic()``.
 
-        ``lock_fd``, the profile's locked file, is inherited: the lock is held until
-        the watchdog has exited too.
+        Its work is over by :meth:`until`; record :meth:`owner` so that the next
+        command can wait for it if we die.
         """
         proc = subprocess.Popen(
             [sys.executable, "-m", "freezeframe.watchdog"],
@@ -62,7 +71,7 @@ class Watchdog:
             stderr=None,
             text=True,
             start_new_session=True,  # a Ctrl-C to our process group must not reach it
-            pass_fds=(lock_fd,) if lock_fd is not None else (),
+            close_fds=True,  # above all not the profile's lock
         )
         assert proc.stdin is not None and proc.stdout is not None
         spec = {"deadline": deadline, "commands": [list(c) for c in commands]}
@@ -81,6 +90,16 @@ class Watchdog:
             )
         log.debug("watchdog %d armed for %d command(s)", proc.pid, len(commands))
         return cls(proc)
+
+    def owner(self) -> Owner | None:
+        """The watchdog process as the catalog records it (``None`` if it is gone already)."""
+        return Owner.of(self.proc.pid)
+
+    @staticmethod
+    def until(deadline: float) -> float:
+        """When a watchdog armed with ``deadline`` has stopped thawing, at the latest
+        (its last thaw commands may still run for :data:`THAW_COMMAND_TIMEOUT` each)."""
+        return deadline + SETTLE
 
     def disarm(self) -> None:
         """Tell the watchdog the thaw is done; it exits without running anything."""
@@ -112,22 +131,60 @@ class Watchdog:
         self.disarm()
 
 
-def _thaw(commands: list[list[str]], why: str, *, quiet_unless_done: bool = False) -> None:
+def outlive(owner: Owner, until: float, grace: float = THAW_COMMAND_TIMEOUT) -> str | None:
+    """Wait until the watchdog ``owner`` of a dead run has exited; kill it if it is still
+    there ``grace`` seconds after ``until`` (its deadline + :data:`SETTLE`).
+
+    Returns what happened, for the record (``None`` when it was already gone).
+    """
+    try:
+        pidfd = os.pidfd_open(owner.pid)
+    except ProcessLookupError:
+        return None
+    try:
+        if not owner.alive():  # checked after pidfd_open: the pidfd is that very process
+            return None
+        log.warning("waiting for the watchdog (pid %d) of a dead run to finish thawing", owner.pid)
+        wait = max(0.0, until - time.monotonic()) + grace
+        ready, _, _ = select.select([pidfd], [], [], wait)
+        if ready:
+            return f"waited for its watchdog (pid {owner.pid}) to finish thawing"
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        select.select([pidfd], [], [], 5.0)
+        return f"its watchdog (pid {owner.pid}) was still running {wait:.0f}s later: killed it"
+    finally:
+        os.close(pidfd)
+
+
+def _run_all(commands: list[list[str]]) -> list[str]:
+    """Run every command; returns each one's status ("ok" or why not)."""
+    statuses = []
     for argv in commands:
         try:
             r = subprocess.run(
                 argv, capture_output=True, text=True, timeout=THAW_COMMAND_TIMEOUT, check=False
             )
-            status = "ok" if r.returncode == 0 else f"exit {r.returncode}: {r.stderr.strip()}"
+            statuses.append(
+                "ok" if r.returncode == 0 else f"exit {r.returncode}: {r.stderr.strip()}"
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
-            status = str(e)
-        if quiet_unless_done and status != "ok":
-            continue
-        try:
-            sys.stderr.write(f"freezeframe watchdog: {why}: ran {' '.join(argv)}: {status}\n")
-            sys.stderr.flush()
-        except OSError:
-            pass
+            statuses.append(str(e))
+    return statuses
+
+
+def _say(why: str, argv: list[str], status: str) -> None:
+    try:
+        sys.stderr.write(f"freezeframe watchdog: {why}: ran {' '.join(argv)}: {status}\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
+
+
+def _thaw(commands: list[list[str]], why: str) -> list[str]:
+    statuses = _run_all(commands)
+    for argv, status in zip(commands, statuses, strict=True):
+        _say(why, argv, status)
+    return statuses
 
 
 def _main() -> int:
@@ -157,10 +214,16 @@ def _main() -> int:
         if chunk.strip() == "fire":  # freezeframe lives and waited for its quiesces: once
             _thaw(commands, "freezeframe's own thaw failed")
             return 0
-    _thaw(commands, why)
+    before = _thaw(commands, why)
     while time.monotonic() < deadline + SETTLE:  # a freeze already under way may land late
         time.sleep(0.25)
-        _thaw(commands, f"{why} (a late freeze)", quiet_unless_done=True)
+        now = _run_all(commands)
+        # A thaw that failed (nothing was frozen) and now succeeds undid a late freeze:
+        # worth a line. One that always succeeds (rm -f) tells nothing new each time.
+        for argv, was, status in zip(commands, before, now, strict=True):
+            if status == "ok" and was != "ok":
+                _say(f"{why} (a late freeze)", argv, status)
+        before = now
     return 0
 
 

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,33 @@ def test_quiesce_gives_up_at_the_deadline_when_a_writer_holds_the_lock(tmp_path:
     holder.execute("ROLLBACK")
     holder.close()
     assert writable_within(db, 0.2)
+
+
+def test_interrupt_stops_a_quiesce_waiting_for_a_writer_and_holds_until_unquiesce(
+    tmp_path: Path,
+) -> None:
+    db = make_counter_db(tmp_path / "a.db")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    p = plugin(db)
+    with ThreadPoolExecutor(1) as pool:
+        quiescing = pool.submit(p.quiesce, Deadline.after(60))
+        time.sleep(0.2)  # inside its retry loop, contending with the writer
+        started = time.monotonic()
+        p.interrupt()  # from another thread, as the core calls it
+        error = quiescing.exception(10)
+    assert time.monotonic() - started < 2  # not the 60 s deadline
+    assert isinstance(error, QuiesceError) and "interrupted" in str(error), error
+    p.interrupt()  # before the next quiesce begins: that one gives up too
+    with pytest.raises(QuiesceError, match="interrupted"):
+        p.quiesce(Deadline.after(60))
+    p.unquiesce(())
+    holder.execute("ROLLBACK")
+    holder.close()
+    p.quiesce(Deadline.after(5))  # the request ended with the unquiesce
+    assert not writable_within(db, 0.1)
+    p.unquiesce(())
+    assert writable_within(db, 0.5)
 
 
 def test_lock_ends_when_the_process_holding_it_is_killed(tmp_path: Path) -> None:

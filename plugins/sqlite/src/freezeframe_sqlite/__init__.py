@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
@@ -48,6 +49,11 @@ class SqlitePlugin(ApplicationPlugin):
             raise ConfigError("path", f"{self.path} is not a file")
         self._lock: sqlite3.Connection | None = None
         self._facts: dict[str, Any] = {}
+        # interrupt() comes from another thread: it may touch only these, under _guard,
+        # so it never interrupts a connection that is being closed (use after free).
+        self._guard = threading.Lock()
+        self._interrupted = threading.Event()
+        self._open: list[sqlite3.Connection] = []
 
     def _connect(self, timeout: float, *, read_only: bool = False) -> sqlite3.Connection:
         uri = f"file:{self.path}" + ("?mode=ro" if read_only else "")
@@ -81,16 +87,18 @@ class SqlitePlugin(ApplicationPlugin):
     def quiesce(self, deadline: Deadline) -> None:
         """Hold the write lock; checkpoint every committed WAL frame into the main file."""
         started = time.monotonic()
-        db = self._connect(0)
+        db = self._tracked(self._connect(0))
         self._lock = db
         # SQLite's own busy handler backs off to 100 ms sleeps, and a busy writer that
         # commits back to back takes the lock again in between: it starved us for
         # seconds. Asking every 0.2 ms gets the lock in milliseconds (measured).
         while True:
+            self._check_interrupted()
             try:
                 db.execute("BEGIN IMMEDIATE")
                 break
             except sqlite3.OperationalError as e:
+                self._check_interrupted()
                 if "locked" not in str(e) or deadline.expired():
                     raise QuiesceError(f"{self.path}: could not take the write lock: {e}") from None
                 time.sleep(0.0002)
@@ -102,9 +110,15 @@ class SqlitePlugin(ApplicationPlugin):
             return  # rollback journal: the write lock alone keeps the file complete
         # A checkpoint needs no write lock (PASSIVE); a reader on an old snapshot can hold it
         # back for a moment, so try until the deadline.
-        with closing(self._connect(max(0.001, deadline.remaining()))) as ck:
+        ck = self._tracked(self._connect(max(0.001, deadline.remaining())))
+        try:
             while True:
-                _, log_frames, done = ck.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                self._check_interrupted()
+                try:
+                    _, log_frames, done = ck.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.OperationalError:
+                    self._check_interrupted()
+                    raise
                 if log_frames == done:
                     self._facts["checkpointed_frames"] = done
                     return
@@ -114,17 +128,41 @@ class SqlitePlugin(ApplicationPlugin):
                         "checkpointed before the deadline (a long reader holds an old snapshot)"
                     )
                 time.sleep(0.002)
+        finally:
+            self._close(ck)
+
+    def interrupt(self) -> None:
+        """Stop a quiesce under way: ``sqlite3_interrupt`` on its connections, which SQLite
+        documents as safe from any thread while the connection is open."""
+        with self._guard:
+            self._interrupted.set()
+            for db in self._open:
+                db.interrupt()
 
     def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
         """Release the write lock (idempotent)."""
         db, self._lock = self._lock, None
-        if db is None:
-            return
         try:
-            if db.in_transaction:
+            if db is not None and db.in_transaction:
                 db.execute("ROLLBACK")
         finally:
+            if db is not None:
+                self._close(db)
+            self._interrupted.clear()  # the interrupted quiesce is over
+
+    def _tracked(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        with self._guard:
+            self._open.append(db)
+        return db
+
+    def _close(self, db: sqlite3.Connection) -> None:
+        with self._guard:
+            self._open.remove(db)
             db.close()
+
+    def _check_interrupted(self) -> None:
+        if self._interrupted.is_set():
+            raise QuiesceError(f"{self.path}: quiesce interrupted (the run is stopping)")
 
     def describe(self) -> Mapping[str, Any]:
         """SQLite library version, journal mode, pages and frames checkpointed."""

@@ -19,7 +19,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from freezeframe_testing.plugin import integrity, make_counter_db, read_counter, restored, run_cli
+from freezeframe_testing.plugin import (
+    integrity,
+    make_counter_db,
+    read_counter,
+    restored,
+    run_cli,
+    sqlite_clone_profile,
+)
 
 #: Commits +1 forever, leaving every frame in the WAL (as a busy server between checkpoints).
 WRITER = """
@@ -52,28 +59,13 @@ def test_a_live_sqlite_database_named_with_hash_and_question_mark_is_backed_up_w
     live = tmp_path / "live #dir? x"
     live.mkdir()
     db = make_counter_db(live / "shop#1?x=%41.db")
-    profile = tmp_path / "profile.toml"
-    profile.write_text(f"""
-[profile]
-name = "odd"
-freeze_timeout = "10s"
-state_dir = {json.dumps(str(tmp_path / "state"))}
-
-[[application]]
-plugin = "sqlite"
-name = "shop"
-path = {json.dumps(str(db))}
-
-[[backup]]
-backend = "clone"
-name = "snap"
-dir = {json.dumps(str(tmp_path / "snaps"))}
-
+    archive = f"""
 [[backup]]
 backend = "archive"
 name = "archive"
 dir = {json.dumps(str(tmp_path / "archives"))}
-""")
+"""
+    profile = sqlite_clone_profile(tmp_path, db, name="odd", then=archive)
     made = ["profile.toml", "state", "snaps", "archives"]
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db)])
     try:

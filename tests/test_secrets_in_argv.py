@@ -27,7 +27,13 @@ from typing import ClassVar
 
 import pytest
 
-from freezeframe_testing.plugin import make_counter_db, read_counter, require_tool, restored
+from freezeframe_testing.plugin import (
+    make_counter_db,
+    read_counter,
+    require_tool,
+    restored,
+    sqlite_clone_profile,
+)
 
 PASSWORD = "hunter2-argv-7c1e"  # noqa: S105 - a test's throwaway
 PW_ENV = "FF_TEST_ARGV_PASSWORD"
@@ -99,30 +105,15 @@ def shop(tmp_path: Path) -> Iterator[Path]:
 
 
 def profile(tmp_path: Path, db: Path, backup: str) -> Path:
-    path = tmp_path / "profile.toml"
-    path.write_text(f"""
-[profile]
-name = "argv"
-state_dir = {json.dumps(str(tmp_path / "state"))}
-
-[[application]]
-plugin = "sqlite"
-name = "shop"
-path = {json.dumps(str(db))}
-
-[[backup]]
-backend = "clone"
-name = "snap"
-dir = {json.dumps(str(tmp_path / "snaps"))}
-
+    offsite = f"""
 [[backup]]
 name = "offsite"
 password_env = "{PW_ENV}"
 init = true
 keep = {{ last = 1 }}
 {backup}
-""")
-    return path
+"""
+    return sqlite_clone_profile(tmp_path, db, name="argv", then=offsite)
 
 
 def assert_never_in_argv(runs: list[Spied], tool: str, *secrets: str) -> None:

@@ -237,6 +237,34 @@ def run_cli(
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def sqlite_clone_profile(folder: Path, db: Path, *, name: str, then: str = "") -> Path:
+    """``folder/profile.toml``: the SQLite database ``db`` (application ``shop``), a clone
+    snapshot stage ``snap`` in ``folder/snaps``, then ``then`` (more TOML: the copy stages).
+
+    Paths are written as TOML strings, so any file name works; state goes in ``folder/state``.
+    """
+    path = folder / "profile.toml"
+    path.write_text(f"""
+[profile]
+name = "{name}"
+freeze_timeout = "10s"
+state_dir = {json.dumps(str(folder / "state"))}
+
+[[application]]
+plugin = "sqlite"
+name = "shop"
+path = {json.dumps(str(db))}
+
+[[backup]]
+backend = "clone"
+name = "snap"
+dir = {json.dumps(str(folder / "snaps"))}
+
+{then}
+""")
+    return path
+
+
 @pytest.fixture
 def write_profile(tmp_path: Path) -> Callable[[str, str], Path]:
     """Write a profile (dedented TOML) into the test's folder; returns its path.

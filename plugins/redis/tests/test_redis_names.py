@@ -9,6 +9,7 @@ Read with ``shlex``, that name named no file and every quiesce failed.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,15 +18,10 @@ import pytest
 from freezeframe import Deadline, SnapshotKind, Table
 from freezeframe_redis import RedisPlugin
 from freezeframe_redis._layout import read_manifest, split_args
-from freezeframe_testing.redis_server import RedisServer
+from freezeframe_testing.redis_server import RedisServer, redis_quote
 
 #: An appendfilename with a space, a quote, '#', '?', '%' and non-ASCII letters.
 ODD = "my 'aof' #1?%41 ünï数据.aof"
-
-
-def _quoted(text: str) -> str:
-    """``text`` as one quoted argument of a Redis config line, whatever it holds."""
-    return '"' + "".join(f"\\x{b:02x}" for b in text.encode()) + '"'
 
 
 @pytest.mark.parametrize(
@@ -52,7 +48,9 @@ def test_an_unbalanced_quote_is_refused() -> None:
 def test_an_aof_with_an_odd_name_is_quiesced_and_complete(
     tmp_path: Path, redis_server: Callable[..., RedisServer]
 ) -> None:
-    server = redis_server(persistence="aof", config=[f"appendfilename {_quoted(ODD)}"])
+    data = tmp_path / 'redis #1? it\'s "q" -dir ünï'
+    config = [f"appendfilename {redis_quote(ODD)}"]
+    server = redis_server(data_dir=data, persistence="aof", config=config)
     client = server.client()
     for i in range(100):
         client.set(f"k{i}", i)
@@ -70,3 +68,8 @@ def test_an_aof_with_an_odd_name_is_quiesced_and_complete(
     listed = [f.name for f in read_manifest(aof_dir / f"{ODD}.manifest")]
     assert listed and all(name in names and name.startswith(ODD) for name in listed)
     assert sorted(facts["files"]) == sorted(listed)
+    # restored under a root, and loaded by a temporary redis-server given these names
+    root = tmp_path / "restore #2?"
+    shutil.copytree(aof_dir, root / aof_dir.relative_to("/"))
+    p.prepare_restored(root)
+    p.verify_restored(root)

@@ -21,6 +21,7 @@ from freezeframe_testing.plugin import make_counter_db, read_counter
 
 #: File names that a URI, a shell or an option parser would take for something else.
 NAMES = [
+    "plain.db",
     "shop#1.db",
     "shop?mode=memory.db",
     "100%41.db",
@@ -74,7 +75,9 @@ def test_quiesce_checkpoints_the_file_it_names_and_creates_none(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("name", NAMES, ids=ascii)
-def test_verify_restored_checks_the_restored_file_itself(tmp_path: Path, name: str) -> None:
+def test_verify_restored_checks_the_restored_file_itself_and_finds_damage(
+    tmp_path: Path, name: str
+) -> None:
     live = tmp_path / "live"
     live.mkdir()
     db = make_counter_db(live / name, wal=False)
@@ -87,7 +90,9 @@ def test_verify_restored_checks_the_restored_file_itself(tmp_path: Path, name: s
     restored = p.restored_path(root)
     restored.parent.mkdir(parents=True)
     shutil.copyfile(db, restored)
+    Path(f"{restored}-wal").write_bytes(b"stale")  # a stale WAL from elsewhere must go
     p.prepare_restored(root)
+    assert not Path(f"{restored}-wal").exists()
     p.verify_restored(root)
     with open(restored, "r+b") as f:  # scribble over the middle of the b-tree pages
         f.seek(restored.stat().st_size // 2)

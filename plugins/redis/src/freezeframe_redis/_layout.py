@@ -30,6 +30,7 @@ class AofFile:
 
 _ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
 _HEX = re.compile(rb"[0-9a-fA-F]{2}")
+_SPACE = b" \n\r\t\0"
 
 
 def split_args(line: bytes) -> list[bytes]:
@@ -42,7 +43,7 @@ def split_args(line: bytes) -> list[bytes]:
     out: list[bytes] = []
     i, n = 0, len(line)
     while True:
-        while i < n and line[i] in b" \n\r\t\0":
+        while i < n and line[i] in _SPACE:
             i += 1
         if i == n:
             return out
@@ -50,35 +51,23 @@ def split_args(line: bytes) -> list[bytes]:
         quote = 0
         while i < n:
             c = line[i]
-            if quote == ord('"'):
-                if (
-                    c == ord("\\")
-                    and i + 3 < n
-                    and line[i + 1] == ord("x")
-                    and _HEX.fullmatch(line[i + 2 : i + 4])
-                ):
+            if quote and c == quote:
+                quote = 0
+                if i + 1 < n and line[i + 1] not in _SPACE:
+                    raise ValueError("a closing quote must be followed by a space")
+            elif quote == ord('"') and c == ord("\\") and i + 1 < n:
+                if line[i + 1] == ord("x") and _HEX.fullmatch(line[i + 2 : i + 4]):
                     token.append(int(line[i + 2 : i + 4], 16))
                     i += 3
-                elif c == ord("\\") and i + 1 < n:
+                else:
                     i += 1
                     token += _ESCAPES.get(line[i], bytes([line[i]]))
-                elif c == ord('"'):
-                    quote = 0
-                    if i + 1 < n and line[i + 1] not in b" \n\r\t\0":
-                        raise ValueError("a closing quote must be followed by a space")
-                else:
-                    token.append(c)
-            elif quote == ord("'"):
-                if c == ord("\\") and i + 1 < n and line[i + 1] == ord("'"):
-                    token.append(line[i + 1])
-                    i += 1
-                elif c == ord("'"):
-                    quote = 0
-                    if i + 1 < n and line[i + 1] not in b" \n\r\t\0":
-                        raise ValueError("a closing quote must be followed by a space")
-                else:
-                    token.append(c)
-            elif c in b" \n\r\t\0":
+            elif quote == ord("'") and c == ord("\\") and line[i + 1 : i + 2] == b"'":
+                token.append(line[i + 1])
+                i += 1
+            elif quote:
+                token.append(c)
+            elif c in _SPACE:
                 break
             elif c in b"\"'":
                 quote = c

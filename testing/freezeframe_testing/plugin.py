@@ -161,9 +161,18 @@ class PairWriter(threading.Thread):
             self.error = e
 
 
+def read_only_uri(path: Path) -> str:
+    """A URI that opens the database file ``path`` itself, read-only, leaving nothing beside it.
+
+    The name is percent-escaped (a ``#`` or ``?`` would end it) and ``mode=ro`` never
+    creates a missing file (``sqlite3.OperationalError`` instead).
+    """
+    return f"{Path(path).absolute().as_uri()}?mode=ro&immutable=1"
+
+
 def read_counter(path: Path) -> int:
     """The counter of a database made by :func:`make_counter_db`."""
-    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    db = sqlite3.connect(read_only_uri(path), uri=True)
     try:
         return int(db.execute("SELECT n FROM counter WHERE id=1").fetchone()[0])
     finally:
@@ -172,7 +181,7 @@ def read_counter(path: Path) -> int:
 
 def integrity(path: Path) -> list[str]:
     """``PRAGMA integrity_check`` of a database file (``["ok"]`` when sound)."""
-    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    db = sqlite3.connect(read_only_uri(path), uri=True)
     try:
         return [r[0] for r in db.execute("PRAGMA integrity_check")]
     finally:
@@ -226,6 +235,34 @@ def run_cli(
         env={**os.environ, **(env or {})},
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def sqlite_clone_profile(folder: Path, db: Path, *, name: str, then: str = "") -> Path:
+    """``folder/profile.toml``: the SQLite database ``db`` (application ``shop``), a clone
+    snapshot stage ``snap`` in ``folder/snaps``, then ``then`` (more TOML: the copy stages).
+
+    Paths are written as TOML strings, so any file name works; state goes in ``folder/state``.
+    """
+    path = folder / "profile.toml"
+    path.write_text(f"""
+[profile]
+name = "{name}"
+freeze_timeout = "10s"
+state_dir = {json.dumps(str(folder / "state"))}
+
+[[application]]
+plugin = "sqlite"
+name = "shop"
+path = {json.dumps(str(db))}
+
+[[backup]]
+backend = "clone"
+name = "snap"
+dir = {json.dumps(str(folder / "snaps"))}
+
+{then}
+""")
+    return path
 
 
 @pytest.fixture

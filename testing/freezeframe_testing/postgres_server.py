@@ -96,7 +96,9 @@ class PgServer:
 
     def dsn(self, user: str = PG_USER, dbname: str = "postgres") -> str:
         """A libpq connection string to this server, through its private socket."""
-        return f"host={self.socket_dir} port={self.port} user={user} dbname={dbname}"
+        from psycopg.conninfo import make_conninfo  # quotes what libpq would split
+
+        return make_conninfo(host=str(self.socket_dir), port=self.port, user=user, dbname=dbname)
 
     def connect(self, user: str = PG_USER, dbname: str = "postgres", **kwargs: Any) -> Any:
         """A psycopg connection in autocommit mode."""
@@ -104,7 +106,7 @@ class PgServer:
 
         return psycopg.connect(self.dsn(user, dbname), autocommit=True, **kwargs)
 
-    def sql(self, query: str, params: Sequence[Any] = (), dbname: str = "postgres") -> list[Any]:
+    def sql(self, query: Any, params: Sequence[Any] = (), dbname: str = "postgres") -> list[Any]:
         """Run one statement as the superuser; its rows (empty for a command)."""
         with self.connect(dbname=dbname) as conn:
             cur = conn.execute(query, params)
@@ -310,7 +312,9 @@ def create_bank(server: PgServer, tablespace: Path | None = None) -> None:
     """``accounts`` (10 accounts of 1000: the total never changes) and ``ledger`` (1, 2, 3,
     ... with no gap: one row per committed transfer), in ``tablespace`` when given."""
     if tablespace is not None:
-        server.sql(f"CREATE TABLESPACE bank_ts LOCATION '{tablespace}'")
+        from psycopg import sql
+
+        server.sql(sql.SQL("CREATE TABLESPACE bank_ts LOCATION {}").format(str(tablespace)))
     where = " TABLESPACE bank_ts" if tablespace is not None else ""
     server.sql("CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)")
     server.sql(

@@ -118,6 +118,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def redis_quote(text: str) -> str:
+    """``text`` as one argument of a Redis config line, whatever it holds (each byte as
+    ``\\xHH`` in double quotes: a space, a quote or a ``#`` would end it otherwise)."""
+    return '"' + "".join(f"\\x{b:02x}" for b in os.fsencode(text)) + '"'
+
+
 def _config(
     data_dir: Path,
     run_dir: Path,
@@ -131,15 +137,15 @@ def _config(
         "bind 127.0.0.1",
         f"unixsocket {run_dir / 'redis.sock'}",
         "unixsocketperm 700",
-        f'dir "{data_dir}"',
+        f"dir {redis_quote(str(data_dir))}",
         "daemonize no",
-        f'logfile "{run_dir / "redis.log"}"',
+        f"logfile {redis_quote(str(run_dir / 'redis.log'))}",
         "always-show-logo no",
         "save " + ('""' if persistence in ("aof", "none") else "3600 1 300 100 60 10000"),
         "appendonly " + ("yes" if persistence in ("aof", "both") else "no"),
     ]
     if password is not None:
-        lines.append(f'requirepass "{password}"')
+        lines.append(f"requirepass {redis_quote(password)}")
     return [*lines, *extra]
 
 

@@ -51,6 +51,10 @@ SHORT_TIMEOUT = 300.0
 #: a stale lock: a long wait makes recovering from a killed borg slow.
 LOCK_WAIT = 10.0
 _REMOTE = re.compile(r"^(ssh://|[^/]*:)")
+#: A password in a URL's authority (``ssh://user:PW@host/``).
+_CREDENTIALS = re.compile(r"://[^/@:]*:[^/]*@")
+#: The repository (``BORG_REPO``) where borg wants a repository; ``::NAME`` for an archive.
+_REPO = "::"
 
 
 def _why(e: ToolError) -> str:
@@ -90,6 +94,13 @@ class BorgBackend(Backend):
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
         raw: str = table.get_str("repository")
+        if _CREDENTIALS.search(raw):
+            raise ConfigError(
+                "repository",
+                "holds a password, and secrets never sit in a profile (ssh takes none from a "
+                "URL): let ssh log in with a key (ssh_command, an ssh config); the passphrase "
+                "goes in password_env or password_file",
+            )
         self.local: Path | None = None
         if _REMOTE.match(raw) and not raw.startswith(("/", "./", "../", "~")):
             self.repository = raw
@@ -97,6 +108,8 @@ class BorgBackend(Backend):
             path = Path(raw).expanduser()
             self.local = path if path.is_absolute() else (table.base_dir / path).resolve()
             self.repository = str(self.local)
+        if "::" in self.repository:  # borg splits REPOSITORY::ARCHIVE there, BORG_REPO too
+            raise ConfigError("repository", "borg cannot use a repository whose path holds '::'")
         secret = table.get_secret("password")
         if secret is None:
             raise ConfigError(
@@ -127,7 +140,9 @@ class BorgBackend(Backend):
     def _env(self, *, new: bool = False) -> dict[str, str]:
         # BORG_PASSPHRASE wins over BORG_PASSCOMMAND and BORG_PASSPHRASE_FD in borg.
         # BatchMode: ssh never asks for a password or a host key on a terminal.
+        # The repository goes in BORG_REPO, never argv, where every user sees it (`ps`).
         env = {
+            "BORG_REPO": self.repository,
             "BORG_PASSPHRASE": self._secret.reveal(),
             "BORG_RSH": shlex.join([*self.ssh, "-o", "BatchMode=yes"]),
             "BORG_RELOCATED_REPO_ACCESS_IS_OK": "no",
@@ -188,7 +203,7 @@ class BorgBackend(Backend):
 
     def _archives(self) -> list[dict[str, Any]]:
         """The repository's archives (name, id, time)."""
-        out = self._borg("list", self._argv("list", "--json", self.repository)).stdout
+        out = self._borg("list", self._argv("list", "--json", _REPO)).stdout
         try:
             return list(json.loads(out)["archives"])
         except (ValueError, KeyError, TypeError):
@@ -211,7 +226,7 @@ class BorgBackend(Backend):
             self._init()
             return
         try:
-            self._borg("open", self._argv("list", "--last", "1", "--short", self.repository))
+            self._borg("open", self._argv("list", "--last", "1", "--short", _REPO))
         except ToolError as opened:
             if not self.init:
                 hint = " (set init = true to create it)" if "does not exist" in str(opened) else ""
@@ -229,7 +244,7 @@ class BorgBackend(Backend):
     def _init(self) -> None:
         self._borg(
             "init",
-            self._argv("init", "--encryption", "repokey", "--make-parent-dirs", self.repository),
+            self._argv("init", "--encryption", "repokey", "--make-parent-dirs", _REPO),
             new=True,
         )
         log.info("stage %s: created borg repository %s", self.name, self.repository)
@@ -258,7 +273,7 @@ class BorgBackend(Backend):
                     self.compression,
                     "--comment",
                     f"freezeframe profile {context.profile} stage {self.name} run {context.run_id}",
-                    f"{self.repository}::{name}",
+                    f"{_REPO}{name}",
                     "--",
                 )
                 started = True
@@ -312,7 +327,7 @@ class BorgBackend(Backend):
         deletes the segments a killed borg wrote without committing them."""
         try:
             if not self._discard(run_id):
-                self._borg("compact", self._argv("compact", self.repository), timeout=self.timeout)
+                self._borg("compact", self._argv("compact", _REPO), timeout=self.timeout)
         except Exception as e:  # the backup's own error matters more; discard runs again later
             log.warning("stage %s: could not clean up after run %s: %s", self.name, run_id, e)
 
@@ -335,7 +350,7 @@ class BorgBackend(Backend):
                 folder.chmod(0o755)  # whatever the umask
         self._borg(
             "extract",
-            self._argv("extract", "--sparse", f"{self.repository}::{artifact.id}"),
+            self._argv("extract", "--sparse", f"{_REPO}{artifact.id}"),
             timeout=self.timeout,
             cwd=target,
         )
@@ -354,7 +369,7 @@ class BorgBackend(Backend):
         args = ["--verify-data"] if self.verify_data == "all" else []
         self._borg(
             "check",
-            self._argv("check", *args, f"{self.repository}::{artifact.id}"),
+            self._argv("check", *args, f"{_REPO}{artifact.id}"),
             timeout=self.timeout,
         )
 
@@ -377,7 +392,7 @@ class BorgBackend(Backend):
     def _delete(self, names: Sequence[str]) -> None:
         if not names:  # `borg delete REPO` without names would delete the repository
             return
-        argv = self._argv("delete", self.repository, *names)
+        argv = self._argv("delete", _REPO, *names)
         result = self._borg("delete", argv, timeout=self.timeout, check=False)
         if result.returncode not in (0, 1):  # 1: a warning, such as "Archive X not found"
             e = ToolError("", result.returncode, result.stderr)
@@ -386,7 +401,7 @@ class BorgBackend(Backend):
                 result.returncode,
                 result.stderr,
             )
-        self._borg("compact", self._argv("compact", self.repository), timeout=self.timeout)
+        self._borg("compact", self._argv("compact", _REPO), timeout=self.timeout)
 
     def discard(self, run_id: str) -> None:
         """Delete the archive (or checkpoint archives) a failed or crashed run left.

@@ -49,7 +49,8 @@ MIN_VERSION = (0, 14)
 SHORT_TIMEOUT = 300.0
 _VERIFY_DATA = re.compile(r"^(all|none|\d+(\.\d+)?%|\d+/\d+|\d+[kKmMgGtT]?)$")
 _REMOTE = re.compile(r"^(sftp|rest|s3|b2|azure|gs|swift|rclone):")
-_CREDENTIALS = re.compile(r"(://[^/@:]*:)[^/@]*@")
+#: A password in a URL's authority (``rest:https://user:PW@host/``), up to its last "@".
+_CREDENTIALS = re.compile(r"(://[^/@:]*:)[^/]*@")
 
 
 class _Stall:
@@ -89,8 +90,12 @@ def _display(repository: str) -> str:
 
 
 def _why(e: ToolError) -> str:
-    """One line from what restic said on stderr: ssh's complaint, the first error, the fatal one."""
-    lines = [line.strip() for line in e.stderr.splitlines() if line.strip()]
+    """One line from what restic said on stderr: ssh's complaint, the first error, the fatal one.
+
+    restic repeats the repository in some errors (``create repository at … failed``):
+    a password in it is hidden.
+    """
+    lines = [_display(line.strip()) for line in e.stderr.splitlines() if line.strip()]
     ssh = [line for line in lines if line.startswith("subprocess ssh:")]
     fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal:")), None)
     parts = []
@@ -172,7 +177,31 @@ class ResticBackend(Backend):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        raw: str = table.get_str("repository")
+        raw: str | None = table.get_str("repository", None)
+        #: The repository itself as a secret (``repository_env``/``repository_file``): a URL
+        #: that holds the credentials of a REST server, say.
+        self._repository_secret: Secret | None = table.get_secret("repository")
+        if raw is not None and self._repository_secret is not None:
+            field = "repository_env" if "repository_env" in table else "repository_file"
+            raise ConfigError(field, 'give either "repository" or this, not both')
+        if raw is None:
+            if self._repository_secret is None:
+                raise ConfigError(
+                    "repository", 'missing (required; or "repository_env"/"repository_file")'
+                )
+            raw = self._repository_secret.reveal().strip()
+            if not raw:
+                raise ConfigError(
+                    "repository_env" if "repository_env" in table else "repository_file",
+                    f"the repository from {self._repository_secret.source} is empty",
+                )
+        elif _CREDENTIALS.search(raw):
+            raise ConfigError(
+                "repository",
+                "holds a password, and secrets never sit in a profile: put the whole "
+                "repository in a file named by repository_file (mode 0600) or in a variable "
+                "named by repository_env",
+            )
         self.local: Path | None = None
         if _REMOTE.match(raw):
             self.repository = raw
@@ -221,19 +250,23 @@ class ResticBackend(Backend):
     # -- running restic ------------------------------------------------------------
     def _env(self) -> dict[str, str]:
         # restic reads the profile's password file itself; a password from the environment
-        # goes in RESTIC_PASSWORD. Empty values switch off what the caller's environment
-        # might set instead.
+        # goes in RESTIC_PASSWORD. The repository goes in the environment too, never argv,
+        # where every user sees it (`ps`); a remote one from repository_file is read by
+        # restic itself. Empty values switch off what the caller's environment might set.
         file = self._secret.file
+        where = self._repository_secret.file if self._repository_secret else None
+        if self.local is not None:
+            where = None  # resolved here from the profile's folder: restic gets the result
         return {
             "RESTIC_PASSWORD": "" if file else self._secret.reveal(),
             "RESTIC_PASSWORD_FILE": str(file) if file else "",
             "RESTIC_PASSWORD_COMMAND": "",
-            "RESTIC_REPOSITORY": "",
-            "RESTIC_REPOSITORY_FILE": "",
+            "RESTIC_REPOSITORY": "" if where else self.repository,
+            "RESTIC_REPOSITORY_FILE": str(where) if where else "",
         }
 
     def _argv(self, *args: str) -> list[str]:
-        argv = [find_tool("restic"), "--repo", self.repository]
+        argv = [find_tool("restic")]
         if self.sftp_argv:
             command = " ".join(_quote(a) for a in self.sftp_argv)
             argv += ["--option", f"sftp.command={command}"]
@@ -274,7 +307,9 @@ class ResticBackend(Backend):
             if self.sftp_argv and "sftp session" in e.stderr and "subprocess ssh:" not in e.stderr:
                 why = f"{self._ssh_trouble()}; {why}"
             raise ToolError(
-                f"restic {what} ({_display(self.repository)}): {why}", e.returncode, e.stderr
+                f"restic {what} ({_display(self.repository)}): {why}",
+                e.returncode,
+                _display(e.stderr),
             ) from None
 
     def _full_disk_watch(self) -> Callable[[], str | None] | None:
@@ -377,7 +412,7 @@ class ResticBackend(Backend):
 
     def _init(self) -> None:
         self._restic("init", self._argv("init"))
-        log.info("stage %s: created restic repository %s", self.name, self.repository)
+        log.info("stage %s: created restic repository %s", self.name, _display(self.repository))
         self._listed = []
         self._ready = True
 
@@ -487,7 +522,9 @@ class ResticBackend(Backend):
         err = ToolError("", result.returncode, result.stderr)
         why = _why(err) if result.stderr.strip() else (errors[0] if errors else "no message")
         return ToolError(
-            f"{where} failed (exit {result.returncode}): {why}", result.returncode, result.stderr
+            f"{where} failed (exit {result.returncode}): {why}",
+            result.returncode,
+            _display(result.stderr),
         )
 
     def _clean_up(self, run_id: str) -> None:

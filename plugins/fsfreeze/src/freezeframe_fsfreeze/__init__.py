@@ -11,6 +11,7 @@ dies or the deadline passes.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,12 +115,18 @@ def _fstype(mountpoint: Path) -> str:
         with open("/proc/self/mounts") as f:
             for line in f:
                 fields = line.split()
-                target = fields[1].replace("\\040", " ")
+                target = _unescape(fields[1])
                 if Path(target) == mountpoint and len(target) >= len(best[0]):
                     best = (target, fields[2])
     except OSError:
         pass
     return best[1]
+
+
+def _unescape(field: str) -> str:
+    """A path as the kernel writes it in a mount table: space, tab, newline and
+    backslash as three octal digits (``\\040``, ``\\011``, ``\\012``, ``\\134``)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
 @hookimpl

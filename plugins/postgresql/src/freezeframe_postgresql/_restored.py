@@ -34,8 +34,10 @@ __all__ = ["data_dirs_below", "find_pg_ctl", "make_startable", "start_and_query"
 #: How long the temporary server may take to recover and accept connections.
 START_TIMEOUT = 600
 STOP_TIMEOUT = 120
-#: Characters pg_ctl passes through its shell command line unharmed.
-_SAFE = re.compile(r"^[A-Za-z0-9_./+=:,@%-]+$")
+#: What pg_ctl cannot pass: it starts the server through ``/bin/sh -c`` with the data
+#: directory inside double quotes, where these stay special (and control characters
+#: have no place in a path a server is started on). Spaces, ``#``, ``'`` and the rest are fine.
+_SHELL_SPECIAL = re.compile(r'["$`\\\x00-\x1f\x7f]')
 
 
 def data_dirs_below(root: Path) -> list[Path]:
@@ -215,8 +217,11 @@ def start_and_query(
         raise FreezeframeError(
             f"{data_dir} belongs to uid {st.st_uid}, which has no user"
         ) from None
-    if not _SAFE.match(str(data_dir)):
-        raise FreezeframeError(f"{data_dir}: pg_ctl cannot be given a path with these characters")
+    if found := _SHELL_SPECIAL.search(str(data_dir)):
+        raise FreezeframeError(
+            f"{str(data_dir)!r}: pg_ctl cannot start a server on a path holding {found[0]!r} "
+            "(restore to another folder)"
+        )
     major = _major(data_dir)
     pg_ctl = find_pg_ctl(major, bin_dir)
     env = {name: "" for name in hide}

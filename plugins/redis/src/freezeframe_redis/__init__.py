@@ -369,7 +369,11 @@ class RedisPlugin(ApplicationPlugin):
         for f in history:
             (layout.aof_dir / f.name).unlink(missing_ok=True)
         tmp = layout.manifest.with_name(layout.manifest.name + ".tmp")
-        tmp.write_text("".join(f"{f.line}\n" for f in entries if f.type != "h"), encoding="utf-8")
+        tmp.write_text(
+            "".join(f"{f.line}\n" for f in entries if f.type != "h"),
+            encoding="utf-8",
+            errors="surrogateescape",
+        )
         fsync_path(tmp)
         tmp.replace(layout.manifest)
         fsync_path(layout.aof_dir)

@@ -11,11 +11,11 @@ history files of earlier rewrites (type ``h``, not needed to load).
 from __future__ import annotations
 
 import os
-import shlex
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-__all__ = ["AofFile", "Layout", "fsync_path", "read_manifest"]
+__all__ = ["AofFile", "Layout", "fsync_path", "read_manifest", "split_args"]
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,66 @@ class AofFile:
     line: str
 
 
+_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
+_HEX = re.compile(rb"[0-9a-fA-F]{2}")
+_SPACE = b" \n\r\t\0"
+
+
+def split_args(line: bytes) -> list[bytes]:
+    """``line`` split as Redis splits its config and manifest lines (``sdssplitargs``).
+
+    Redis quotes a file name that holds a space, a quote or a byte outside
+    printable ASCII, escaping such bytes as ``\\xHH``: ``"my aof \\xc3\\xa9.aof"``.
+    ``shlex`` knows no ``\\x``. ``ValueError`` for an unbalanced quote.
+    """
+    out: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in _SPACE:
+            i += 1
+        if i == n:
+            return out
+        token = bytearray()
+        quote = 0
+        while i < n:
+            c = line[i]
+            if quote and c == quote:
+                quote = 0
+                if i + 1 < n and line[i + 1] not in _SPACE:
+                    raise ValueError("a closing quote must be followed by a space")
+            elif quote == ord('"') and c == ord("\\") and i + 1 < n:
+                if line[i + 1] == ord("x") and _HEX.fullmatch(line[i + 2 : i + 4]):
+                    token.append(int(line[i + 2 : i + 4], 16))
+                    i += 3
+                else:
+                    i += 1
+                    token += _ESCAPES.get(line[i], bytes([line[i]]))
+            elif quote == ord("'") and c == ord("\\") and line[i + 1 : i + 2] == b"'":
+                token.append(line[i + 1])
+                i += 1
+            elif quote:
+                token.append(c)
+            elif c in _SPACE:
+                break
+            elif c in b"\"'":
+                quote = c
+            else:
+                token.append(c)
+            i += 1
+        if quote:
+            raise ValueError("unbalanced quotes")
+        out.append(bytes(token))
+
+
 def read_manifest(path: Path) -> list[AofFile]:
     """The files an AOF manifest lists; ``ValueError`` if it is not one Redis 7 wrote."""
     files = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for raw_bytes in path.read_bytes().splitlines():
+        raw = raw_bytes.decode("utf-8", "surrogateescape")
         if not raw.strip() or raw.startswith("#"):
             continue
         try:
-            tokens = shlex.split(raw)
+            tokens = [os.fsdecode(t) for t in split_args(raw_bytes)]
         except ValueError:
             raise ValueError(f"{path}: unreadable line {raw!r}") from None
         if len(tokens) % 2:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from freezeframe import (
     ApplicationPlugin,
@@ -56,10 +57,19 @@ class SqlitePlugin(ApplicationPlugin):
         self._open: list[sqlite3.Connection] = []
 
     def _connect(self, timeout: float, *, read_only: bool = False) -> sqlite3.Connection:
-        uri = f"file:{self.path}" + ("?mode=ro" if read_only else "")
-        return sqlite3.connect(
-            uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
-        )
+        # Never mode=rwc: a database that has gone must fail the run, not come back empty.
+        uri = _uri(self.path, mode="ro" if read_only else "rw")
+        try:
+            return sqlite3.connect(
+                uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.OperationalError:
+            if not self.path.is_file():
+                raise FreezeframeError(
+                    f"application {self.name!r}: {self.path} does not exist "
+                    "(freezeframe never creates a database)"
+                ) from None
+            raise
 
     def check(self) -> None:
         """The file is a SQLite database we may lock."""
@@ -196,7 +206,17 @@ class SqlitePlugin(ApplicationPlugin):
     @staticmethod
     def _connect_file(path: Path) -> sqlite3.Connection:
         # immutable: a check must not leave -wal/-shm files beside the restored copy
-        return sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None)
+        return sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True, isolation_level=None)
+
+
+def _uri(path: Path, **params: str) -> str:
+    """A ``file:`` URI that names ``path`` and nothing else.
+
+    Unescaped, SQLite would end the name at a ``#`` or ``?`` (opening, and
+    creating, ``/srv/shop`` for ``/srv/shop#1.db``) and decode a ``%41``:
+    ``as_uri`` percent-escapes every such byte.
+    """
+    return f"{path.absolute().as_uri()}?{urlencode(params)}"
 
 
 @hookimpl

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,6 +192,39 @@ BAD = {
         'path="/nonexistent/x.db"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"',
         'field "path": /nonexistent/x.db does not exist',
     ),
+    # numbers a run cannot use are refused when the profile loads, not by every run
+    "threads beyond zstd": (
+        '[profile]\nname="x"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"\n'
+        '[[backup]]\nbackend="archive"\nname="a"\ndir="/tmp/a"\nthreads=1000000000000000000',
+        "[[backup]] 'a': field \"threads\": must be at most 256, got 1000000000000000000",
+    ),
+    "freeze_timeout over a day": (
+        '[profile]\nname="x"\nfreeze_timeout="25h"\n[[backup]]\nbackend="clone"\nname="s"\n'
+        'dir="/tmp/s"',
+        'field "freeze_timeout": a duration must be at most 1 day',
+    ),
+    "hex integer of 3000 digits": (
+        '[profile]\nname="x"\nfreeze_timeout=0x' + "f" * 3000 + '\n[[backup]]\nbackend="clone"'
+        '\nname="s"\ndir="/tmp/s"',
+        'field "freeze_timeout": a duration must be at most 1 day',
+    ),
+    "keep of 3000 digits": (
+        '[profile]\nname="x"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"\n'
+        "keep={last=0x" + "f" * 3000 + "}",
+        'field "keep.last": must be at most 1000000',
+    ),
+    "integer of 5000 digits": (
+        '[profile]\nname="x"\nfreeze_timeout=' + "9" * 5000,
+        "invalid TOML: an integer of more than 4300 digits",
+    ),
+    "arrays nested too deeply": (
+        '[profile]\nname="x"\nx=' + "[" * 5000 + "]" * 5000,
+        "invalid TOML: arrays or tables nested too deeply",
+    ),
+    "tables nested too deeply": (
+        '[profile]\nname="x"\nx=' + "{a=" * 5000 + "1" + "}" * 5000,
+        "invalid TOML: arrays or tables nested too deeply",
+    ),
 }
 
 
@@ -207,6 +244,63 @@ def test_bad_input_is_one_line_exit_2_naming_file_and_field(
     assert len(lines) == 1, lines
     assert str(profile) in lines[0] and expected in lines[0], lines[0]
     assert not (tmp_path / "st").exists()  # nothing was started, nothing written
+
+
+def _check_in_1_gib(path: Path) -> subprocess.CompletedProcess[str]:
+    """``freezeframe check PATH`` with 1 GiB of address space: reading /dev/zero whole
+    ends in MemoryError instead of eating the machine's memory."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    return subprocess.run(
+        [sys.executable, "-m", "freezeframe", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a FIFO read without O_NONBLOCK waits here for ever
+        preexec_fn=limit,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("fifo", "is a FIFO (named pipe), not a regular file"),
+        ("/dev/zero", "is a character device, not a regular file"),
+        ("directory", "is a directory, not a regular file"),
+        ("1 MiB + 1", "is larger than 1 MiB"),
+    ],
+)
+def test_a_profile_that_is_not_a_small_regular_file_is_refused_unread(
+    tmp_path: Path, kind: str, message: str
+) -> None:
+    path = tmp_path / "p.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "/dev/zero":
+        path = Path("/dev/zero")
+    else:  # a valid profile, padded with a comment to one byte over the limit
+        text = '[profile]\nname="x"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"\n#'
+        path.write_text(text + "x" * ((1 << 20) + 1 - len(text)))
+    r = _check_in_1_gib(path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines == [f"freezeframe: error: {path}: {message}"]
+
+
+def test_a_symlinked_profile_up_to_1_mib_is_read(tmp_path: Path) -> None:
+    text = (
+        f'[profile]\nname="x"\nstate_dir="{tmp_path}/st"\n'
+        f'[[backup]]\nbackend="clone"\nname="s"\ndir="{tmp_path}/s"\n#'
+    )
+    real = tmp_path / "real.toml"
+    real.write_text(text + "x" * ((1 << 20) - len(text)))
+    (tmp_path / "link.toml").symlink_to(real)
+    r = run_cli("check", tmp_path / "link.toml")
+    assert r.returncode == 0, r.stderr
 
 
 def test_bad_input_with_json_prints_the_error_as_json(tmp_path: Path) -> None:

@@ -281,6 +281,8 @@ def test_application_not_an_array_of_tables(
         ("0", "greater than zero"),
         ("-1", "greater than zero"),
         ("true", "expected a duration"),
+        ('"25h"', "a duration must be at most 1 day"),
+        ("0x" + "f" * 300, "a duration must be at most 1 day"),
     ],
 )
 def test_bad_freeze_timeout(
@@ -522,6 +524,7 @@ def test_source_on_a_snapshot_stage(
         ("{ forever = 3 }", "keep.forever", "unknown rule"),
         ("{ last = -1 }", "keep.last", "expected a whole number >= 0"),
         ("{ last = 0, daily = 0 }", "keep", "keeps nothing"),
+        ("{ last = 1000001 }", "keep.last", "must be at most 1000000"),
         ("7", "keep", "expected a table, got an integer"),
     ],
 )

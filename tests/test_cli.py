@@ -329,7 +329,7 @@ def one_error(stderr: str) -> str:
 
 
 def test_a_run_killed_while_frozen_shows_its_freeze_window_as_unknown(tmp_path: Path, shop) -> None:
-    profile, db = shop
+    profile, _ = shop
     assert run_cli("backup", profile).returncode == 0
     # killed inside the window: quiesced, snapshot begun, never thawed
     r = run_cli("backup", profile, env={"FREEZEFRAME_FAULT": "sigkill@stage.start.snap"})
@@ -390,7 +390,7 @@ def _damage(catalog: Path) -> None:
 def test_a_damaged_catalog_fails_the_backup_in_one_line_and_is_left_as_it_is(
     tmp_path: Path, shop
 ) -> None:
-    profile, db = shop
+    profile, _ = shop
     for _ in range(3):
         assert run_cli("backup", profile).returncode == 0
     catalog = tmp_path / "state" / "shop" / "catalog.sqlite"
@@ -411,7 +411,7 @@ def test_a_damaged_catalog_fails_the_backup_in_one_line_and_is_left_as_it_is(
 
 
 def test_a_truncated_catalog_warns_and_turns_retention_off_until_told(tmp_path: Path, shop) -> None:
-    profile, db = shop  # the archive stage keeps the last 2
+    profile, _ = shop  # the archive stage keeps the last 2
     for _ in range(3):
         assert run_cli("backup", profile).returncode == 0
     old = sorted((tmp_path / "archives").iterdir())

@@ -342,6 +342,21 @@ def test_invalid_application_name(
     assert "'bad name' is not a valid name" in line
 
 
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("0x" + "f" * 4000, "a number of more than 19 digits"),  # its repr raises ValueError
+        ('"' + "x" * 5000 + '"', "'" + "x" * 76 + "..."),
+    ],
+)
+def test_an_invalid_name_is_shown_cut_short(
+    write_profile: WriteProfile, registry: Registry, db: Path, name: str, shown: str
+) -> None:
+    path = write_profile(HEAD + app(db).replace('name = "orders"', f"name = {name}") + SNAP)
+    line = one_problem(path, registry)
+    assert f'field "name": {shown} is not a valid name' in line and len(line) < 400
+
+
 def test_missing_required_field(write_profile: WriteProfile, registry: Registry) -> None:
     path = write_profile(HEAD + '[[application]]\nplugin = "sqlite"\nname = "orders"\n' + SNAP)
     assert one_problem(path, registry) == (

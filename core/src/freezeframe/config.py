@@ -25,6 +25,7 @@ __all__ = [
     "SECRET_FILE_LIMIT",
     "Secret",
     "Table",
+    "brief",
     "parse_duration",
     "read_regular_file",
 ]
@@ -51,11 +52,16 @@ def _days(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def _shown(value: object) -> str:
-    """``value`` for a message: an integer of hundreds of digits is not worth a screenful."""
+def brief(value: object) -> str:
+    """``value`` for a one-line message: cut short, and never an integer of thousands of
+    digits (whose ``repr`` raises ``ValueError`` past 4300 of them)."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
         return "a number of more than 19 digits"
-    return repr(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def parse_duration(value: object, *, maximum: float = _LONGEST) -> float:
@@ -70,7 +76,7 @@ def parse_duration(value: object, *, maximum: float = _LONGEST) -> float:
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
-        raise ValueError(f'expected a duration such as "10s" or "500ms", got {_shown(value)}')
+        raise ValueError(f'expected a duration such as "10s" or "500ms", got {brief(value)}')
     if seconds <= 0 or (not math.isfinite(seconds) and not isinstance(value, int)):
         raise ValueError("a duration must be a finite number greater than zero")
     if seconds > maximum:
@@ -234,9 +240,9 @@ class Table:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(key, f"expected an integer, got {self._kind(value)}")
         if minimum is not None and value < minimum:
-            raise ConfigError(key, f"must be at least {minimum}, got {_shown(value)}")
+            raise ConfigError(key, f"must be at least {minimum}, got {brief(value)}")
         if value > maximum:
-            raise ConfigError(key, f"must be at most {maximum}, got {_shown(value)}")
+            raise ConfigError(key, f"must be at most {maximum}, got {brief(value)}")
         return value
 
     def get_bool(self, key: str, default: bool) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from freezeframe.components import ApplicationPlugin, Backend, Role
-from freezeframe.config import Table, read_regular_file
+from freezeframe.config import Table, brief, read_regular_file
 from freezeframe.errors import ConfigError, PluginError, ProfileError
 from freezeframe.registry import ComponentInfo, Registry
 from freezeframe.retention import KeepPolicy
@@ -187,7 +187,7 @@ class _Loader:
         if not isinstance(value, str) or not _NAME.match(value):
             self.problem(
                 where,
-                f'field "{field}": {value!r} is not a valid name '
+                f'field "{field}": {brief(value)} is not a valid name '
                 "(letters, digits, '.', '_', '-'; at most 64)",
             )
             return None

@@ -217,7 +217,7 @@ class Table:
         value: str = self.get_str(key, default)
         if value not in choices:
             raise ConfigError(
-                key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}"
+                key, f"expected one of {', '.join(map(repr, choices))}, got {brief(value)}"
             )
         return value
 

@@ -413,7 +413,7 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
         if isinstance(e, OSError):  # a file the user can fix (a read-only or full disk)
             if args.debug:
                 traceback.print_exception(e)
-            e = FreezeframeError(f"{e.filename}: {e.strerror}")
+            e = FreezeframeError(f"{e.filename}: {e.strerror or e}")
         lines = e.problems if isinstance(e, ProfileError) else [str(e)]
         if args.json:
             json.dump(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,6 +192,39 @@ BAD = {
         'path="/nonexistent/x.db"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"',
         'field "path": /nonexistent/x.db does not exist',
     ),
+    # numbers a run cannot use are refused when the profile loads, not by every run
+    "threads beyond zstd": (
+        '[profile]\nname="x"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"\n'
+        '[[backup]]\nbackend="archive"\nname="a"\ndir="/tmp/a"\nthreads=1000000000000000000',
+        "[[backup]] 'a': field \"threads\": must be at most 256, got 1000000000000000000",
+    ),
+    "freeze_timeout over a day": (
+        '[profile]\nname="x"\nfreeze_timeout="25h"\n[[backup]]\nbackend="clone"\nname="s"\n'
+        'dir="/tmp/s"',
+        'field "freeze_timeout": a duration must be at most 1 day',
+    ),
+    "hex integer of 3000 digits": (
+        '[profile]\nname="x"\nfreeze_timeout=0x' + "f" * 3000 + '\n[[backup]]\nbackend="clone"'
+        '\nname="s"\ndir="/tmp/s"',
+        'field "freeze_timeout": a duration must be at most 1 day',
+    ),
+    "keep of 3000 digits": (
+        '[profile]\nname="x"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"\n'
+        "keep={last=0x" + "f" * 3000 + "}",
+        'field "keep.last": must be at most 1000000',
+    ),
+    "integer of 5000 digits": (
+        '[profile]\nname="x"\nfreeze_timeout=' + "9" * 5000,
+        "invalid TOML: an integer of more than 4300 digits",
+    ),
+    "arrays nested too deeply": (
+        '[profile]\nname="x"\nx=' + "[" * 5000 + "]" * 5000,
+        "invalid TOML: arrays or tables nested too deeply",
+    ),
+    "tables nested too deeply": (
+        '[profile]\nname="x"\nx=' + "{a=" * 5000 + "1" + "}" * 5000,
+        "invalid TOML: arrays or tables nested too deeply",
+    ),
 }
 
 
@@ -209,6 +246,63 @@ def test_bad_input_is_one_line_exit_2_naming_file_and_field(
     assert not (tmp_path / "st").exists()  # nothing was started, nothing written
 
 
+def _check_in_1_gib(path: Path) -> subprocess.CompletedProcess[str]:
+    """``freezeframe check PATH`` with 1 GiB of address space: reading /dev/zero whole
+    ends in MemoryError instead of eating the machine's memory."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    return subprocess.run(
+        [sys.executable, "-m", "freezeframe", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a FIFO read without O_NONBLOCK waits here for ever
+        preexec_fn=limit,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("fifo", "is a FIFO (named pipe), not a regular file"),
+        ("/dev/zero", "is a character device, not a regular file"),
+        ("directory", "is a directory, not a regular file"),
+        ("1 MiB + 1", "is larger than 1 MiB"),
+    ],
+)
+def test_a_profile_that_is_not_a_small_regular_file_is_refused_unread(
+    tmp_path: Path, kind: str, message: str
+) -> None:
+    path = tmp_path / "p.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "/dev/zero":
+        path = Path("/dev/zero")
+    else:  # a valid profile, padded with a comment to one byte over the limit
+        text = '[profile]\nname="x"\n[[backup]]\nbackend="clone"\nname="s"\ndir="/tmp/s"\n#'
+        path.write_text(text + "x" * ((1 << 20) + 1 - len(text)))
+    r = _check_in_1_gib(path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines == [f"freezeframe: error: {path}: {message}"]
+
+
+def test_a_symlinked_profile_up_to_1_mib_is_read(tmp_path: Path) -> None:
+    text = (
+        f'[profile]\nname="x"\nstate_dir="{tmp_path}/st"\n'
+        f'[[backup]]\nbackend="clone"\nname="s"\ndir="{tmp_path}/s"\n#'
+    )
+    real = tmp_path / "real.toml"
+    real.write_text(text + "x" * ((1 << 20) - len(text)))
+    (tmp_path / "link.toml").symlink_to(real)
+    r = run_cli("check", tmp_path / "link.toml")
+    assert r.returncode == 0, r.stderr
+
+
 def test_bad_input_with_json_prints_the_error_as_json(tmp_path: Path) -> None:
     r = run_cli("check", tmp_path / "nope.toml", "--json")
     assert r.returncode == 2
@@ -221,3 +315,130 @@ def test_usage_errors_are_one_line_exit_2() -> None:
     assert len(r.stderr.strip().splitlines()) == 1 and "--to" in r.stderr
     r = run_cli("frobnicate")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+# -- the catalog: read-only, damaged, truncated; runs killed while frozen -----------------
+
+
+def one_error(stderr: str) -> str:
+    """The single ``error:`` line of a failed command (and no traceback)."""
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def test_a_run_killed_while_frozen_shows_its_freeze_window_as_unknown(tmp_path: Path, shop) -> None:
+    profile, _ = shop
+    assert run_cli("backup", profile).returncode == 0
+    # killed inside the window: quiesced, snapshot begun, never thawed
+    r = run_cli("backup", profile, env={"FREEZEFRAME_FAULT": "sigkill@stage.start.snap"})
+    assert r.returncode == -9
+    listed = run_cli("list", profile)
+    assert listed.returncode == 0, listed.stderr
+    killed, good = listed.stdout.splitlines()
+    assert "failed" in killed and "frozen        ? ms" in killed, killed
+    assert "succeeded" in good
+    assert float(good.split("frozen")[1].split("ms")[0]) > 0
+    run = run_cli("list", profile, "--json").json()[0]
+    assert run["applications"][0]["quiesce_start"] is not None
+    assert run["applications"][0]["frozen_ms"] is None
+    shown = run_cli("show", profile, run["run_id"])
+    assert shown.returncode == 0
+    assert "frozen ? ms" in shown.stdout and "not frozen" not in shown.stdout
+
+
+def test_list_show_restore_verify_work_from_a_read_only_state_folder(
+    tmp_path: Path, shop, read_only_mount
+) -> None:
+    profile, db = shop
+    for _ in range(2):
+        bump(db)
+        assert run_cli("backup", profile).returncode == 0
+    state = tmp_path / "state"
+    before = sorted(p.name for p in (state / "shop").iterdir())
+    read_only_mount(state)
+
+    listed = run_cli("list", profile, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["status"] for r in listed.json()] == ["succeeded", "succeeded"]
+    shown = run_cli("show", profile, "latest")
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    r = run_cli("restore", profile, "latest", "--to", tmp_path / "drill")
+    assert r.returncode == 0, r.stderr
+    assert read_counter(restored(tmp_path / "drill", db)) == 2
+    r = run_cli("verify", profile)
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout and "could not be recorded" in r.stderr
+    assert "Traceback" not in r.stderr
+
+    for verb in ("backup", "prune"):
+        r = run_cli(verb, profile)
+        assert r.returncode == 1
+        line = one_error(r.stderr)
+        assert str(state / "shop") in line and "cannot be written" in line
+    assert sorted(p.name for p in (state / "shop").iterdir()) == before
+
+
+def _damage(catalog: Path) -> None:
+    """Overwrite the catalog's third page (a table's b-tree) with garbage."""
+    with open(catalog, "r+b") as f:
+        f.seek(2 * 4096)
+        f.write(b"\xa5" * 4096)
+
+
+def test_a_damaged_catalog_fails_the_backup_in_one_line_and_is_left_as_it_is(
+    tmp_path: Path, shop
+) -> None:
+    profile, _ = shop
+    for _ in range(3):
+        assert run_cli("backup", profile).returncode == 0
+    catalog = tmp_path / "state" / "shop" / "catalog.sqlite"
+    _damage(catalog)
+    damaged = catalog.read_bytes()
+    archives = sorted((tmp_path / "archives").iterdir())
+
+    r = run_cli("backup", profile)
+    assert r.returncode == 1, r.stderr
+    line = one_error(r.stderr)
+    assert str(catalog) in line and "damaged" in line and "from a copy" in line
+    assert catalog.read_bytes() == damaged  # never rebuilt, never written
+    assert sorted((tmp_path / "archives").iterdir()) == archives
+    assert not any((tmp_path / "snaps").iterdir())
+    r = run_cli("prune", profile)
+    assert r.returncode == 1 and "damaged" in one_error(r.stderr)
+    assert catalog.read_bytes() == damaged
+
+
+def test_a_truncated_catalog_warns_and_turns_retention_off_until_told(tmp_path: Path, shop) -> None:
+    profile, _ = shop  # the archive stage keeps the last 2
+    for _ in range(3):
+        assert run_cli("backup", profile).returncode == 0
+    old = sorted((tmp_path / "archives").iterdir())
+    assert len(old) == 2
+    catalog = tmp_path / "state" / "shop" / "catalog.sqlite"
+    catalog.write_bytes(b"")
+
+    listed = run_cli("list", profile)
+    assert listed.returncode == 0 and "no runs yet" in listed.stdout
+    assert "history is lost" in listed.stderr and str(catalog) in listed.stderr
+    for _ in range(3):
+        r = run_cli("backup", profile)
+        assert r.returncode == 0, r.stderr
+        assert "history is lost" in r.stderr and "retention is off" in r.stderr
+    # nothing was deleted: the old archives and the three new ones
+    assert len(list((tmp_path / "archives").iterdir())) == 5
+    assert not any((tmp_path / "snaps").iterdir())  # snapshots are still released
+    r = run_cli("prune", profile)
+    assert r.returncode == 1
+    assert "retention is off" in one_error(r.stderr)
+    assert len(list((tmp_path / "archives").iterdir())) == 5
+
+    marker = catalog.with_name("catalog.sqlite.lost")
+    assert str(catalog) in marker.read_text()
+    marker.unlink()  # the person has dealt with it
+    r = run_cli("prune", profile)
+    assert r.returncode == 0, r.stderr
+    assert "history is lost" not in r.stderr
+    left = sorted((tmp_path / "archives").iterdir())
+    assert len(left) == 4 and set(old) <= set(left)  # the catalog's newest 2, and the old 2

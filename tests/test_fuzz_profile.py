@@ -45,6 +45,8 @@ KEYS = [
 scalars = st.one_of(
     st.text(max_size=12),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    # beyond TOML's 64 bits: Python's reader takes 0x followed by any number of digits
+    st.sampled_from([2**63, -(2**63) - 1, 16**1000, -(16**1000)]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.booleans(),
     st.sampled_from(
@@ -176,6 +178,57 @@ def test_mutated_profiles_never_raise_past_the_cli(tmp_path: Path, edits: list) 
         lines = err.getvalue().strip().splitlines()
         assert lines and all(line.startswith("freezeframe: error: ") for line in lines)
         assert "Traceback" not in err.getvalue()
+
+
+def _number(kind: str, digits: int) -> str:
+    return {"dec": "9" * digits, "hex": "0x" + "f" * digits, "neg": "-" + "9" * digits}[kind]
+
+
+def _nested(kind: str, depth: int) -> str:
+    if kind == "array":
+        return "[" * depth + "1" + "]" * depth
+    return "{a=" * depth + "1" + "}" * depth
+
+
+values = st.one_of(
+    st.builds(_number, st.sampled_from(["dec", "hex", "neg"]), st.integers(1, 6000)),
+    st.builds(_nested, st.sampled_from(["array", "table"]), st.integers(1, 3000)),
+)
+
+
+@FUZZ
+@given(
+    line=st.sampled_from(
+        [
+            'freeze_timeout = "5s"',
+            "keep = {{ last = 2, daily = 7 }}",
+            "after = []",
+            'source = "snap"',
+            'backend = "archive"',
+        ]
+    ),
+    field=st.sampled_from(["freeze_timeout", "keep", "last", "level", "threads", "after", "x"]),
+    value=values,
+)
+def test_huge_numbers_and_deep_nesting_never_raise_past_the_cli(
+    tmp_path: Path, line: str, field: str, value: str
+) -> None:
+    db = tmp_path / "orders.db"
+    if not db.exists():
+        sqlite3.connect(db).close()
+    template = VALID.replace(line, f"{line}\n{field} = {{value}}", 1)
+    if field == "last":
+        template = VALID.replace("last = 2", "last = {value}")
+    text = template.format(state=tmp_path / "state", db=db, root=tmp_path, value=value)
+    path = tmp_path / "huge.toml"
+    path.write_text(text, encoding="utf-8")
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = main(["plan", str(path)], registry=REGISTRY)
+    assert code in (0, 2), err.getvalue()  # 70 would be an internal error
+    lines = err.getvalue().strip().splitlines()
+    if code == 2:
+        assert len(lines) == 1 and lines[0].startswith(f"freezeframe: error: {path}: ")
 
 
 def test_the_unmutated_profile_is_valid(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from freezeframe.catalog import Catalog
+from freezeframe.catalog import Catalog, CatalogError, CatalogReadOnly
 from freezeframe.components import Artifact, Role
 from freezeframe.errors import FreezeframeError
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord, iso
@@ -245,3 +245,126 @@ def test_a_catalog_from_a_newer_freezeframe_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(FreezeframeError, match="catalog schema 99 is newer"):
         Catalog(path)
+
+
+# -- read-only, damaged, truncated ----------------------------------------------------
+
+
+def test_a_new_catalog_is_linked_into_place_whole(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "catalog.db") as cat:
+        assert cat.history_lost is None
+    # built under another name: a 0-byte catalog is never one of ours being born
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.db"]
+    assert (tmp_path / "catalog.db").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["shop#1", "a?b", "100%", "sp ace"])
+def test_read_only_reads_the_file_named_even_with_uri_characters(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / name
+    folder.mkdir()
+    with Catalog(folder / "catalog.db") as cat:
+        cat.save(a_run("r1", T0))
+    (tmp_path / "shop").mkdir()  # what an unescaped "file:.../shop#1/..." would name instead
+    with Catalog(folder / "catalog.db", read_only=True) as cat:
+        assert [r.run_id for r in cat.runs()] == ["r1"]
+
+
+def test_read_only_creates_nothing_and_refuses_writes(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "absent.db", read_only=True) as cat:
+        assert cat.runs() == [] and cat.get("latest") is None
+        with pytest.raises(CatalogReadOnly, match="read-only"):
+            cat.save(a_run("r1", T0))
+    assert list(tmp_path.iterdir()) == []
+    with Catalog(tmp_path / "c.db") as cat:
+        cat.save(a_run("r1", T0))
+    with Catalog(tmp_path / "c.db", read_only=True) as cat:
+        with pytest.raises(CatalogReadOnly):
+            cat.mark_verified("r1", "arch", T0)
+        assert cat.get("r1") == a_run("r1", T0)
+
+
+def test_a_damaged_catalog_is_refused_in_one_line_and_never_written(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    with Catalog(path) as cat:
+        for i in range(40):  # a few pages of runs
+            cat.save(a_run(f"r{i:02}", T0 + i))
+    with open(path, "r+b") as f:
+        f.seek(2 * 4096)
+        f.write(b"\xa5" * 4096)
+    damaged = path.read_bytes()
+    with pytest.raises(CatalogError) as info:
+        Catalog(path)
+    assert str(path) in str(info.value) and "damaged" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == damaged
+    with open(path, "r+b") as f:  # every page but the header: no table can be read
+        f.seek(4096)
+        f.write(b"\xa5" * (len(damaged) - 4096))
+    damaged = path.read_bytes()
+    with Catalog(path, read_only=True) as cat, pytest.raises(CatalogError) as info:
+        cat.runs()  # what a damaged page holds cannot be read either: one line, not a traceback
+    assert "damaged" in str(info.value) and "\n" not in str(info.value)
+    assert path.read_bytes() == damaged
+
+
+def test_a_truncated_catalog_is_marked_until_the_marker_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    with Catalog(path) as cat:
+        cat.save(a_run("r1", T0))
+    path.write_bytes(b"")
+    with Catalog(path, read_only=True) as cat:  # read-only: said, not written
+        assert cat.history_lost == f"{path} is empty (0 bytes)" and cat.runs() == []
+    assert not cat.lost_marker.exists()
+    with Catalog(path) as cat:
+        assert cat.history_lost is not None and str(path) in cat.history_lost
+        cat.save(a_run("r2", T0 + 1))
+    marker = tmp_path / "catalog.db.lost"
+    assert cat.lost_marker == marker and marker.exists()
+    with Catalog(path) as cat:  # no longer 0 bytes, but still missing its history
+        assert cat.history_lost is not None and [r.run_id for r in cat.runs()] == ["r2"]
+    marker.unlink()
+    with Catalog(path) as cat:
+        assert cat.history_lost is None
+
+
+def test_read_only_in_a_read_only_folder(tmp_path: Path, read_only_mount) -> None:
+    folder = tmp_path / "state"
+    folder.mkdir()
+    path = folder / "catalog.db"
+    with Catalog(path) as cat:
+        cat.save(a_run("r1", T0))
+    # a writer still open: r2 is only in the write-ahead log
+    writer = Catalog(path)
+    writer._db.execute("PRAGMA wal_autocheckpoint=0")
+    writer.save(a_run("r2", T0 + 1))
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        (copy / f"catalog.db{suffix}").write_bytes(Path(f"{path}{suffix}").read_bytes())
+    writer.close()
+    read_only_mount(copy)
+    with Catalog(copy / "catalog.db", read_only=True) as cat:  # the WAL's index is there
+        assert [r.run_id for r in cat.runs()] == ["r2", "r1"]
+    with pytest.raises(FreezeframeError, match=r"Read-only file system|readonly|read-only"):
+        Catalog(copy / "catalog.db")
+
+    # a copy without the index: the write-ahead log cannot be read; said in one line
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for suffix in ("", "-wal"):
+        (bare / f"catalog.db{suffix}").write_bytes((copy / f"catalog.db{suffix}").read_bytes())
+    read_only_mount(bare)
+    with pytest.raises(CatalogError, match=r"write-ahead log .* holds recent runs"):
+        Catalog(bare / "catalog.db", read_only=True)
+
+    # a copy of a cleanly closed catalog: the main file is all there is (immutable)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    with Catalog(path) as cat:
+        pass
+    assert not Path(f"{path}-wal").exists()
+    (clean / "catalog.db").write_bytes(path.read_bytes())
+    read_only_mount(clean)
+    with Catalog(clean / "catalog.db", read_only=True) as cat:
+        assert [r.run_id for r in cat.runs()] == ["r2", "r1"]
+    assert sorted(p.name for p in clean.iterdir()) == ["catalog.db"]

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from freezeframe.config import Secret, Table, parse_duration
+from freezeframe.config import (
+    INT_MAX,
+    SECRET_FILE_LIMIT,
+    Secret,
+    Table,
+    parse_duration,
+    read_regular_file,
+)
 from freezeframe.errors import ConfigError
 
 # -- parse_duration -------------------------------------------------------------
@@ -50,6 +59,64 @@ def test_parse_duration_rejects_nan_and_infinity(value: float) -> None:
         parse_duration(value)
 
 
+@pytest.mark.parametrize("value", [2**63, 16**3000, -(16**3000)])
+def test_parse_duration_refuses_integers_too_big_for_a_float_in_words(value: int) -> None:
+    # float(16**3000) raises OverflowError: that was an internal error (exit 70)
+    with pytest.raises(ValueError, match="a duration must be") as info:
+        parse_duration(value)
+    assert len(str(info.value)) < 100  # the number itself is not echoed
+
+
+def test_parse_duration_takes_a_smaller_maximum() -> None:
+    assert parse_duration("1d", maximum=86400.0) == 86400.0
+    with pytest.raises(ValueError, match="at most 1 day"):
+        parse_duration("25h", maximum=86400.0)
+    with pytest.raises(ValueError, match="at most 365 days"):
+        parse_duration("366d")
+
+
+# -- read_regular_file ---------------------------------------------------------
+
+
+def test_read_regular_file_follows_a_symlink_and_reads_up_to_the_limit(tmp_path: Path) -> None:
+    (tmp_path / "real").write_bytes(b"x" * 100)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    data, st = read_regular_file(tmp_path / "link", 100)
+    assert data == b"x" * 100 and st.st_size == 100
+
+
+def test_read_regular_file_refuses_one_byte_over_the_limit(tmp_path: Path) -> None:
+    (tmp_path / "big").write_bytes(b"x" * 101)
+    with pytest.raises(ValueError, match="larger than"):
+        read_regular_file(tmp_path / "big", 100)
+
+
+def test_read_regular_file_refuses_a_fifo_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_regular_file(fifo, 100)
+        except BaseException as e:
+            outcome.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock it: open the other end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a FIFO blocked")
+    assert isinstance(outcome[0], ValueError) and "FIFO" in str(outcome[0])
+
+
+@pytest.mark.parametrize(("path", "kind"), [("/dev/zero", "character device"), ("/", "directory")])
+def test_read_regular_file_refuses_devices_and_directories(path: str, kind: str) -> None:
+    with pytest.raises(ValueError, match=f"is a {kind}, not a regular file"):
+        read_regular_file(Path(path), 100)
+
+
 # -- Table getters --------------------------------------------------------------
 
 
@@ -86,6 +153,11 @@ def test_missing_required_field_names_it(tmp_path: Path) -> None:
         (lambda t: t.get_int("f"), "3", "expected an integer, got a string"),
         (lambda t: t.get_int("f"), True, "expected an integer, got a boolean"),
         (lambda t: t.get_int("f", minimum=1), 0, "must be at least 1, got 0"),
+        (lambda t: t.get_int("f", maximum=256), 10**18, "must be at most 256, got 10000000000"),
+        (lambda t: t.get_int("f"), INT_MAX + 1, f"must be at most {INT_MAX}, got a number of"),
+        (lambda t: t.get_int("f", minimum=0), -(16**3000), "at least 0, got a number of more"),
+        (lambda t: t.get_duration("f"), 16**3000, "a duration must be at most 365 days"),
+        (lambda t: t.get_duration("f", maximum=60.0), "2m", "a duration must be at most 60s"),
         (lambda t: t.get_bool("f", False), "yes", "expected true or false, got a string"),
         (lambda t: t.get_duration("f"), "soon", "expected a duration"),
         (lambda t: t.get_path("f"), 3, "expected a path, got an integer"),
@@ -178,6 +250,35 @@ def test_secret_file_readable_by_others_is_refused(tmp_path: Path, mode: int) ->
     assert "chmod 600" in str(info.value)
     assert str(f) in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+def test_secret_file_larger_than_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    f = tmp_path / "pw"
+    f.write_bytes(b"x" * (SECRET_FILE_LIMIT + 1))
+    f.chmod(0o600)
+    with pytest.raises(ConfigError, match="larger than 64 KiB") as info:
+        table(tmp_path, {"password_file": str(f)}).get_secret()
+    assert info.value.field == "password_file" and str(f) in str(info.value)
+    f.write_bytes(b"x" * SECRET_FILE_LIMIT)
+    secret = table(tmp_path, {"password_file": str(f)}).get_secret()
+    assert secret is not None and len(secret.reveal()) == SECRET_FILE_LIMIT
+
+
+def test_secret_file_that_is_a_device_or_fifo_is_refused(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo", 0o600)
+    for path in (Path("/dev/zero"), tmp_path / "fifo"):
+        with pytest.raises(ConfigError, match="not a regular file") as info:
+            table(tmp_path, {"password_file": str(path)}).get_secret()
+        assert info.value.field == "password_file"
+
+
+def test_secret_file_through_a_symlink_is_read(tmp_path: Path) -> None:
+    f = tmp_path / "pw"
+    f.write_text("hunter2\n")
+    f.chmod(0o600)
+    (tmp_path / "link").symlink_to(f)
+    secret = table(tmp_path, {"password_file": str(tmp_path / "link")}).get_secret()
+    assert secret is not None and secret.reveal() == "hunter2"
 
 
 def test_secret_file_that_is_a_directory_is_refused(tmp_path: Path) -> None:

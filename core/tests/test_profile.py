@@ -281,6 +281,8 @@ def test_application_not_an_array_of_tables(
         ("0", "greater than zero"),
         ("-1", "greater than zero"),
         ("true", "expected a duration"),
+        ('"25h"', "a duration must be at most 1 day"),
+        ("0x" + "f" * 300, "a duration must be at most 1 day"),
     ],
 )
 def test_bad_freeze_timeout(
@@ -338,6 +340,21 @@ def test_invalid_application_name(
     line = one_problem(path, registry)
     assert line.startswith(f'{path}: [[application]] #1: field "name": ')
     assert "'bad name' is not a valid name" in line
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("0x" + "f" * 4000, "a number of more than 19 digits"),  # its repr raises ValueError
+        ('"' + "x" * 5000 + '"', "'" + "x" * 76 + "..."),
+    ],
+)
+def test_an_invalid_name_is_shown_cut_short(
+    write_profile: WriteProfile, registry: Registry, db: Path, name: str, shown: str
+) -> None:
+    path = write_profile(HEAD + app(db).replace('name = "orders"', f"name = {name}") + SNAP)
+    line = one_problem(path, registry)
+    assert f'field "name": {shown} is not a valid name' in line and len(line) < 400
 
 
 def test_missing_required_field(write_profile: WriteProfile, registry: Registry) -> None:
@@ -522,6 +539,7 @@ def test_source_on_a_snapshot_stage(
         ("{ forever = 3 }", "keep.forever", "unknown rule"),
         ("{ last = -1 }", "keep.last", "expected a whole number >= 0"),
         ("{ last = 0, daily = 0 }", "keep", "keeps nothing"),
+        ("{ last = 1000001 }", "keep.last", "must be at most 1000000"),
         ("7", "keep", "expected a table, got an integer"),
     ],
 )

@@ -50,7 +50,7 @@ class Recorder(ApplicationPlugin):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        self.quiesce_ms: int = table.get_int("quiesce_ms", 0, minimum=0)
+        self.quiesce_ms: int = table.get_int("quiesce_ms", 0, minimum=0, maximum=3_600_000)
         self.fail: str = table.get_choice("fail", ("never", "quiesce", "unquiesce"), "never")
         self.data: Path | None = table.get_path("data", None)
         self.frozen = False

@@ -311,6 +311,28 @@ def _sh(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.fixture
+def read_only_mount() -> Iterator[Callable[[Path], Path]]:
+    """``read_only_mount(folder)`` bind-mounts ``folder`` read-only over itself (as a
+    read-only copy of it would be: even root cannot write there) and returns it; each
+    mount is undone at teardown, also when the test failed. Needs root."""
+    mounted: list[Path] = []
+
+    def make(folder: Path) -> Path:
+        need(os.geteuid() == 0, "mounts need root")
+        r = _sh("mount", "--bind", str(folder), str(folder))
+        assert r.returncode == 0, r.stderr
+        mounted.append(folder)
+        r = _sh("mount", "-o", "remount,bind,ro", str(folder))
+        assert r.returncode == 0, r.stderr
+        return folder
+
+    yield make
+    for folder in reversed(mounted):
+        if _sh("umount", str(folder)).returncode != 0:
+            _sh("umount", "--lazy", str(folder))
+
+
 @dataclass
 class LoopFs:
     """A real filesystem on a loop device, mounted for one test."""

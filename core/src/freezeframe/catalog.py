@@ -2,26 +2,52 @@
 
 Each :meth:`Catalog.save` writes a whole :class:`RunRecord` in one transaction,
 so a crash at any point leaves the previous complete state of that run.
+
+A new catalog is built under a temporary name and linked into place, so a
+catalog of 0 bytes is never one of ours being born: it is one that held runs
+and was truncated. Such a catalog is used again (backups go on), but a marker
+beside it (``catalog.sqlite.lost``) turns retention and ``prune`` off until a
+person removes it, so the artifacts of the runs it no longer lists are not
+lost track of. A damaged catalog is refused as it is, never rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import quote
 
 from freezeframe._faults import point
 from freezeframe.components import Artifact
 from freezeframe.errors import FreezeframeError
+from freezeframe.fsutil import fsync_dir
 from freezeframe.lock import Owner
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord, iso
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "CatalogError", "CatalogReadOnly"]
+
+log = logging.getLogger("freezeframe")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class CatalogError(FreezeframeError):
+    """The catalog cannot be read or written as asked: damaged, read-only, or its history lost."""
+
+
+class CatalogReadOnly(CatalogError):
+    """A write to a catalog opened read-only (its folder cannot be written)."""
+
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -59,35 +85,186 @@ CREATE TABLE IF NOT EXISTS owners (
 """
 
 
-class Catalog:
-    """The run records of one profile."""
+def _guarded(
+    method: Callable[Concatenate[Catalog, _P], _R],
+) -> Callable[Concatenate[Catalog, _P], _R]:
+    """SQLite's errors become one line naming the catalog (a damaged page is the user's
+    problem to fix, not our traceback)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        new = not path.exists()
-        if new:
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    def guarded(self: Catalog, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
-            self._db = sqlite3.connect(
-                path, isolation_level=None, timeout=30, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise FreezeframeError(
-                    f"{path}: catalog schema {version} is newer than this "
-                    f"freezeframe understands ({SCHEMA_VERSION}); upgrade it"
-                )
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as e:
-            raise FreezeframeError(f"{path}: cannot open the catalog: {e}") from None
+            raise self._error(e) from None
+
+    functools.update_wrapper(guarded, method)
+    return guarded
+
+
+class Catalog:
+    """The run records of one profile.
+
+    ``read_only`` opens it without writing anything, not even the WAL's index, so
+    that it can be read from a read-only copy (disaster recovery); a missing
+    catalog then reads as an empty one and nothing is created.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        self.read_only = read_only
+        #: When this catalog was found empty (so the runs before then are not in it), or None.
+        self.history_lost: str | None = None
+        try:
+            self._db = self._open_read_only() if read_only else self._open()
+        except sqlite3.DatabaseError as e:
+            raise self._error(e, "open") from None
+
+    @property
+    def lost_marker(self) -> Path:
+        """The file whose presence says the catalog was found empty (see the module's doc)."""
+        return self.path.with_name(self.path.name + ".lost")
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        if not path.exists():
+            self._create()
+        elif path.stat().st_size == 0:
+            self._mark_history_lost()
+        self._read_lost_marker()
+        db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._check_version(db)
+            problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if problem != "ok":  # refuse before anything is written into it
+                where = " ".join(str(problem).replace("*** in database main ***", "").split())
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({where})")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
         for suffix in ("", "-wal", "-shm"):
             p = Path(f"{path}{suffix}")
             if p.exists() and p.stat().st_mode & 0o077:
                 p.chmod(0o600)
+        return db
+
+    def _create(self) -> None:
+        """Build the empty catalog under another name, then link it into place whole."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # left by a crashed process that had our pid
+        os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            with closing(sqlite3.connect(tmp, isolation_level=None)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+                os.link(tmp, self.path)
+        finally:
+            tmp.unlink()
+        fsync_dir(self.path.parent)
+
+    def _mark_history_lost(self) -> None:
+        marker = self.lost_marker
+        text = (
+            f"{self.path} was found empty (0 bytes) at {iso(time.time())}\n"
+            "The runs recorded before then are not in it. Retention and prune are off while\n"
+            "this file exists, so the artifacts of those runs are not lost track of. Put the\n"
+            "catalog back from a copy if you have one, or deal with the old artifacts (their\n"
+            "names carry their run ids), then remove this file.\n"
+        )
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return  # found empty before: the first finding stands
+        try:
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(marker.parent)
+
+    def _read_lost_marker(self) -> None:
+        try:
+            text = self.lost_marker.read_text(encoding="utf-8", errors="replace").strip()
+            self.history_lost = text.splitlines()[0] if text else f"{self.path} was found empty"
+        except FileNotFoundError:
+            self.history_lost = None
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        path = self.path
+        if not path.exists() or path.stat().st_size == 0:
+            if path.exists():
+                self.history_lost = f"{path} is empty (0 bytes)"
+            return self._empty()
+        self._read_lost_marker()
+        uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        try:
+            self._check_version(db)
+        except sqlite3.OperationalError as e:
+            db.close()
+            if e.sqlite_errorname != "SQLITE_CANTOPEN":
+                raise
+            # WAL mode wants an index (-shm) it cannot make in a read-only folder;
+            # without one only the main file can be read, which is all there is
+            # unless a write-ahead log holds runs not yet copied into it.
+            wal = Path(f"{path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise CatalogError(
+                    f"{path}: cannot read the catalog in a read-only folder: its write-ahead "
+                    f"log {wal} holds recent runs; copy the state folder somewhere writable"
+                ) from None
+            db = sqlite3.connect(f"{uri}&immutable=1", uri=True, check_same_thread=False)
+            self._check_version(db)
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name='runs'").fetchone():
+            db.close()
+            return self._empty()
+        return db
+
+    @staticmethod
+    def _empty() -> sqlite3.Connection:
+        """An empty catalog in memory: the answer of a read-only catalog with nothing in it."""
+        db = sqlite3.connect(":memory:", check_same_thread=False)
+        db.executescript(_SCHEMA)
+        return db
+
+    def _check_version(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise CatalogError(
+                f"{self.path}: catalog schema {version} is newer than this "
+                f"freezeframe understands ({SCHEMA_VERSION}); upgrade it"
+            )
+
+    def _error(self, e: sqlite3.DatabaseError, doing: str = "use") -> CatalogError:
+        """One line naming the catalog, what failed and what to do about it."""
+        name = getattr(e, "sqlite_errorname", "")
+        text = f"{self.path}: cannot {doing} the catalog: {' '.join(str(e).split())}"
+        if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in str(e):
+            return CatalogError(
+                f"{text} (it is damaged and was left as it is: put it back from a copy, "
+                "or move it aside and its folder's catalog starts anew)"
+            )
+        if name == "SQLITE_READONLY":
+            return CatalogReadOnly(f"{text} (it is read-only here)")
+        return CatalogError(text)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise CatalogReadOnly(
+                f"{self.path}: the catalog is open read-only (its folder cannot be written)"
+            )
 
     def close(self) -> None:
         """Close the database."""
@@ -103,6 +280,7 @@ class Catalog:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._writable()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -112,6 +290,7 @@ class Catalog:
         self._db.execute("COMMIT")
 
     # -- writing -------------------------------------------------------------
+    @_guarded
     def save(self, run: RunRecord, *, pid: int | None = None) -> None:
         """Write the whole record of ``run`` in one transaction."""
         point("catalog.save")
@@ -183,6 +362,7 @@ class Catalog:
                 ],
             )
 
+    @_guarded
     def set_owner(self, run_id: str, role: str, owner: Owner, until: float | None = None) -> None:
         """Record a process working for ``run_id``: ``"run"`` (the freezeframe process) or
         ``"watchdog"``, whose work ends at ``until`` (a ``time.monotonic()``) at the latest."""
@@ -192,6 +372,7 @@ class Catalog:
                 (run_id, role, owner.pid, owner.boot_id, owner.start_ticks, until),
             )
 
+    @_guarded
     def owners(self, run_id: str) -> dict[str, tuple[Owner, float | None]]:
         """The processes recorded for ``run_id``, by role, each with its ``until``."""
         rows = self._db.execute(
@@ -199,6 +380,7 @@ class Catalog:
         ).fetchall()
         return {r[0]: (Owner(r[1], r[2], r[3]), r[4]) for r in rows}
 
+    @_guarded
     def mark_deleted(self, run_id: str, stage: str, at: float) -> None:
         """Mark a stage's artifact deleted and journal the delete as pending, atomically."""
         with self._transaction() as db:
@@ -208,6 +390,7 @@ class Catalog:
             )
             db.execute("INSERT OR IGNORE INTO pending_deletes VALUES (?,?)", (run_id, stage))
 
+    @_guarded
     def mark_verified(self, run_id: str, stage: str, at: float) -> None:
         """Record a successful verify of one stage's artifact (and nothing else)."""
         with self._transaction() as db:
@@ -215,21 +398,25 @@ class Catalog:
                 "UPDATE stages SET verified_at=? WHERE run_id=? AND name=?", (at, run_id, stage)
             )
 
+    @_guarded
     def delete_done(self, run_id: str, stage: str) -> None:
         """The artifact is gone: the pending delete is over."""
         with self._transaction() as db:
             db.execute("DELETE FROM pending_deletes WHERE run_id=? AND stage=?", (run_id, stage))
 
+    @_guarded
     def pending_deletes(self) -> list[tuple[str, str]]:
         """``(run id, stage)`` of every delete begun and not known to be done."""
         return [(r, s) for r, s in self._db.execute("SELECT run_id, stage FROM pending_deletes")]
 
+    @_guarded
     def add_error(self, run_id: str, at: float, source: str, message: str) -> None:
         """Record one error of a run (a run may gather several: a stage, then a thaw)."""
         with self._transaction() as db:
             db.execute("INSERT INTO errors VALUES (?,?,?,?)", (run_id, at, source, message))
 
     # -- reading -------------------------------------------------------------
+    @_guarded
     def runs(self, *, status: RunStatus | None = None) -> list[RunRecord]:
         """Every run, newest first (optionally only those with ``status``)."""
         query = "SELECT * FROM runs"
@@ -242,6 +429,7 @@ class Catalog:
             cols = [d[0] for d in c.description]
         return [self._load(dict(zip(cols, row, strict=True))) for row in rows]
 
+    @_guarded
     def get(self, ref: str) -> RunRecord | None:
         """The run ``ref`` names: an id, a unique prefix, or ``latest`` (newest succeeded)."""
         if ref == "latest":
@@ -258,6 +446,7 @@ class Catalog:
             )
         return matches[0] if matches else None
 
+    @_guarded
     def errors(self, run_id: str) -> list[dict[str, Any]]:
         """Every error recorded for ``run_id``, oldest first."""
         rows = self._db.execute(
@@ -265,6 +454,7 @@ class Catalog:
         ).fetchall()
         return [{"at": iso(at), "source": source, "message": msg} for at, source, msg in rows]
 
+    @_guarded
     def pid_of(self, run_id: str) -> int | None:
         """The process that ran ``run_id``."""
         row = self._db.execute("SELECT pid FROM runs WHERE run_id=?", (run_id,)).fetchone()

@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+from freezeframe.catalog import CatalogError
 from freezeframe.engine import Engine
 from freezeframe.errors import FreezeframeError, ProfileError
 from freezeframe.profile import load_profile
-from freezeframe.records import RunRecord, RunStatus
+from freezeframe.records import ApplicationRecord, RunRecord, RunStatus
 from freezeframe.registry import Registry, default_registry
 
 __all__ = ["main"]
@@ -158,11 +159,22 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _frozen(apps: Sequence[ApplicationRecord]) -> str:
+    """The longest freeze window; ``?`` when a quiesce began and no thaw was recorded
+    (the run was killed while frozen), ``-`` when nothing was quiesced."""
+    windows = [a.frozen_ms for a in apps if a.quiesce_start is not None]
+    if not windows:
+        return "-"
+    if any(w is None for w in windows):
+        return "?"
+    return f"{max(w for w in windows if w is not None):.1f}"
+
+
 def _print_run(run: RunRecord, *, detail: bool = False) -> None:
     took = f" in {run.finished_at - run.started_at:.1f} s" if run.finished_at else ""
     print(f"run {run.run_id} {run.status}{took}" + (f": {run.error}" if run.error else ""))
     for a in run.applications:
-        frozen = f"frozen {a.frozen_ms:.1f} ms" if a.frozen_ms is not None else "not frozen"
+        frozen = "not frozen" if a.quiesce_start is None else f"frozen {_frozen([a])} ms"
         line = f"  application {a.name:<16} {a.plugin:<12} {a.mode:<16} {frozen}"
         print(line + (f"  ({a.error})" if a.error else ""))
         if detail and a.facts:
@@ -262,7 +274,7 @@ def _cmd_backup(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def _cmd_list(args: argparse.Namespace, engine: Engine) -> int:
-    with engine.catalog() as catalog:
+    with engine.catalog(read_only=True) as catalog:
         runs = catalog.runs()
 
     def human() -> None:
@@ -270,10 +282,9 @@ def _cmd_list(args: argparse.Namespace, engine: Engine) -> int:
             print(f"profile {engine.profile.name!r} has no runs yet")
         for r in runs:
             size = sum(s.artifact.bytes for s in r.stages if s.artifact and not s.deleted_at)
-            frozen = max((a.frozen_ms or 0 for a in r.applications), default=0)
             print(
-                f"{r.run_id}  {r.status:<9}  frozen {frozen:8.1f} ms  {_size(size):>10}"
-                + (f"  {r.error}" if r.error else "")
+                f"{r.run_id}  {r.status:<9}  frozen {_frozen(r.applications):>8} ms  "
+                f"{_size(size):>10}" + (f"  {r.error}" if r.error else "")
             )
 
     _out(args, [r.to_json() for r in runs], human)
@@ -281,7 +292,7 @@ def _cmd_list(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def _cmd_show(args: argparse.Namespace, engine: Engine) -> int:
-    with engine.catalog() as catalog:
+    with engine.catalog(read_only=True) as catalog:
         run = engine.find_run(catalog, args.run)
         errors = catalog.errors(run.run_id)
     data = {**run.to_json(), "errors": errors}
@@ -379,13 +390,30 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
             return _cmd_plugins(args, registry)
         profile = load_profile(args.profile, registry)
         engine = Engine(profile, registry)
-        if args.verb not in ("backup", "prune"):  # those two reconcile under their own lock
-            engine.reconcile_if_idle()
+        writable = engine.state_writable()
+        if args.verb in ("backup", "prune") and not writable:
+            raise FreezeframeError(
+                f"state folder {profile.home} cannot be written: {args.verb} records there "
+                "(list, show, restore and verify can read a read-only one)"
+            )
+        # backup and prune reconcile under their own lock; a read-only catalog is read as
+        # it is (a run it shows as running is then not known to be dead)
+        if args.verb not in ("backup", "prune") and writable:
+            try:
+                engine.reconcile_if_idle()
+            except CatalogError as e:  # damaged: the reading verbs still read what they can
+                log.warning("%s", e)
         return _VERBS[args.verb](args, engine)
     except BrokenPipeError:  # `freezeframe list | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 0
-    except FreezeframeError as e:
+    except (FreezeframeError, OSError) as e:
+        if isinstance(e, OSError) and e.filename is None:  # not a file's fault: our bug
+            return _internal_error(args, e)
+        if isinstance(e, OSError):  # a file the user can fix (a read-only or full disk)
+            if args.debug:
+                traceback.print_exception(e)
+            e = FreezeframeError(f"{e.filename}: {e.strerror or e}")
         lines = e.problems if isinstance(e, ProfileError) else [str(e)]
         if args.json:
             json.dump(
@@ -395,14 +423,18 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
         sys.stderr.write(f"freezeframe: error: {_one_line(lines)}\n")
         return e.exit_code
     except Exception as e:
-        if args.debug:
-            traceback.print_exc()
-        sys.stderr.write(
-            f"freezeframe: internal error: {type(e).__name__}: {e}"
-            + ("" if args.debug else " (run with --debug for the traceback)")
-            + "\n"
-        )
-        return 70
+        return _internal_error(args, e)
+
+
+def _internal_error(args: argparse.Namespace, e: BaseException) -> int:
+    if args.debug:
+        traceback.print_exception(e)
+    sys.stderr.write(
+        f"freezeframe: internal error: {type(e).__name__}: {e}"
+        + ("" if args.debug else " (run with --debug for the traceback)")
+        + "\n"
+    )
+    return 70
 
 
 def entry() -> NoReturn:

@@ -19,7 +19,16 @@ from typing import Any, Final
 
 from freezeframe.errors import ConfigError
 
-__all__ = ["SECRET_ENV_NAMES", "Secret", "Table", "parse_duration"]
+__all__ = [
+    "INT_MAX",
+    "SECRET_ENV_NAMES",
+    "SECRET_FILE_LIMIT",
+    "Secret",
+    "Table",
+    "brief",
+    "parse_duration",
+    "read_regular_file",
+]
 
 #: Environment variables that hold a secret a profile named (``password_env``). Tools
 #: started with :func:`freezeframe.tools.run_tool` do not inherit them unless handed one.
@@ -29,23 +38,94 @@ _REQUIRED: Final = object()
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _LONGEST = 365 * 86400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+#: The largest integer any field takes: TOML's own limit (a signed 64-bit integer), which
+#: Python's reader does not enforce (``0x`` followed by a thousand ``f`` parses).
+INT_MAX: Final = 2**63 - 1
+#: The largest ``*_file`` secret read; a password or key is far smaller.
+SECRET_FILE_LIMIT: Final = 64 * 1024
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from ``"250ms"``, ``"10s"``, ``"2m"``, ``"1h"``, ``"1d"`` or a number of seconds."""
+def _days(seconds: float) -> str:
+    if seconds >= 86400 and seconds % 86400 == 0:
+        n = seconds / 86400
+        return f"{n:g} day" + ("s" if n != 1 else "")
+    return f"{seconds:g}s"
+
+
+def brief(value: object) -> str:
+    """``value`` for a one-line message: cut short, and never an integer of thousands of
+    digits (whose ``repr`` raises ``ValueError`` past 4300 of them)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
+        return "a number of more than 19 digits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_duration(value: object, *, maximum: float = _LONGEST) -> float:
+    """Seconds from ``"250ms"``, ``"10s"``, ``"2m"``, ``"1h"``, ``"1d"`` or a number of seconds,
+    at most ``maximum`` seconds (a year unless the field knows better)."""
     if isinstance(value, bool):
         raise ValueError('expected a duration such as "10s"')
-    if isinstance(value, int | float):
+    if isinstance(value, int) and abs(value) > INT_MAX:  # float() of it raises OverflowError
+        seconds = math.inf if value > 0 else -1.0
+    elif isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
-        raise ValueError(f'expected a duration such as "10s" or "500ms", got {value!r}')
-    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f'expected a duration such as "10s" or "500ms", got {brief(value)}')
+    if seconds <= 0 or (not math.isfinite(seconds) and not isinstance(value, int)):
         raise ValueError("a duration must be a finite number greater than zero")
-    if seconds > _LONGEST:
-        raise ValueError(f"a duration must be at most {_LONGEST / 86400:g} days")
+    if seconds > maximum:
+        raise ValueError(f"a duration must be at most {_days(maximum)}")
     return seconds
+
+
+def read_regular_file(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
+    """The bytes of ``path`` and its status, if it is a regular file of at most ``limit`` bytes.
+
+    Symlinks are followed. Opened without blocking (a FIFO would wait for a writer
+    forever) and checked on the open descriptor, so what is read is what was checked;
+    at most ``limit + 1`` bytes are read, so a file that grows meanwhile is still
+    refused and ``/dev/zero`` never fills memory. Raises :class:`OSError` when it cannot
+    be opened or read, :class:`ValueError` saying what is wrong with it otherwise.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"is {_file_type(st.st_mode)}, not a regular file")
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if st.st_size > limit or len(data) > limit:
+        raise ValueError(f"is larger than {_bytes(limit)}")
+    return data, st
+
+
+def _file_type(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _bytes(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n >> 10} KiB"
 
 
 class Secret:
@@ -137,19 +217,32 @@ class Table:
         value: str = self.get_str(key, default)
         if value not in choices:
             raise ConfigError(
-                key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}"
+                key, f"expected one of {', '.join(map(repr, choices))}, got {brief(value)}"
             )
         return value
 
-    def get_int(self, key: str, default: Any = _REQUIRED, *, minimum: int | None = None) -> Any:
-        """An integer, at least ``minimum`` when given."""
+    def get_int(
+        self,
+        key: str,
+        default: Any = _REQUIRED,
+        *,
+        minimum: int | None = None,
+        maximum: int = INT_MAX,
+    ) -> Any:
+        """An integer, at least ``minimum`` when given and at most ``maximum``.
+
+        Give every field the ``maximum`` it can really use: a value that passes
+        ``check`` must not fail every run (zstd's ``threads = 10**18``).
+        """
         value = self._get(key, default)
         if value is default and default is not _REQUIRED:
             return value
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(key, f"expected an integer, got {self._kind(value)}")
         if minimum is not None and value < minimum:
-            raise ConfigError(key, f"must be at least {minimum}, got {value}")
+            raise ConfigError(key, f"must be at least {minimum}, got {brief(value)}")
+        if value > maximum:
+            raise ConfigError(key, f"must be at most {maximum}, got {brief(value)}")
         return value
 
     def get_bool(self, key: str, default: bool) -> bool:
@@ -159,13 +252,14 @@ class Table:
             raise ConfigError(key, f"expected true or false, got {self._kind(value)}")
         return value
 
-    def get_duration(self, key: str, default: Any = _REQUIRED) -> Any:
-        """Seconds, from ``"10s"``/``"500ms"``/``"2m"`` or a number of seconds."""
+    def get_duration(self, key: str, default: Any = _REQUIRED, *, maximum: float = _LONGEST) -> Any:
+        """Seconds, from ``"10s"``/``"500ms"``/``"2m"`` or a number of seconds; at most
+        ``maximum`` (a year unless the field knows better)."""
         value = self._get(key, default)
         if value is default and default is not _REQUIRED:
             return value
         try:
-            return parse_duration(value)
+            return parse_duration(value, maximum=maximum)
         except ValueError as e:
             raise ConfigError(key, str(e)) from None
 
@@ -225,8 +319,9 @@ class Table:
     def get_secret(self, prefix: str = "password") -> Secret | None:
         """The secret named by ``<prefix>_env`` or ``<prefix>_file`` (at most one), or ``None``.
 
-        A file must be a regular file that neither group nor others may read,
-        as libpq demands of ``.pgpass``; its trailing newline is dropped.
+        A file must be a regular file of at most :data:`SECRET_FILE_LIMIT` bytes
+        that neither group nor others may read, as libpq demands of ``.pgpass``;
+        its trailing newline is dropped.
         """
         env_key, file_key = f"{prefix}_env", f"{prefix}_file"
         env_name = self.get_str(env_key, None)
@@ -242,18 +337,21 @@ class Table:
             return Secret(os.environ[env_name], f"${env_name}")
         if file_path is not None:
             try:
-                st = file_path.stat()
-                if not stat.S_ISREG(st.st_mode):
-                    raise ConfigError(file_key, f"{file_path} is not a regular file")
-                if st.st_mode & 0o077:
-                    raise ConfigError(
-                        file_key,
-                        f"{file_path} is open to group or others "
-                        f"(mode {stat.filemode(st.st_mode)}); chmod 600 it",
-                    )
-                value = file_path.read_text(encoding="utf-8").rstrip("\r\n")
+                data, st = read_regular_file(file_path, SECRET_FILE_LIMIT)
             except OSError as e:
                 raise ConfigError(file_key, f"cannot read {file_path}: {e.strerror}") from None
+            except ValueError as e:
+                raise ConfigError(file_key, f"{file_path} {e}") from None
+            if st.st_mode & 0o077:
+                raise ConfigError(
+                    file_key,
+                    f"{file_path} is open to group or others "
+                    f"(mode {stat.filemode(st.st_mode)}); chmod 600 it",
+                )
+            try:
+                value = data.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise ConfigError(file_key, f"{file_path} is not UTF-8 text") from None
             if not value:
                 raise ConfigError(file_key, f"{file_path} is empty")
             return Secret(value, str(file_path), file=file_path)

@@ -21,7 +21,7 @@ from typing import Any
 
 from freezeframe import _ordered
 from freezeframe._faults import point
-from freezeframe.catalog import Catalog
+from freezeframe.catalog import Catalog, CatalogError, CatalogReadOnly
 from freezeframe.components import (
     Artifact,
     CrashSafety,
@@ -193,6 +193,7 @@ class Engine:
         #: The signal that interrupted the last backup, if one did.
         self.interrupted_by: int | None = None
         self._serial: dict[int, threading.Lock] = {}
+        self._warned_history_lost = False
 
     @contextmanager
     def _alone(self, component: object, timeout: float = -1) -> Iterator[None]:
@@ -212,11 +213,35 @@ class Engine:
 
     # -- shared pieces -------------------------------------------------------
     @contextmanager
-    def catalog(self) -> Iterator[Catalog]:
-        """The profile's catalog, creating the private state folder on first use."""
-        ensure_private_dir(self.profile.home)
-        with Catalog(self.profile.home / "catalog.sqlite") as catalog:
+    def catalog(self, *, read_only: bool | None = None) -> Iterator[Catalog]:
+        """The profile's catalog, creating the private state folder on first use.
+
+        ``read_only`` opens it without writing anything (``list``, ``show``); by
+        default it is read-only only when the state folder cannot be written, so
+        ``restore`` and ``verify`` work from a read-only copy of it.
+        """
+        if read_only is None:
+            read_only = not self.state_writable()
+        if not read_only:
+            ensure_private_dir(self.profile.home)
+        with Catalog(self.profile.home / "catalog.sqlite", read_only=read_only) as catalog:
+            if catalog.history_lost and not self._warned_history_lost:
+                self._warned_history_lost = True
+                log.warning(
+                    "the catalog's history is lost: %s; the runs before then are not in it, "
+                    "and retention and prune are off until %s is removed",
+                    catalog.history_lost,
+                    catalog.lost_marker,
+                )
             yield catalog
+
+    def state_writable(self) -> bool:
+        """Whether the profile's state folder (or the nearest folder above it that
+        exists, before the first run) can be written by this process."""
+        for folder in (self.profile.home, *self.profile.home.parents):
+            if folder.exists():
+                return os.access(folder, os.W_OK | os.X_OK)
+        return False
 
     @contextmanager
     def locked(self, command: str) -> Iterator[Catalog]:
@@ -874,14 +899,23 @@ class Engine:
             and (st := run.record.stage(spec.name)) is not None
             and st.artifact is not None
         ]
-        self._delete_all(catalog, released + self.retention(catalog))
+        # Released snapshots have no keep, so no stage is in both lists: still one
+        # delete_many per stage. The release goes on when retention is refused.
+        self._delete_all(catalog, released)
+        self._delete_all(catalog, self.retention(catalog))
 
     def retention(self, catalog: Catalog) -> list[Deletion]:
         """Artifacts that the stages' ``keep`` rules no longer keep.
 
         Whatever the rules say, the newest backup of each stage and its newest
-        verified one are kept.
+        verified one are kept. Refused (:class:`CatalogError`) while the catalog's
+        history is lost: its rules would run on part of the runs only.
         """
+        if catalog.history_lost and any(s.keep for s in self.profile.stages):
+            raise CatalogError(
+                f"retention is off: the catalog {catalog.path} was found empty and lists "
+                f"only the runs since; remove {catalog.lost_marker} once that is dealt with"
+            )
         deletions = []
         runs = catalog.runs(status=RunStatus.SUCCEEDED)
         for spec in self.profile.stages:
@@ -1055,7 +1089,15 @@ class Engine:
                     checked.append(st)
                     continue
                 verified = replace(st, verified_at=time.time())
-                catalog.mark_verified(rec.run_id, st.name, verified.verified_at or 0.0)
+                try:
+                    catalog.mark_verified(rec.run_id, st.name, verified.verified_at or 0.0)
+                except CatalogReadOnly:
+                    log.warning(
+                        "stage %s verified, but the result could not be recorded: "
+                        "the catalog %s is read-only",
+                        st.name,
+                        catalog.path,
+                    )
                 checked.append(verified)
             return rec, checked, problems
 

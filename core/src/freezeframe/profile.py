@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from freezeframe.components import ApplicationPlugin, Backend, Role
-from freezeframe.config import Table
+from freezeframe.config import Table, brief, read_regular_file
 from freezeframe.errors import ConfigError, PluginError, ProfileError
 from freezeframe.registry import ComponentInfo, Registry
 from freezeframe.retention import KeepPolicy
@@ -25,6 +26,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 THAW_MODES = ("after-snapshot", "after-backup")
 ON_QUIESCE_FAILURE = ("fail", "crash-consistent")
 _PROFILE_FIELDS = {"name", "freeze_timeout", "thaw", "state_dir"}
+#: The largest profile read: a profile of hundreds of applications is a few dozen KiB.
+PROFILE_LIMIT = 1 << 20
+#: The longest ``freeze_timeout``: an application frozen for longer is an outage, not a backup.
+LONGEST_FREEZE = 86400.0
 
 
 @dataclass(frozen=True)
@@ -90,20 +95,31 @@ def default_state_dir() -> Path:
 
 
 def load_profile(path: Path, registry: Registry) -> Profile:
-    """Read and validate ``path``; raise :class:`ProfileError` listing every problem."""
+    """Read and validate ``path``; raise :class:`ProfileError` listing every problem.
+
+    The profile must be a regular file (symlinks are followed) of at most
+    :data:`PROFILE_LIMIT` bytes.
+    """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw, _ = read_regular_file(path, PROFILE_LIMIT)
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ProfileError([f"{path}: no such profile file"]) from None
-    except IsADirectoryError:
-        raise ProfileError([f"{path}: is a directory, not a profile file"]) from None
     except UnicodeDecodeError:
         raise ProfileError([f"{path}: not UTF-8 text"]) from None
     except OSError as e:
         raise ProfileError([f"{path}: cannot read: {e.strerror}"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ProfileError([f"{path}: invalid TOML: {e}"]) from None
+    except RecursionError:
+        raise ProfileError([f"{path}: invalid TOML: arrays or tables nested too deeply"]) from None
+    except ValueError as e:  # what the file is, or an integer longer than Python converts
+        if "integer string conversion" in str(e):
+            e = ValueError(
+                f"invalid TOML: an integer of more than {sys.get_int_max_str_digits()} digits"
+            )
+        raise ProfileError([f"{path}: {e}"]) from None
     return _Loader(path, registry).load(data)
 
 
@@ -144,7 +160,9 @@ class _Loader:
         where = "[profile]"
         raw_name = self._field(where, None, table.get_str, "name")
         name = (self._check_name(where, "name", raw_name) if raw_name else None) or "?"
-        timeout: float = self._field(where, 10.0, table.get_duration, "freeze_timeout", 10.0)
+        timeout: float = self._field(
+            where, 10.0, table.get_duration, "freeze_timeout", 10.0, maximum=LONGEST_FREEZE
+        )
         thaw: str = self._field(
             where, THAW_MODES[0], table.get_choice, "thaw", THAW_MODES, THAW_MODES[0]
         )
@@ -155,10 +173,12 @@ class _Loader:
             self.problem("[profile]", f'field "{key}": unknown field')
         return name, timeout, thaw, state_dir
 
-    def _field(self, where: str, fallback: Any, read: Callable[..., Any], *args: Any) -> Any:
-        """``read(*args)``, or ``fallback`` after recording the problem it raised."""
+    def _field(
+        self, where: str, fallback: Any, read: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """``read(*args, **kwargs)``, or ``fallback`` after recording the problem it raised."""
         try:
-            return read(*args)
+            return read(*args, **kwargs)
         except ConfigError as e:
             self.problem(where, str(e))
             return fallback
@@ -167,7 +187,7 @@ class _Loader:
         if not isinstance(value, str) or not _NAME.match(value):
             self.problem(
                 where,
-                f'field "{field}": {value!r} is not a valid name '
+                f'field "{field}": {brief(value)} is not a valid name '
                 "(letters, digits, '.', '_', '-'; at most 64)",
             )
             return None

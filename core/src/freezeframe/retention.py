@@ -25,6 +25,8 @@ _BUCKETS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
     "yearly": lambda d: (d.year,),
 }
 RULES = ("last", *_BUCKETS)
+#: The most any rule may keep: a million hourly backups span a century.
+KEEP_MAX = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class KeepPolicy:
                 raise ConfigError(f"{field}.{rule}", f"unknown rule (use {', '.join(RULES)})")
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ConfigError(f"{field}.{rule}", "expected a whole number >= 0")
+            if n > KEEP_MAX:
+                raise ConfigError(f"{field}.{rule}", f"must be at most {KEEP_MAX}")
             values[rule] = n
         policy = cls(**values)
         if not any(values.values()):

@@ -296,13 +296,9 @@ class ArchiveBackend(Backend):
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
         self.dir: Path = table.get_path("dir")
-        self.level: int = table.get_int("level", 3, minimum=1)
-        if self.level > 22:
-            from freezeframe import ConfigError
-
-            raise ConfigError("level", f"zstd levels go up to 22, got {self.level}")
-        #: zstd worker threads; 0 means one per CPU.
-        self.threads: int = table.get_int("threads", 0, minimum=0)
+        self.level: int = table.get_int("level", 3, minimum=1, maximum=22)
+        #: zstd worker threads; 0 means one per CPU. zstd uses at most 256.
+        self.threads: int = table.get_int("threads", 0, minimum=0, maximum=256)
         self._tar: str | None = None  # GNU tar, found by check()
 
     def writes_to(self) -> list[Path]:

@@ -115,7 +115,7 @@ class MariadbPlugin(ApplicationPlugin):
         super().__init__(name, table)
         self.unix_socket: Path | None = table.get_path("unix_socket", None)
         self.host: str | None = table.get_str("host", None)
-        port: int | None = table.get_int("port", None, minimum=1)
+        port: int | None = table.get_int("port", None, minimum=1, maximum=65535)
         if self.unix_socket is not None and self.host is not None:
             raise ConfigError("host", 'give either "unix_socket" or "host", not both')
         if self.unix_socket is None and self.host is None:
@@ -124,8 +124,6 @@ class MariadbPlugin(ApplicationPlugin):
             )
         if port is not None and self.host is None:
             raise ConfigError("port", 'goes with "host"; a unix socket has no port')
-        if port is not None and port > 65535:
-            raise ConfigError("port", f"must be at most 65535, got {port}")
         self.port: int = port or 3306
         self.user: str = table.get_str("user")
         self._password = table.get_secret("password")

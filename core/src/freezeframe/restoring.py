@@ -108,7 +108,7 @@ def _not_followed(where: str, e: OSError) -> FreezeframeError:
 class Target:
     """The folder a restore writes into, held open; entries are created below it only.
 
-    ``root`` must be a folder (not a symlink). Names are relative POSIX paths
+    ``root`` is made if missing and must be a folder (not a symlink). Names are relative POSIX paths
     (``srv/shop/orders.db``); a missing parent is created (0755). Owners are
     set when running as root. Use it as a context manager, and call
     :meth:`finish` once the artifact is known to be genuine.
@@ -118,6 +118,7 @@ class Target:
         self.root = root
         self.preserve_special = preserve_special
         try:
+            root.mkdir(parents=True, exist_ok=True)  # the user's own path: trusted
             self._root = os.open(root, _DIR)
         except OSError as e:
             raise _not_followed(str(root), e) from None
@@ -335,7 +336,9 @@ def copy_in(
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Copy the entry ``image`` (relative to folder ``top``) and all below it into ``target``
-    as ``name``; regular files by reflink where the filesystem can.
+    as ``name``; regular files by reflink where the filesystem can. The folders above
+    ``name`` get the metadata of those above ``image`` (aligned from the entry up, down
+    to the first component of ``image``); any higher ones are made 0755.
 
     The source is read the way the target is written: ``top`` must be a folder (not a
     symlink) and every component below it is opened with ``O_NOFOLLOW``, so a snapshot
@@ -390,19 +393,30 @@ def copy_in(
         if progress:
             progress(0, 1)
 
-    image_parts = _parts(image)
+    image_parts, name_parts = _parts(image), _parts(name)
     try:
-        base = os.open(top, _DIR)
+        folder = os.open(top, _DIR)
     except OSError as e:
         raise _not_followed(str(top), e) from None
     try:
-        folder = _walk(base, image_parts[:-1], str(top))
-        try:
-            one(folder, image_parts[-1], name)
-        finally:
+        # The folders above the entry take the metadata of the folders above its image
+        # (the originals' when the snapshot was taken), as far up as the image has them.
+        above: list[Meta] = []
+        for i, part in enumerate(image_parts[:-1]):
+            try:
+                above.append(Meta.of(os.stat(part, dir_fd=folder, follow_symlinks=False)))
+                new = os.open(part, _DIR, dir_fd=folder)
+            except OSError as e:
+                raise _not_followed(f"{top}: {_show(image_parts[: i + 1])}", e) from None
             os.close(folder)
+            folder = new
+        shift = len(image_parts) - len(name_parts)
+        for k in range(1, len(name_parts)):
+            if k + shift >= 1:
+                target.directory(_show(name_parts[:k]), above[k + shift - 1])
+        one(folder, image_parts[-1], name)
     finally:
-        os.close(base)
+        os.close(folder)
 
 
 # -- for fix-ups of restored data (prepare_restored) ---------------------------------------

@@ -91,9 +91,12 @@ def specials_below(root: Path) -> list[str]:
     found = []
     for entry in sorted(everything_below(root)):
         st = os.lstat(root / entry)
-        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
-            found.append(f"{entry}: {stat.filemode(st.st_mode)}")
-        elif not stat.S_ISDIR(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        if (
+            stat.S_ISCHR(st.st_mode)
+            or stat.S_ISBLK(st.st_mode)
+            or stat.S_ISFIFO(st.st_mode)
+            or (not stat.S_ISDIR(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID))
+        ):
             found.append(f"{entry}: {stat.filemode(st.st_mode)}")
     return found
 

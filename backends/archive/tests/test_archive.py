@@ -7,7 +7,6 @@ under its original absolute path (``view/srv/shop/...`` for ``/srv/shop``).
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import os
 import random

@@ -34,7 +34,9 @@ DISK = os.stat(__file__).st_dev
 
 @pytest.fixture
 def backend(tmp_path: Path) -> ArchiveBackend:
-    backend = ArchiveBackend("archive", Table({"dir": str(tmp_path / "archives")}, base_dir=tmp_path))
+    backend = ArchiveBackend(
+        "archive", Table({"dir": str(tmp_path / "archives")}, base_dir=tmp_path)
+    )
     backend.check()
     return backend
 
@@ -190,9 +192,7 @@ def test_preserve_special_makes_nothing_from_an_archive_whose_checksum_differs(
     # The attacker rewrites the archive; the checksum recorded is the genuine one's.
     genuine = dict(artifact.metadata, sha256="0" * 64)
 
-    why = refused(
-        backend, Artifact(artifact.id, metadata=genuine), target, preserve_special=True
-    )
+    why = refused(backend, Artifact(artifact.id, metadata=genuine), target, preserve_special=True)
 
     assert "corrupt" in why
     assert os.listdir(target) == []

@@ -454,9 +454,9 @@ def test_special_files_in_a_snapshot_are_restored_only_when_asked(
     art = backend.run(context("r1", data))
 
     plain = backend.restore(art, tmp_path / "plain")[0]
-    asked = backend.restore(
-        art, tmp_path / "asked", options=RestoreOptions(preserve_special=True)
-    )[0]
+    asked = backend.restore(art, tmp_path / "asked", options=RestoreOptions(preserve_special=True))[
+        0
+    ]
 
     assert specials_below(plain) == []
     assert sorted(os.listdir(plain)) == ["conf", "orders.db", "sh"]

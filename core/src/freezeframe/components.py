@@ -288,17 +288,18 @@ class Backend(_Component):
         """
         raise NotImplementedError
 
-    def restore(
-        self, artifact: Artifact, target: Path, *, options: RestoreOptions = RestoreOptions()
-    ) -> list[Path]:
+    def restore(self, artifact: Artifact, target: Path) -> list[Path]:
         """Put every file of ``artifact`` at ``target`` + its original absolute path.
 
         Returns the restored top-level paths (below ``target``). ``target`` is an
         empty folder; what the artifact holds is not to be trusted (whoever can write
         the artifact's folder or repository may have crafted it): write with
         :class:`freezeframe.restoring.Target`, which follows no symlink and makes
-        special files only as ``options`` allow. ``options`` is passed only to a
-        ``restore`` that declares it, so an older backend keeps working unchanged.
+        special files only when asked.
+
+        A backend that declares a keyword argument ``options: RestoreOptions =
+        RestoreOptions()`` gets what the user asked (``--preserve-special``); one
+        that does not is called without it, as before.
         """
         raise NotImplementedError
 

@@ -21,7 +21,11 @@ __all__ = [
     "FICLONE",
     "CopyStats",
     "copy_contents",
-    "copy_metadata", "copy_tree", "make_parents", "outermost"]
+    "copy_metadata",
+    "copy_tree",
+    "make_parents",
+    "outermost",
+]
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}

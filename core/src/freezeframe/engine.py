@@ -979,10 +979,11 @@ class Engine:
         options = RestoreOptions(preserve_special=preserve_special)
         try:
             try:
-                if "options" in inspect.signature(spec.component.restore).parameters:
-                    restored = spec.component.restore(artifact, target, options=options)
+                restore: Callable[..., list[Path]] = spec.component.restore
+                if "options" in inspect.signature(restore).parameters:
+                    restored = restore(artifact, target, options=options)
                 else:  # a backend written before RestoreOptions existed
-                    restored = spec.component.restore(artifact, target)
+                    restored = restore(artifact, target)
             except FreezeframeError:
                 raise
             except Exception as e:

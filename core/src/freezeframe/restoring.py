@@ -227,10 +227,8 @@ class Target:
             raise FreezeframeError(f"{name}: the backup holds it twice") from None
         if self._as_root:
             os.chown(parts[-1], meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
-        try:
+        with contextlib.suppress(OSError):  # a symlink's time where the fs cannot keep it
             os.utime(parts[-1], ns=meta.times(), dir_fd=parent, follow_symlinks=False)
-        except OSError:
-            pass  # a symlink's time where the filesystem cannot keep it
         self._linkable.add(parts)
 
     def hardlink(self, name: str, existing: str) -> None:
@@ -291,14 +289,14 @@ class Target:
         for parts in sorted(self._dirs, key=len, reverse=True):
             self._trim()
             fd = self._folder(parts)
-            meta = self._dirs[parts]
-            if meta is None:
+            given = self._dirs[parts]
+            if given is None:
                 os.fchmod(fd, 0o755)
                 continue
             if self._as_root:
-                os.fchown(fd, meta.uid, meta.gid)
-            os.fchmod(fd, meta.mode)
-            os.utime(fd, ns=meta.times())
+                os.fchown(fd, given.uid, given.gid)
+            os.fchmod(fd, given.mode)
+            os.utime(fd, ns=given.times())
         if left:
             what = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in sorted(left.items()))
             self.left_out = (
@@ -533,4 +531,3 @@ def remove_below(root: Path) -> list[str]:
     finally:
         os.close(fd)
     return left
-

@@ -481,7 +481,9 @@ class ArchiveBackend(Backend):
             with Target(target, preserve_special=options.preserve_special) as out:
                 try:
                     with (
-                        zstandard.ZstdDecompressor().stream_reader(reader, closefd=False) as zr,
+                        zstandard.ZstdDecompressor().stream_reader(
+                            cast(IO[bytes], reader), closefd=False
+                        ) as zr,
                         tarfile.open(fileobj=zr, mode="r|") as tar,
                     ):
                         for member in tar:

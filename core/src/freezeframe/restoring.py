@@ -41,6 +41,7 @@ __all__ = [
     "Target",
     "copy_in",
     "exists_below",
+    "is_folder_below",
     "open_folder",
     "read_below",
     "remove_below",
@@ -314,8 +315,10 @@ def _walk(base: int, parts: Parts, where: str) -> int:
         for i, part in enumerate(parts):
             try:
                 new = os.open(part, _DIR, dir_fd=fd)
+            except FileNotFoundError:
+                raise
             except OSError as e:
-                raise _not_followed(f"{where}: {_show(parts[: i + 1])}", e) from None
+                raise _not_followed(f"{where}/{_show(parts[: i + 1])}", e) from None
             os.close(fd)
             fd = new
     except BaseException:
@@ -421,14 +424,17 @@ def copy_in(
 
 
 def _below(root: Path, path: Path) -> Parts:
-    """``path`` (absolute below ``root``, or relative to it) as components below ``root``."""
-    rel = path.relative_to(root) if path.is_absolute() else path
+    """``path`` (``root`` / something) as components below ``root``."""
+    if not path.is_relative_to(root):
+        raise FreezeframeError(f"{path}: not inside the restored tree {root}")
+    rel = path.relative_to(root)
     return _parts(rel.as_posix()) if rel.parts else ()
 
 
 def open_folder(root: Path, path: Path) -> int:
     """A descriptor of folder ``path`` below ``root``, opened without following a symlink
-    in any component below ``root``; raises :class:`FreezeframeError` naming the path."""
+    in any component below ``root``: :class:`FreezeframeError` naming the path if one is
+    (or is a file), :class:`FileNotFoundError` if one is missing."""
     base = os.open(root, _DIR)
     try:
         return _walk(base, _below(root, path), str(root))
@@ -436,11 +442,23 @@ def open_folder(root: Path, path: Path) -> int:
         os.close(base)
 
 
+def is_folder_below(root: Path, path: Path) -> bool:
+    """Whether ``path`` is a folder below ``root``; :class:`FreezeframeError` if it or a
+    folder above it is a symlink."""
+    try:
+        os.close(open_folder(root, path))
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def exists_below(root: Path, path: Path) -> bool:
     """Whether ``path`` exists below ``root`` with no symlink among its folders (the entry
     itself may be one)."""
-    parts = _below(root, path)
     try:
+        parts = _below(root, path)
+        if not parts:
+            return True
         fd = open_folder(root, root.joinpath(*parts[:-1]))
     except (FreezeframeError, OSError):
         return False
@@ -460,7 +478,9 @@ def read_below(root: Path, path: Path) -> bytes:
         try:
             f = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
         except OSError as e:
-            raise _not_followed(str(path), e) from None
+            if e.errno != errno.ELOOP:
+                raise
+            raise FreezeframeError(f"{path}: a symlink; refusing to follow it") from None
         with open(f, "rb") as file:
             if not stat.S_ISREG(os.fstat(f).st_mode):
                 raise FreezeframeError(f"{path}: not a regular file")
@@ -497,10 +517,8 @@ def unlink_below(root: Path, path: Path) -> bool:
     folder; whether it was there. No folder on the way may be a symlink."""
     try:
         fd = open_folder(root, path.parent)
-    except FreezeframeError:
-        if not exists_below(root, path.parent):
-            return False
-        raise
+    except FileNotFoundError:
+        return False
     try:
         os.unlink(path.name, dir_fd=fd)
         return True

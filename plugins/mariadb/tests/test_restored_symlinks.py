@@ -26,7 +26,7 @@ def test_a_binlog_index_that_is_a_symlink_is_not_written_through(tmp_path: Path)
     (restored_datadir(root) / "binlog.index").symlink_to(victim)
     layout = Layout(DATADIR, log_bin_basename=DATADIR / "binlog")
 
-    with pytest.raises(FreezeframeError, match="app.*binlog.index: a symlink"):
+    with pytest.raises(FreezeframeError, match=r"app.*binlog\.index: a symlink"):
         prepare(layout, root, "app")
 
     assert victim.read_text() == "/var/lib/mysql/binlog.000001\n"

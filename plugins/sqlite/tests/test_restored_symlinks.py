@@ -24,7 +24,7 @@ def test_stale_wal_files_are_not_removed_through_a_symlinked_folder(tmp_path: Pa
     folder.parent.mkdir(parents=True)
     folder.symlink_to(outside)  # the backup held a symlink where the folder was
 
-    with pytest.raises(FreezeframeError, match="orders.*symlink"):
+    with pytest.raises(FreezeframeError, match=r"orders.*symlink"):
         plugin.prepare_restored(root)
 
     assert (outside / "orders.db-wal").read_bytes() == b"someone else's WAL"

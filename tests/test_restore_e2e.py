@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from freezeframe_testing.crafted import specials_below
-from freezeframe_testing.plugin import make_counter_db, read_counter, restored, run_cli
+from freezeframe_testing.plugin import (
+    make_counter_db,
+    read_counter,
+    require_tool,
+    restored,
+    run_cli,
+)
 
 PROFILE = """
     [profile]
@@ -162,3 +168,48 @@ def test_special_files_come_back_only_with_preserve_special(
     assert stat.S_IMODE((tools / "suid").stat().st_mode) == 0o4755
     # clone never copies a FIFO into its view; the archive stage reads that view
     assert not (tools / "fifo").exists()
+
+
+TOOL = """
+    [[backup]]
+    backend = "{tool}"
+    name = "copy"
+    source = "snap"
+    repository = "{repo}"
+    password_env = "FF_E2E_PASSWORD"
+    init = true
+"""
+
+
+@pytest.mark.parametrize("tool", ["restic", "borg"])
+def test_restic_and_borg_restores_drop_setid_bits_unless_asked(
+    tmp_path: Path,
+    write_profile,
+    shop: dict[str, Path],
+    tool: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    require_tool(tool)
+    monkeypatch.setenv("FF_E2E_PASSWORD", "a test's throwaway")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("BORG_BASE_DIR", str(tmp_path / "borg-home"))
+    root = shop["root"]
+    extra = TOOL.format(tool=tool, repo=root / "repo")
+    path = write_profile(
+        PROFILE.format(
+            a=shop["a"], b=shop["b"], snaps=root / "snaps", tools=shop["tools"], archive=extra
+        )
+    )
+    r = run_cli("backup", path, "--json")
+    assert r.returncode == 0, r.stderr
+    run_id = r.json()["run_id"]
+
+    r = run_cli("restore", path, run_id, "--to", tmp_path / "plain")
+    assert r.returncode == 0, r.stderr
+    assert "--preserve-special" in r.stderr
+    assert specials_below(tmp_path / "plain") == []
+
+    r = run_cli("restore", path, run_id, "--to", tmp_path / "asked", "--preserve-special")
+    assert r.returncode == 0, r.stderr
+    suid = restored(tmp_path / "asked", shop["tools"]) / "suid"
+    assert stat.S_IMODE(suid.stat().st_mode) == 0o4755

@@ -46,6 +46,7 @@ __all__ = [
     "read_below",
     "remove_below",
     "replace_below",
+    "strip_special",
     "unlink_below",
 ]
 
@@ -298,13 +299,39 @@ class Target:
                 os.fchown(fd, given.uid, given.gid)
             os.fchmod(fd, given.mode)
             os.utime(fd, ns=given.times())
-        if left:
-            what = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in sorted(left.items()))
-            self.left_out = (
-                f"left out {what} (setuid/setgid bits dropped, special files not made): "
-                "restore with --preserve-special to keep them"
-            )
-            log.warning("%s: %s", self.root, self.left_out)
+        self.left_out = _warn(self.root, left)
+
+
+def _warn(root: Path, left: Counter[str]) -> str | None:
+    """The one warning of a restore that left special files out; the line, or ``None``."""
+    if not left:
+        return None
+    what = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in sorted(left.items()))
+    line = (
+        f"left out {what} (setuid/setgid bits dropped, special files not made): "
+        "restore with --preserve-special to keep them"
+    )
+    log.warning("%s: %s", root, line)
+    return line
+
+
+def strip_special(root: Path) -> str | None:
+    """Remove device nodes and FIFOs below ``root`` and drop setuid/setgid bits, without
+    following a symlink; for backends whose tool restores them itself (restic, borg).
+    Warns once what went; returns that line, or ``None``."""
+    left: Counter[str] = Counter()
+    for _, dirs, files, folder in os.fwalk(root, follow_symlinks=False):
+        for name in dirs + files:
+            st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            kind = stat.S_IFMT(st.st_mode)
+            if kind in _KINDS:
+                os.unlink(name, dir_fd=folder)
+                left[_KINDS[kind]] += 1
+            elif kind == stat.S_IFREG and st.st_mode & _SETID:
+                mode = stat.S_IMODE(st.st_mode) & ~_SETID
+                os.chmod(name, mode, dir_fd=folder, follow_symlinks=False)
+                left["setuid/setgid file"] += 1
+    return _warn(root, left)
 
 
 def _walk(base: int, parts: Parts, where: str) -> int:

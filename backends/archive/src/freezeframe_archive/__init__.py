@@ -301,20 +301,13 @@ def _sha256(raw: IO[bytes]) -> str:
 
 
 @functools.cache
-def _uid(name: str, number: int) -> int:
-    """A member's owner by name where this system knows it, as tar restores it."""
-    try:
-        return pwd.getpwnam(name).pw_uid if name else number
-    except KeyError:
-        return number
-
-
-@functools.cache
-def _gid(name: str, number: int) -> int:
-    try:
-        return grp.getgrnam(name).gr_gid if name else number
-    except KeyError:
-        return number
+def _owner(uname: str, uid: int, gname: str, gid: int) -> tuple[int, int]:
+    """A member's owner and group by name where this system knows them, as tar does."""
+    with contextlib.suppress(KeyError):
+        uid = pwd.getpwnam(uname).pw_uid if uname else uid
+    with contextlib.suppress(KeyError):
+        gid = grp.getgrnam(gname).gr_gid if gname else gid
+    return uid, gid
 
 
 def _meta(member: tarfile.TarInfo) -> Meta:
@@ -322,7 +315,7 @@ def _meta(member: tarfile.TarInfo) -> Meta:
     stamp = member.pax_headers.get("mtime") or str(int(member.mtime))
     sec, _, frac = stamp.partition(".")
     ns = int(sec) * 10**9 + int((frac + "000000000")[:9])
-    owner = (_uid(member.uname, member.uid), _gid(member.gname, member.gid))
+    owner = _owner(member.uname, member.uid, member.gname, member.gid)
     return Meta(member.mode & 0o7777, *owner, ns)
 
 

@@ -119,3 +119,29 @@ def test_fix_ups_refuse_a_symlinked_folder(tmp_path: Path, outside: Path) -> Non
     assert (outside / "victim").read_bytes() == b"v"
     assert not exists_below(root, root / "srv" / "victim")
     assert exists_below(root, root / "srv")
+
+
+def test_the_target_itself_may_be_a_symlink_the_user_named(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "to").symlink_to(tmp_path / "real")
+    with Target(tmp_path / "to") as target:
+        target.file("srv/x", META, write(b"x"))
+        target.finish()
+    assert (tmp_path / "real" / "srv" / "x").read_bytes() == b"x"
+    assert remove_below(tmp_path / "to") == []
+    assert os.listdir(tmp_path / "real") == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root makes device nodes")
+def test_a_special_file_swapped_before_finish_is_not_chmodded(tmp_path: Path) -> None:
+    root = tmp_path / "target"
+    mine = tmp_path / "mine"
+    mine.write_bytes(b"#!/bin/sh\n")
+    with Target(root, preserve_special=True) as target:
+        target.file("sh", Meta(0o4755, 0, 0, 0), write(b"#!/bin/sh\n"))
+        os.unlink(root / "sh")
+        os.link(mine, root / "sh")  # someone with access to the target swaps it
+        target.special("fifo", Meta(0o666, 0, 0, 0), stat.S_IFIFO)
+        with pytest.raises(FreezeframeError, match="changed while it was restored"):
+            target.finish()
+    assert stat.S_IMODE(mine.stat().st_mode) != 0o4755

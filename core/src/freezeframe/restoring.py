@@ -29,7 +29,7 @@ import os
 import shutil
 import stat
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: The target itself is the user's own path (``--to``): it may be a symlink to a folder.
+_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _SETID = stat.S_ISUID | stat.S_ISGID
 #: Open folder descriptors kept between entries; more are reopened from their parents.
 _OPEN_FOLDERS = 128
@@ -110,10 +112,11 @@ def _not_followed(where: str, e: OSError) -> FreezeframeError:
 class Target:
     """The folder a restore writes into, held open; entries are created below it only.
 
-    ``root`` is made if missing and must be a folder (not a symlink). Names are relative POSIX paths
-    (``srv/shop/orders.db``); a missing parent is created (0755). Owners are
-    set when running as root. Use it as a context manager, and call
-    :meth:`finish` once the artifact is known to be genuine.
+    ``root`` is made if missing (it may be a symlink to a folder: the user named
+    it). Names are relative POSIX paths (``srv/shop/orders.db``); a missing
+    parent is created (0755). Owners are set when running as root. Use it as
+    a context manager, and call :meth:`finish` once the artifact is known to
+    be genuine.
     """
 
     def __init__(self, root: Path, *, preserve_special: bool = False) -> None:
@@ -121,14 +124,14 @@ class Target:
         self.preserve_special = preserve_special
         try:
             root.mkdir(parents=True, exist_ok=True)  # the user's own path: trusted
-            self._root = os.open(root, _DIR)
+            self._root = os.open(root, _ROOT)
         except OSError as e:
             raise _not_followed(str(root), e) from None
         self._open: OrderedDict[Parts, int] = OrderedDict()
         self._dirs: dict[Parts, Meta | None] = {}  # made here: metadata set by finish()
         self._linkable: set[Parts] = set()  # files and symlinks made here: hard-link sources
         self._special: list[tuple[Parts, Meta, int, int]] = []  # (name, meta, S_IFMT, rdev)
-        self._setid: list[tuple[Parts, int]] = []
+        self._setid: list[tuple[Parts, int, int]] = []  # (name, mode, inode)
         self._as_root = os.geteuid() == 0
         #: What :meth:`finish` left out (one line), or ``None``.
         self.left_out: str | None = None
@@ -213,7 +216,7 @@ class Target:
                 os.fchown(fd, meta.uid, meta.gid)
             setid = meta.mode & _SETID
             if setid:
-                self._setid.append((parts, meta.mode))
+                self._setid.append((parts, meta.mode, os.fstat(fd).st_ino))
             os.fchmod(fd, meta.mode & ~setid)
             os.utime(fd, ns=meta.times())
         finally:
@@ -278,16 +281,18 @@ class Target:
                 os.mknod(parts[-1], kind | 0o600, rdev, dir_fd=parent)
             except FileExistsError:
                 raise FreezeframeError(f"{_show(parts)}: the backup holds it twice") from None
-            if self._as_root:
-                os.chown(parts[-1], meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
-            os.chmod(parts[-1], meta.mode, dir_fd=parent, follow_symlinks=False)
-            os.utime(parts[-1], ns=meta.times(), dir_fd=parent, follow_symlinks=False)
-        for parts, mode in self._setid:
+            with _made(parent, parts, kind) as path:
+                if self._as_root:
+                    os.chown(path, meta.uid, meta.gid)
+                os.chmod(path, meta.mode)
+                os.utime(path, ns=meta.times())
+        for parts, mode, inode in self._setid:
             if not self.preserve_special:
                 left["setuid/setgid file"] += 1
                 continue
             self._trim()
-            os.chmod(parts[-1], mode, dir_fd=self._folder(parts[:-1]), follow_symlinks=False)
+            with _made(self._folder(parts[:-1]), parts, stat.S_IFREG, inode) as path:
+                os.chmod(path, mode)
         for parts in sorted(self._dirs, key=len, reverse=True):
             self._trim()
             fd = self._folder(parts)
@@ -300,6 +305,21 @@ class Target:
             os.fchmod(fd, given.mode)
             os.utime(fd, ns=given.times())
         self.left_out = _warn(self.root, left)
+
+
+@contextlib.contextmanager
+def _made(parent: int, parts: Parts, kind: int, inode: int | None = None) -> Iterator[str]:
+    """A path to the inode named ``parts`` that cannot be swapped under us (an ``O_PATH``
+    descriptor's ``/proc/self/fd`` link), checked to be of ``kind``: the file this
+    restore made, not what someone with access to the target put in its place."""
+    fd = os.open(parts[-1], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        st = os.fstat(fd)
+        if stat.S_IFMT(st.st_mode) != kind or inode not in (None, st.st_ino):
+            raise FreezeframeError(f"{_show(parts)}: changed while it was restored")
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def _warn(root: Path, left: Counter[str]) -> str | None:
@@ -462,7 +482,7 @@ def open_folder(root: Path, path: Path) -> int:
     """A descriptor of folder ``path`` below ``root``, opened without following a symlink
     in any component below ``root``: :class:`FreezeframeError` naming the path if one is
     (or is a file), :class:`FileNotFoundError` if one is missing."""
-    base = os.open(root, _DIR)
+    base = os.open(root, _ROOT)
     try:
         return _walk(base, _below(root, path), str(root))
     finally:
@@ -560,7 +580,7 @@ def remove_below(root: Path) -> list[str]:
     left (``name: why``), empty when all went."""
     left: list[str] = []
     try:
-        fd = os.open(root, _DIR)
+        fd = os.open(root, _ROOT)
     except FileNotFoundError:
         return []
     try:

@@ -227,3 +227,16 @@ def test_an_archive_swapped_the_instant_restore_opens_it_is_never_extracted(
     assert everything_below(target) in ({"srv", "srv/data"}, set())
     if (target / "srv" / "data").exists():
         assert (target / "srv" / "data").read_bytes() == genuine
+
+
+def test_an_entry_for_the_target_itself_leaves_it_alone(
+    backend: ArchiveBackend, tmp_path: Path, target: Path
+) -> None:
+    """``tar -C view .`` names the top folder ``./``: it is --to, whose mode stays the user's."""
+    target.chmod(0o700)
+    members = [(member("./", tarfile.DIRTYPE, mode=0o777), None), (member("./srv/x"), b"x")]
+
+    backend.restore(write_tar_zst(tmp_path / "dot.tar.zst", members), target)
+
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    assert (target / "srv" / "x").read_bytes() == b"x"

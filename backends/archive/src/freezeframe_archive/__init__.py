@@ -330,6 +330,8 @@ def _write(data: IO[bytes]) -> Callable[[int], None]:
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, out: Target) -> None:
     """One member into ``out``; tarfile only parses the stream, ``out`` writes."""
     name = member.name
+    if member.isdir() and not name.startswith("/") and set(name.split("/")) <= {"", "."}:
+        return  # the target itself ("./"): it is the user's folder, left as it is
     if member.isdir():
         out.directory(name, _meta(member))
     elif member.isreg():

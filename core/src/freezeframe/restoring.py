@@ -165,13 +165,20 @@ class Target:
         except FileNotFoundError:
             if not create:
                 raise FreezeframeError(f"{_show(parts)}: missing from the restored tree") from None
-            os.mkdir(parts[-1], 0o700, dir_fd=parent)
-            self._dirs.setdefault(parts, None)
-            fd = os.open(parts[-1], _DIR, dir_fd=parent)
+            fd = self._made_folder(parent, parts)
         except OSError as e:
             raise _not_followed(_show(parts), e) from None
         self._open[parts] = fd
         return fd
+
+    def _made_folder(self, parent: int, parts: Parts) -> int:
+        """Make a folder no entry of the backup named (0755 by :meth:`finish`); open it."""
+        try:
+            os.mkdir(parts[-1], 0o700, dir_fd=parent)
+            self._dirs.setdefault(parts, None)
+            return os.open(parts[-1], _DIR, dir_fd=parent)
+        except OSError as e:
+            raise _not_followed(_show(parts), e) from None
 
     def _trim(self) -> None:
         """Close the least recently used folders beyond the limit (between entries only:

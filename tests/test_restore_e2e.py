@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import stat
 from pathlib import Path
@@ -213,3 +214,24 @@ def test_restic_and_borg_restores_drop_setid_bits_unless_asked(
     assert r.returncode == 0, r.stderr
     suid = restored(tmp_path / "asked", shop["tools"]) / "suid"
     assert stat.S_IMODE(suid.stat().st_mode) == 0o4755
+
+
+def test_only_paths_really_restored_are_listed(
+    tmp_path: Path, write_profile, shop: dict[str, Path]
+) -> None:
+    """A socket among a clone stage's paths is never copied (its server makes it again):
+    it used to be listed as restored all the same."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "app.sock"))
+    try:
+        shop = {**shop, "tools": tmp_path / "app.sock"}
+        path, run_id = backed_up(write_profile, shop, archive=False)
+    finally:
+        server.close()
+    target = tmp_path / "restore"
+
+    r = run_cli("restore", path, run_id, "--to", target, "--json")
+
+    assert r.returncode == 0, r.stderr
+    listed = [Path(p) for p in r.json()["paths"]]
+    assert sorted(listed) == sorted(restored(target, shop[n]) for n in ("a", "b"))

@@ -8,6 +8,7 @@ holds half a snapshot.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -28,9 +29,11 @@ from freezeframe import (
     hookimpl,
 )
 from freezeframe.copying import CopyStats, copy_tree, make_parents, outermost
-from freezeframe.restoring import Target, copy_in
+from freezeframe.restoring import Target, copy_in, exists_below
 
 __all__ = ["CloneBackend"]
+
+log = logging.getLogger(__name__)
 
 
 class CloneBackend(Backend):
@@ -127,6 +130,10 @@ class CloneBackend(Backend):
         with Target(target, preserve_special=options.preserve_special) as out:
             for original in (Path(p) for p in artifact.metadata.get("paths", [])):
                 rel = original.relative_to(original.anchor).as_posix()
+                if not exists_below(view, view / rel):
+                    # run() records a socket or FIFO given as a path, and never copies it.
+                    log.warning("%s is not in snapshot %s: not restored", original, view)
+                    continue
                 copy_in(out, view, rel, rel, links=links)
                 restored.append(target / rel)
             out.finish()

@@ -38,7 +38,7 @@ def test_history_is_not_deleted_through_a_symlinked_aof_folder(tmp_path: Path) -
     data.mkdir(parents=True)
     (data / "appendonlydir").symlink_to(outside)
 
-    with pytest.raises(FreezeframeError, match="cache.*symlink"):
+    with pytest.raises(FreezeframeError, match=r"cache.*symlink"):
         plugin(tmp_path).prepare_restored(root)
 
     assert (outside / "appendonly.aof.1.incr.aof").exists()

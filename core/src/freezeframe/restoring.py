@@ -389,9 +389,11 @@ def copy_in(
     *,
     links: dict[tuple[int, int], str] | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> None:
+    missing_ok: bool = False,
+) -> bool:
     """Copy the entry ``image`` (relative to folder ``top``) and all below it into ``target``
-    as ``name``; regular files by reflink where the filesystem can. The folders above
+    as ``name``; regular files by reflink where the filesystem can. With ``missing_ok``, an
+    ``image`` that does not exist makes nothing and returns ``False``. The folders above
     ``name`` get the metadata of those above ``image`` (aligned from the entry up, down
     to the first component of ``image``); any higher ones are made 0755.
 
@@ -461,17 +463,32 @@ def copy_in(
             try:
                 above.append(Meta.of(os.stat(part, dir_fd=folder, follow_symlinks=False)))
                 new = os.open(part, _DIR, dir_fd=folder)
+            except FileNotFoundError:
+                if missing_ok:
+                    return False
+                raise
             except OSError as e:
                 raise _not_followed(f"{top}: {_show(image_parts[: i + 1])}", e) from None
             os.close(folder)
             folder = new
+        if missing_ok and not _lexists(folder, image_parts[-1]):
+            return False
         shift = len(image_parts) - len(name_parts)
         for k in range(1, len(name_parts)):
             if k + shift >= 1:
                 target.directory(_show(name_parts[:k]), above[k + shift - 1])
         one(folder, image_parts[-1], name)
+        return True
     finally:
         os.close(folder)
+
+
+def _lexists(folder: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 # -- for fix-ups of restored data (prepare_restored) ---------------------------------------

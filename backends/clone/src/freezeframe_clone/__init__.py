@@ -29,7 +29,7 @@ from freezeframe import (
     hookimpl,
 )
 from freezeframe.copying import CopyStats, copy_tree, make_parents, outermost
-from freezeframe.restoring import Target, copy_in, exists_below
+from freezeframe.restoring import Target, copy_in
 
 __all__ = ["CloneBackend"]
 
@@ -130,11 +130,10 @@ class CloneBackend(Backend):
         with Target(target, preserve_special=options.preserve_special) as out:
             for original in (Path(p) for p in artifact.metadata.get("paths", [])):
                 rel = original.relative_to(original.anchor).as_posix()
-                if not exists_below(view, view / rel):
-                    # run() records a socket or FIFO given as a path, and never copies it.
+                if not copy_in(out, view, rel, rel, links=links, missing_ok=True):
+                    # run() records a socket given as a path, and never copies it.
                     log.warning("%s is not in snapshot %s: not restored", original, view)
                     continue
-                copy_in(out, view, rel, rel, links=links)
                 restored.append(target / rel)
             out.finish()
         return restored

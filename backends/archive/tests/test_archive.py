@@ -7,7 +7,6 @@ under its original absolute path (``view/srv/shop/...`` for ``/srv/shop``).
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import os
 import random
@@ -24,8 +23,17 @@ from typing import Any
 import pytest
 import zstandard
 
-from freezeframe import Artifact, Cancelled, ConfigError, FreezeframeError, StageContext, Table
+from freezeframe import (
+    Artifact,
+    Cancelled,
+    ConfigError,
+    FreezeframeError,
+    RestoreOptions,
+    StageContext,
+    Table,
+)
 from freezeframe_archive import ArchiveBackend, _gnu_tar
+from freezeframe_testing.crafted import member, write_tar_zst
 from freezeframe_testing.plugin import require_tool
 from freezeframe_testing.trees import (
     Tree,
@@ -71,36 +79,6 @@ def state(root: Path, *, link_times: bool = True) -> dict[str, dict[str, Any]]:
             entry["same_file_as"] = first.setdefault((st.st_dev, st.st_ino), rel)
         out[rel] = entry
     return out
-
-
-def write_tar_zst(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Artifact:
-    """A hand-made archive of ``members``, with its SHA-256 recorded as run() records it."""
-    with (
-        open(path, "wb") as raw,
-        zstandard.ZstdCompressor().stream_writer(raw, closefd=False) as zw,
-        tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return Artifact(
-        id=path.name,
-        bytes=path.stat().st_size,
-        files=len(members),
-        metadata={
-            "file": str(path),
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "paths": ["/srv"],
-        },
-    )
-
-
-def member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, linkname
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    return info
 
 
 def flip_middle_byte(path: Path) -> None:
@@ -384,7 +362,7 @@ def test_restore_refuses_a_member_escaping_target(
         members.append((member("srv/out/escaped.txt"), b"evil"))
     artifact = write_tar_zst(tmp_path / "evil.tar.zst", members)
 
-    with pytest.raises(tarfile.OutsideDestinationError):
+    with pytest.raises(FreezeframeError, match="refusing"):
         backend.restore(artifact, target)
 
     assert sorted(os.listdir(target.parent)) == ["outside", "target"]
@@ -405,10 +383,10 @@ def test_restore_refuses_a_hard_link_to_a_file_outside_target(
         ],
     )
 
-    refused: tarfile.FilterError | None = None
+    refused: FreezeframeError | None = None
     try:
         backend.restore(artifact, target)
-    except tarfile.FilterError as e:
+    except FreezeframeError as e:
         refused = e
 
     assert victim.read_bytes() == b"precious\n", "restore wrote outside its target"
@@ -697,6 +675,27 @@ def test_restore_keeps_special_mode_bits(backend: ArchiveBackend, view: Path, ta
     before = state(root)
     source = Artifact("snap-id", view=view, metadata={"paths": ["/srv/modes"]})
 
-    paths = backend.restore(backend.run(context(source)), target)
+    options = RestoreOptions(preserve_special=True)
+    paths = backend.restore(backend.run(context(source)), target, options=options)
 
     assert state(paths[0]) == before
+
+
+def test_restore_drops_setuid_bits_with_one_warning_unless_asked(
+    backend: ArchiveBackend, view: Path, target: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = view / "srv" / "modes"
+    root.mkdir(parents=True)
+    for name in ("suid", "sgid"):
+        (root / name).write_bytes(b"#!/bin/sh\n")
+    os.chmod(root / "suid", 0o4755)  # noqa: S103 - odd modes are what is under test
+    os.chmod(root / "sgid", 0o2755)  # noqa: S103 - odd modes are what is under test
+    source = Artifact("snap-id", view=view, metadata={"paths": ["/srv/modes"]})
+
+    paths = backend.restore(backend.run(context(source)), target)
+
+    assert stat.S_IMODE((paths[0] / "suid").stat().st_mode) == 0o755
+    assert stat.S_IMODE((paths[0] / "sgid").stat().st_mode) == 0o755
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "2 setuid/setgid files" in warnings[0] and "--preserve-special" in warnings[0]

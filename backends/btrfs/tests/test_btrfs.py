@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import sqlite3
 import stat
 import struct
@@ -25,6 +26,7 @@ from freezeframe import (
     Cancelled,
     ConfigError,
     FreezeframeError,
+    RestoreOptions,
     Role,
     RunStatus,
     SnapshotKind,
@@ -37,6 +39,7 @@ from freezeframe.registry import Registry
 from freezeframe.tools import run_tool
 from freezeframe_btrfs import BtrfsBackend
 from freezeframe_clone import CloneBackend
+from freezeframe_testing.crafted import specials_below
 from freezeframe_testing.plugin import LoopFs, make_counter_db, read_counter, require_tool, restored
 
 LoopFsFactory = Callable[..., LoopFs]
@@ -436,6 +439,55 @@ def test_restore_gives_parents_inside_the_snapshot_their_owner_and_mode(
         st = restored(target, folder).stat()
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (12345, 23456, mode)
     assert digest(restored(target, db)) == digest(db)
+
+
+def test_special_files_in_a_snapshot_are_restored_only_when_asked(
+    fs: LoopFs, snaps: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = fill(subvolume(fs.mountpoint / "data"))
+    (data / "sh").write_bytes(b"#!/bin/sh\n")
+    os.chmod(data / "sh", 0o4755)  # noqa: S103 - what is under test
+    os.mkfifo(data / "fifo")
+    os.mknod(data / "disk", 0o660 | stat.S_IFBLK, fs.mountpoint.stat().st_dev)
+    backend = make_backend(snaps)
+    backend.check()
+    art = backend.run(context("r1", data))
+
+    plain = backend.restore(art, tmp_path / "plain")[0]
+    asked = backend.restore(art, tmp_path / "asked", options=RestoreOptions(preserve_special=True))[
+        0
+    ]
+
+    assert specials_below(plain) == []
+    assert sorted(os.listdir(plain)) == ["conf", "orders.db", "sh"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "1 FIFO, 1 block device" in warnings[0]
+    assert len(specials_below(asked)) == 3
+    assert os.lstat(asked / "disk").st_rdev == fs.mountpoint.stat().st_dev
+    assert stat.S_IMODE(os.lstat(asked / "sh").st_mode) == 0o4755
+
+
+def test_a_tampered_snapshot_is_not_followed_out_of_the_target(
+    two_snapshots: tuple[BtrfsBackend, Artifact], snaps: Path, tmp_path: Path
+) -> None:
+    backend, art = two_snapshots
+    snap = snaps / "r1" / "one"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    btrfs("property", "set", "-ts", snap, "ro", "false")
+    shutil.rmtree(snap / "conf")
+    (snap / "conf").symlink_to(outside)  # inside the image: restored as the link it is
+    (snap / "orders.db").unlink()
+    (snap / "orders.db").symlink_to(outside / "victim")
+
+    with pytest.raises(FreezeframeError, match="not read-only"):  # asked: verified first
+        backend.restore(art, tmp_path / "asked", options=RestoreOptions(preserve_special=True))
+    backend.restore(art, tmp_path / "restore")
+
+    assert os.listdir(outside) == []  # nothing written through either link
+    conf = restored(tmp_path / "restore", art.roots()[0][0]) / "conf"
+    assert conf.is_symlink() and os.readlink(conf) == str(outside)
+    assert specials_below(tmp_path / "restore") == []
 
 
 # -- refusals -------------------------------------------------------------------------------

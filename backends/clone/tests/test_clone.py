@@ -20,9 +20,18 @@ from typing import Any
 
 import pytest
 
-from freezeframe import Artifact, Cancelled, ConfigError, FreezeframeError, StageContext, Table
+from freezeframe import (
+    Artifact,
+    Cancelled,
+    ConfigError,
+    FreezeframeError,
+    RestoreOptions,
+    StageContext,
+    Table,
+)
 from freezeframe.copying import FICLONE, outermost
 from freezeframe_clone import CloneBackend
+from freezeframe_testing.crafted import specials_below
 from freezeframe_testing.plugin import need, restored
 from freezeframe_testing.trees import (
     AS_ROOT,
@@ -213,10 +222,61 @@ def test_special_mode_bits_survive_snapshot_and_restore(
     before = state(root)
 
     artifact = backend.run(context(root))
-    paths = backend.restore(artifact, tmp_path / "restore")
+    options = RestoreOptions(preserve_special=True)
+    paths = backend.restore(artifact, tmp_path / "restore", options=options)
 
     assert state(restored(artifact.view, root)) == before
     assert state(paths[0]) == before
+
+
+# -- restoring a view nobody should trust (whoever can write dir may have changed it) -----
+
+
+def test_a_folder_of_the_view_swapped_for_a_symlink_is_refused_not_followed(
+    backend: CloneBackend, tree: Tree, tmp_path: Path
+) -> None:
+    artifact = backend.run(context(tree.root))
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "shop").mkdir(parents=True)
+    (elsewhere / "shop" / "secret").write_bytes(b"not in the backup")
+    image = restored(artifact.view, tree.root)
+    shutil.rmtree(image)
+    image.symlink_to(elsewhere / "shop")  # the image itself: restored as the link it is
+    srv = image.parent
+    os.rename(srv, tmp_path / "real-srv")
+    srv.symlink_to(tmp_path / "real-srv")  # a folder above the image: refused
+
+    with pytest.raises(FreezeframeError, match="symlink"):
+        backend.restore(artifact, tmp_path / "restore")
+
+    assert specials_below(tmp_path / "restore") == []
+    assert not (tmp_path / "restore" / "srv" / "shop" / "secret").exists()
+
+
+def test_devices_fifos_and_setid_bits_in_a_view_are_left_out_unless_asked(
+    backend: CloneBackend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "srv" / "app"
+    root.mkdir(parents=True)
+    (root / "sh").write_bytes(b"#!/bin/sh\n")
+    artifact = backend.run(context(root))
+    image = restored(artifact.view, root)
+    os.chmod(image / "sh", 0o4755)  # noqa: S103 - what an attacker would do
+    os.mkfifo(image / "fifo")
+    if AS_ROOT:
+        os.mknod(image / "disk", 0o666 | stat.S_IFBLK, os.stat(__file__).st_dev)
+
+    paths = backend.restore(artifact, tmp_path / "restore")
+
+    assert specials_below(paths[0]) == []
+    assert sorted(os.listdir(paths[0])) == ["sh"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "--preserve-special" in warnings[0]
+
+    options = RestoreOptions(preserve_special=True)
+    paths = backend.restore(artifact, tmp_path / "asked", options=options)
+
+    assert len(specials_below(paths[0])) == (3 if AS_ROOT else 2)
 
 
 def test_method_and_counts_say_how_the_files_were_copied(

@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ask each application plug-in to verify the restored data",
     )
+    sp.add_argument(
+        "--preserve-special",
+        action="store_true",
+        help="also make device nodes and FIFOs and keep setuid/setgid bits "
+        "(only from an artifact verified genuine); left out by default",
+    )
     sp = verb("verify", "verify a run's artifacts")
     sp.add_argument("run", nargs="?", default="latest", help="run id, prefix or 'latest'")
     sp.add_argument("--stage", help="verify only this stage")
@@ -307,13 +313,20 @@ def _cmd_show(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace, engine: Engine) -> int:
-    run, stage, paths = engine.restore(args.run, args.to, stage=args.stage, verify=args.verify)
+    run, stage, paths = engine.restore(
+        args.run,
+        args.to,
+        stage=args.stage,
+        verify=args.verify,
+        preserve_special=args.preserve_special,
+    )
     data = {
         "run_id": run.run_id,
         "stage": stage,
         "to": str(args.to),
         "paths": [str(p) for p in paths],
         "verified": args.verify,
+        "preserve_special": args.preserve_special,
     }
 
     def human() -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "Backend",
     "CrashSafety",
     "Deadline",
+    "RestoreOptions",
     "Role",
     "SnapshotKind",
     "StageContext",
@@ -138,6 +139,21 @@ class Artifact:
         if not outer:
             raise FreezeframeError("the source snapshot holds no paths")
         return outer
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """What the user asked of a restore, beyond where to put it.
+
+    A backend receives it as the ``options`` keyword of :meth:`Backend.restore`
+    when its ``restore`` declares that parameter; one that does not is called
+    as before, without it.
+    """
+
+    #: Make device nodes and FIFOs, and keep setuid/setgid bits (``--preserve-special``),
+    #: and then only from an artifact verified genuine. Without it they are left out,
+    #: with one warning saying what was.
+    preserve_special: bool = False
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -288,7 +304,15 @@ class Backend(_Component):
     def restore(self, artifact: Artifact, target: Path) -> list[Path]:
         """Put every file of ``artifact`` at ``target`` + its original absolute path.
 
-        Returns the restored top-level paths (below ``target``).
+        Returns the restored top-level paths (below ``target``). ``target`` is an
+        empty folder; what the artifact holds is not to be trusted (whoever can write
+        the artifact's folder or repository may have crafted it): write with
+        :class:`freezeframe.restoring.Target`, which follows no symlink and makes
+        special files only when asked.
+
+        A backend that declares a keyword argument ``options: RestoreOptions =
+        RestoreOptions()`` gets what the user asked (``--preserve-special``); one
+        that does not is called without it, as before.
         """
         raise NotImplementedError
 

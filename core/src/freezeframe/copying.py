@@ -2,8 +2,9 @@
 
 :func:`copy_tree` reflinks regular files where the filesystem can (FICLONE)
 and otherwise copies only their data extents, so a sparse file stays sparse.
-The clone backend snapshots with it; btrfs restores with it; a third-party
-backend may use it too.
+The clone backend snapshots with it; a third-party backend may use it too.
+Restores copy with :func:`freezeframe.restoring.copy_in`, which reads and
+writes the way an untrusted snapshot must be read (no symlink followed).
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FICLONE", "CopyStats", "copy_metadata", "copy_tree", "make_parents", "outermost"]
+__all__ = [
+    "FICLONE",
+    "CopyStats",
+    "copy_contents",
+    "copy_metadata",
+    "copy_tree",
+    "make_parents",
+    "outermost",
+]
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}
@@ -46,16 +55,24 @@ def _copy_file(
     src: Path, dst: Path, st: os.stat_result, stats: CopyStats, tick: Callable[[int], None]
 ) -> None:
     with open(src, "rb") as fin, open(dst, "xb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
-            stats.cloned += 1
-        except OSError as e:
-            if e.errno not in _NO_REFLINK:
-                raise
-            stats.copied += 1
-            _copy_data(fin.fileno(), fout.fileno(), st.st_size, tick)
-            return
-    tick(st.st_size)
+        copy_contents(fin.fileno(), fout.fileno(), st.st_size, stats, tick)
+
+
+def copy_contents(
+    src: int, dst: int, size: int, stats: CopyStats, tick: Callable[[int], None]
+) -> None:
+    """Give the empty file open as ``dst`` the ``size`` bytes of ``src``: a reflink where the
+    filesystem can, else only the data extents (holes stay holes); counted in ``stats``."""
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+        stats.cloned += 1
+    except OSError as e:
+        if e.errno not in _NO_REFLINK:
+            raise
+        stats.copied += 1
+        _copy_data(src, dst, size, tick)
+        return
+    tick(size)
 
 
 def _copy_data(src: int, dst: int, size: int, tick: Callable[[int], None]) -> None:

@@ -6,6 +6,7 @@ it knows no application or backup tool by name.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -19,13 +20,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from freezeframe import _ordered
+from freezeframe import _ordered, restoring
 from freezeframe._faults import point
 from freezeframe.catalog import Catalog, CatalogError, CatalogReadOnly
 from freezeframe.components import (
     Artifact,
     CrashSafety,
     Deadline,
+    RestoreOptions,
     Role,
     SnapshotKind,
     StageContext,
@@ -1030,9 +1032,20 @@ class Engine:
         )
 
     def restore(
-        self, ref: str, target: Path, *, stage: str | None = None, verify: bool = False
+        self,
+        ref: str,
+        target: Path,
+        *,
+        stage: str | None = None,
+        verify: bool = False,
+        preserve_special: bool = False,
     ) -> tuple[RunRecord, str, list[Path]]:
-        """Restore run ``ref`` under ``target`` (original absolute paths below it)."""
+        """Restore run ``ref`` under ``target`` (original absolute paths below it).
+
+        Returns the paths that were restored. On failure, what the restore made under
+        ``target`` is removed (it was empty: everything in it is ours), or the error
+        says what is left.
+        """
         with self.catalog() as catalog:
             rec = self.find_run(catalog, ref)
             spec, artifact = self._restorable(rec, stage)
@@ -1041,25 +1054,48 @@ class Engine:
                 f"--to {target}: not an empty directory; restore never "
                 "overwrites: give a new or empty one"
             )
+        made = not target.exists()
         target.mkdir(parents=True, exist_ok=True)
         log.info("restoring %s from stage %s of run %s", artifact.id, spec.name, rec.run_id)
+        options = RestoreOptions(preserve_special=preserve_special)
         try:
-            restored = spec.component.restore(artifact, target)
-        except FreezeframeError:
-            raise
-        except Exception as e:
-            raise StageError(f"stage {spec.name!r}: restore failed: {_one_line(e)}") from e
-        # The run's applications, as the profile knows them today (one added since has
-        # nothing in this backup; one removed since has no plug-in configured to ask).
-        in_run = {a.name for a in rec.applications}
+            try:
+                restore: Callable[..., list[Path]] = spec.component.restore
+                if "options" in inspect.signature(restore).parameters:
+                    restored = restore(artifact, target, options=options)
+                else:  # a backend written before RestoreOptions existed
+                    restored = restore(artifact, target)
+            except FreezeframeError:
+                raise
+            except Exception as e:
+                raise StageError(f"stage {spec.name!r}: restore failed: {_one_line(e)}") from e
+            # The run's applications, as the profile knows them today (one added since has
+            # nothing in this backup; one removed since has no plug-in configured to ask).
+            in_run = {a.name for a in rec.applications}
+            for app in self.profile.applications:
+                if app.name in in_run:
+                    with self._alone(app.component):
+                        app.component.prepare_restored(target)
+        except BaseException as e:
+            left = restoring.remove_below(target)
+            if made and not left:
+                with contextlib.suppress(OSError):
+                    target.rmdir()
+            if not left:
+                raise
+            more = f" (and {len(left) - 3} more)" if len(left) > 3 else ""
+            what = f"could not remove what it made: {'; '.join(left[:3])}{more}"
+            if not isinstance(e, FreezeframeError):
+                log.warning("restore failed and %s", what)
+                raise
+            error = FreezeframeError(f"{e}; {what}")
+            error.exit_code = e.exit_code
+            raise error from e
         for app in self.profile.applications:
-            if app.name not in in_run:
-                continue
-            with self._alone(app.component):
-                app.component.prepare_restored(target)
-                if verify:
+            if verify and app.name in in_run:
+                with self._alone(app.component):
                     app.component.verify_restored(target)
-        return rec, spec.name, restored
+        return rec, spec.name, [p for p in restored if restoring.exists_below(target, p)]
 
     def verify(
         self, ref: str, *, stage: str | None = None

@@ -12,13 +12,18 @@ fsync'd, then renamed: a crash never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
+import grp
 import hashlib
 import os
+import pwd
 import queue
 import re
 import select
+import shutil
+import stat
 import tarfile
 import threading
 from collections.abc import Callable
@@ -29,12 +34,14 @@ from freezeframe import (
     Artifact,
     Backend,
     FreezeframeError,
+    RestoreOptions,
     Role,
     StageContext,
     Table,
     hookimpl,
 )
 from freezeframe.fsutil import fsync_dir
+from freezeframe.restoring import Meta, Target
 from freezeframe.tools import ToolError, find_tool, run_tool, streaming_tool
 
 __all__ = ["ArchiveBackend"]
@@ -244,47 +251,120 @@ def _tar_trouble(error: ToolError) -> str:
     return f"{lines[0]}{more}; an incomplete archive is no backup"
 
 
-def _restore_filter(
-    times: list[tuple[str, str]],
-) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
-    """tarfile's "tar" filter (no absolute paths, nothing outside the target), plus: hard
-    links must stay inside too, and modes come back as they were (setuid and group write
-    included: these are our own checksummed archives). Exact mtimes are collected in
-    ``times`` and set after extraction, symlinks' included."""
+class _HashingReader:
+    """Reads ``raw`` for the decompressor and hashes every byte it hands over, so that what
+    is extracted is exactly what is hashed (a file rewritten in place since the first
+    check is caught too). A thread hashes, overlapping decompression and writing (a second
+    SHA-256 in line would double the time a large file takes to restore)."""
 
-    def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-        safe = tarfile.tar_filter(member, dest)
-        if member.islnk():
-            target = os.path.realpath(os.path.join(dest, member.linkname))
-            if os.path.commonpath([target, os.path.realpath(dest)]) != os.path.realpath(dest):
-                raise tarfile.LinkOutsideDestinationError(member, target)
-        # PAX keeps a fraction of a second; a whole second is only in the header. Both are
-        # set after extraction: tarfile sets no time on a symlink, and rounds the others.
-        times.append((safe.name, member.pax_headers.get("mtime") or str(int(member.mtime))))
-        return safe.replace(mode=member.mode, deep=False)
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self._sha = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._hash, daemon=True)
+        self._thread.start()
 
-    return check
+    def _hash(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._sha.update(data)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if data:
+            self._queue.put(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Stop the hashing thread (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def drain(self) -> str:
+        """Hash what the decompressor left unread; the SHA-256 of the whole file."""
+        while self.read(_CHUNK):
+            pass
+        self.close()
+        return self._sha.hexdigest()
 
 
-def _set_times(root: Path, times: list[tuple[str, str]]) -> None:
-    """Exact mtimes, deepest first so a folder's own time is set after its contents."""
-    for name, stamp in sorted(times, key=lambda t: t[0].count("/"), reverse=True):
-        sec, _, frac = stamp.partition(".")
-        ns = int(sec) * 10**9 + int((frac + "000000000")[:9])
-        path = root / name
-        try:
-            st = path.lstat()
-            os.utime(path, ns=(st.st_atime_ns, ns), follow_symlinks=False)
-        except OSError:
-            pass  # a symlink's time where the platform cannot set it
+def _open_archive(path: Path) -> IO[bytes]:
+    """The archive, opened once for both its checksum and its contents: never through a
+    symlink, never a FIFO or device put in its place."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FreezeframeError(f"archive {path} is gone") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FreezeframeError(f"archive {path} is a symlink; refusing to follow it") from None
+        raise FreezeframeError(f"archive {path}: {e.strerror}") from None
+    raw = open(fd, "rb")  # noqa: SIM115 - handed to the caller, who closes it
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raw.close()
+        raise FreezeframeError(f"archive {path} is not a regular file")
+    return raw
 
 
-def _sha256(path: Path) -> str:
+def _sha256(raw: IO[bytes]) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+    while chunk := raw.read(_CHUNK):
+        h.update(chunk)
     return h.hexdigest()
+
+
+@functools.cache
+def _owner(uname: str, uid: int, gname: str, gid: int) -> tuple[int, int]:
+    """A member's owner and group by name where this system knows them, as tar does."""
+    with contextlib.suppress(KeyError):
+        uid = pwd.getpwnam(uname).pw_uid if uname else uid
+    with contextlib.suppress(KeyError):
+        gid = grp.getgrnam(gname).gr_gid if gname else gid
+    return uid, gid
+
+
+def _meta(member: tarfile.TarInfo) -> Meta:
+    # PAX keeps a fraction of a second; a whole second is only in the header.
+    stamp = member.pax_headers.get("mtime") or str(int(member.mtime))
+    sec, _, frac = stamp.partition(".")
+    ns = int(sec) * 10**9 + int((frac + "000000000")[:9])
+    owner = _owner(member.uname, member.uid, member.gname, member.gid)
+    return Meta(member.mode & 0o7777, *owner, ns)
+
+
+def _write(data: IO[bytes]) -> Callable[[int], None]:
+    def fill(fd: int) -> None:
+        with open(fd, "wb", closefd=False) as out:
+            shutil.copyfileobj(data, out, _CHUNK)
+
+    return fill
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, out: Target) -> None:
+    """One member into ``out``; tarfile only parses the stream, ``out`` writes."""
+    name = member.name
+    if member.isdir() and not name.startswith("/") and set(name.split("/")) <= {"", "."}:
+        return  # the target itself ("./"): it is the user's folder, left as it is
+    if member.isdir():
+        out.directory(name, _meta(member))
+    elif member.isreg():
+        data = tar.extractfile(member)
+        assert data is not None  # a regular member always has a data stream
+        out.file(name, _meta(member), _write(data))
+    elif member.issym():
+        out.symlink(name, member.linkname, _meta(member))
+    elif member.islnk():
+        out.hardlink(name, member.linkname)
+    elif member.isfifo():
+        out.special(name, _meta(member), stat.S_IFIFO)
+    elif member.isdev():
+        kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+        out.special(name, _meta(member), kind, os.makedev(member.devmajor, member.devminor))
+    else:
+        raise FreezeframeError(f"{name!r}: a member of a type ({member.type!r}) never archived")
 
 
 class ArchiveBackend(Backend):
@@ -388,55 +468,83 @@ class ArchiveBackend(Backend):
             raise FreezeframeError(f"archive {path} is gone")
         return path
 
-    def restore(self, artifact: Artifact, target: Path) -> list[Path]:
-        """Check the checksum, then extract under ``target`` (no member may escape it)."""
+    def restore(
+        self, artifact: Artifact, target: Path, *, options: RestoreOptions = RestoreOptions()
+    ) -> list[Path]:
+        """Check the checksum, then extract under ``target``, both from one open descriptor.
+
+        Entries are written by :class:`freezeframe.restoring.Target` (nothing outside
+        ``target``, no symlink followed); the bytes extracted are hashed again as they
+        are read, and special files (with ``options.preserve_special``) are made only
+        once that second hash matches too.
+        """
         import zstandard
 
-        self.verify_checksum(artifact)
-        path = self._file(artifact)
-        with (
-            open(path, "rb") as raw,
-            zstandard.ZstdDecompressor().stream_reader(raw) as zr,
-            tarfile.open(fileobj=zr, mode="r|") as tar,
-        ):
-            times: list[tuple[str, str]] = []
-            tar.extractall(target, filter=_restore_filter(times))  # noqa: S202 - filtered
-        _set_times(target, times)
+        path = Path(artifact.metadata.get("file") or self.dir / artifact.id)
+        with _open_archive(path) as raw:
+            self._check_sum(artifact, path, _sha256(raw))
+            raw.seek(0)
+            reader = _HashingReader(raw)
+            with (
+                contextlib.closing(reader),
+                Target(target, preserve_special=options.preserve_special) as out,
+            ):
+                try:
+                    with (
+                        zstandard.ZstdDecompressor().stream_reader(
+                            cast(IO[bytes], reader), closefd=False
+                        ) as zr,
+                        tarfile.open(fileobj=zr, mode="r|") as tar,
+                    ):
+                        for member in tar:
+                            _extract(tar, member, out)
+                except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
+                    raise FreezeframeError(f"archive {path} cannot be read: {e}") from None
+                if reader.drain() != artifact.metadata.get("sha256"):
+                    raise FreezeframeError(
+                        f"archive {path} changed while it was being restored "
+                        "(its SHA-256 differs from the one recorded)"
+                    )
+                out.finish()
         return [
             target / Path(p).relative_to(Path(p).anchor) for p in artifact.metadata.get("paths", [])
         ]
 
-    def verify_checksum(self, artifact: Artifact) -> None:
-        """The file's SHA-256 is the one recorded when it was written."""
-        path = self._file(artifact)
-        digest = _sha256(path)
+    def _check_sum(self, artifact: Artifact, path: Path, digest: str) -> None:
         if digest != artifact.metadata.get("sha256"):
             raise FreezeframeError(
                 f"archive {path} is corrupt: its SHA-256 {digest[:16]}… "
                 "differs from the one recorded when it was written"
             )
 
+    def verify_checksum(self, artifact: Artifact) -> None:
+        """The file's SHA-256 is the one recorded when it was written."""
+        path = self._file(artifact)
+        with _open_archive(path) as raw:
+            self._check_sum(artifact, path, _sha256(raw))
+
     def verify(self, artifact: Artifact) -> None:
-        """Checksum, then decompress and read every member to the end."""
+        """Checksum, then decompress and read every member to the end (one open file)."""
         import zstandard
 
-        self.verify_checksum(artifact)
         path = self._file(artifact)
-        try:
-            with (
-                open(path, "rb") as raw,
-                zstandard.ZstdDecompressor().stream_reader(raw) as zr,
-                tarfile.open(fileobj=zr, mode="r|") as tar,
-            ):
-                for member in tar:
-                    if not member.isreg():
-                        continue  # links and folders have no data to read
-                    f = tar.extractfile(member)
-                    if f is not None:
-                        while f.read(_CHUNK):
-                            pass
-        except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
-            raise FreezeframeError(f"archive {path} cannot be read: {e}") from None
+        with _open_archive(path) as raw:
+            self._check_sum(artifact, path, _sha256(raw))
+            raw.seek(0)
+            try:
+                with (
+                    zstandard.ZstdDecompressor().stream_reader(raw, closefd=False) as zr,
+                    tarfile.open(fileobj=zr, mode="r|") as tar,
+                ):
+                    for member in tar:
+                        if not member.isreg():
+                            continue  # links and folders have no data to read
+                        f = tar.extractfile(member)
+                        if f is not None:
+                            while f.read(_CHUNK):
+                                pass
+            except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
+                raise FreezeframeError(f"archive {path} cannot be read: {e}") from None
 
     def delete(self, artifact: Artifact) -> None:
         """Remove the archive file."""

@@ -29,11 +29,13 @@ from freezeframe import (
     Backend,
     ConfigError,
     FreezeframeError,
+    RestoreOptions,
     Role,
     Secret,
     StageContext,
     Table,
     hookimpl,
+    restoring,
 )
 from freezeframe.layout import laid_out
 from freezeframe.tools import ToolError, find_tool, run_tool
@@ -332,7 +334,9 @@ class BorgBackend(Backend):
             log.warning("stage %s: could not clean up after run %s: %s", self.name, run_id, e)
 
     # -- restore, verify -----------------------------------------------------------
-    def restore(self, artifact: Artifact, target: Path) -> list[Path]:
+    def restore(
+        self, artifact: Artifact, target: Path, *, options: RestoreOptions = RestoreOptions()
+    ) -> list[Path]:
         """``borg extract --sparse`` in ``target``: files land at target + original path.
 
         A borg archive holds the paths, not the folders above them, and borg would
@@ -354,6 +358,8 @@ class BorgBackend(Backend):
             timeout=self.timeout,
             cwd=target,
         )
+        if not options.preserve_special:  # the tool makes them: take them out again at once
+            restoring.strip_special(target)
         return [target / Path(p).relative_to("/") for p in artifact.metadata.get("paths", [])]
 
     def verify(self, artifact: Artifact) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,16 @@ from freezeframe import (
     Backend,
     ConfigError,
     FreezeframeError,
+    RestoreOptions,
     Role,
     SnapshotKind,
     StageContext,
     Table,
     hookimpl,
 )
-from freezeframe.copying import copy_tree, outermost
+from freezeframe.copying import outermost
 from freezeframe.fsutil import fsync_dir
+from freezeframe.restoring import Target, copy_in
 from freezeframe.tools import find_tool, run_tool
 from freezeframe_btrfs._fs import (
     SUBVOLUME_ROOT_INO,
@@ -212,17 +213,29 @@ class BtrfsBackend(Backend):
             raise FreezeframeError(f"snapshot {view} is gone")
         return view
 
-    def restore(self, artifact: Artifact, target: Path) -> list[Path]:
-        """Copy every path out of the snapshots to ``target`` + its original absolute path."""
+    def restore(
+        self, artifact: Artifact, target: Path, *, options: RestoreOptions = RestoreOptions()
+    ) -> list[Path]:
+        """Copy every path out of the snapshots to ``target`` + its original absolute path.
+
+        Read and written without following a symlink (:func:`freezeframe.restoring.copy_in`);
+        folders above a path inside its snapshot get the snapshot's owner and mode, those
+        above the subvolume 0755. With ``options.preserve_special`` the snapshots are
+        verified first.
+        """
         view = self._view(artifact)
+        if options.preserve_special:
+            self.verify(artifact)
         restored = []
-        for original, image in artifact.roots():
-            if not os.path.lexists(image):
-                raise FreezeframeError(f"{image} is missing from the snapshot")
-            dst = target / original.relative_to(original.anchor)
-            _make_parents(original, image, view, target)
-            copy_tree(image, dst)
-            restored.append(dst)
+        links: dict[tuple[int, int], str] = {}
+        with Target(target, preserve_special=options.preserve_special) as out:
+            for original, image in artifact.roots():
+                if not os.path.lexists(image) or not image.is_relative_to(view):
+                    raise FreezeframeError(f"{image} is missing from the snapshot")
+                rel = original.relative_to(original.anchor).as_posix()
+                copy_in(out, view, image.relative_to(view).as_posix(), rel, links=links)
+                restored.append(target / rel)
+            out.finish()
         return restored
 
     def verify(self, artifact: Artifact) -> None:
@@ -287,29 +300,6 @@ class BtrfsBackend(Backend):
                 "(it holds something that is not a snapshot of freezeframe's)"
             ) from None
         fsync_dir(folder.parent)
-
-
-def _make_parents(original: Path, image: Path, view: Path, target: Path) -> None:
-    """Create ``target`` + the parents of ``original``; those inside the snapshot get the
-    snapshot's owner and mode (the originals' when it was taken), the others the defaults."""
-    snapshot = view / image.relative_to(view).parts[0]
-    images: dict[Path, Path] = {}  # parent of original -> its image in the snapshot
-    o, i = original.parent, image.parent
-    while i.is_relative_to(snapshot):
-        images[o] = i
-        o, i = o.parent, i.parent
-    current = target
-    for part in original.parent.relative_to(original.anchor).parts:
-        current = current / part
-        if current.exists():
-            continue
-        current.mkdir()
-        found = images.get(original.anchor / current.relative_to(target))
-        if found is not None:
-            st = found.stat()
-            if os.geteuid() == 0:
-                os.chown(current, st.st_uid, st.st_gid)
-            current.chmod(stat.S_IMODE(st.st_mode))
 
 
 def _snapshots_in(folder: Path) -> list[Path]:

@@ -8,6 +8,7 @@ holds half a snapshot.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -20,6 +21,7 @@ from freezeframe import (
     Backend,
     ConfigError,
     FreezeframeError,
+    RestoreOptions,
     Role,
     SnapshotKind,
     StageContext,
@@ -27,8 +29,11 @@ from freezeframe import (
     hookimpl,
 )
 from freezeframe.copying import CopyStats, copy_tree, make_parents, outermost
+from freezeframe.restoring import Target, copy_in
 
 __all__ = ["CloneBackend"]
+
+log = logging.getLogger(__name__)
 
 
 class CloneBackend(Backend):
@@ -108,16 +113,29 @@ class CloneBackend(Backend):
             },
         )
 
-    def restore(self, artifact: Artifact, target: Path) -> list[Path]:
-        """Copy the view's paths to ``target`` + their original absolute paths."""
+    def restore(
+        self, artifact: Artifact, target: Path, *, options: RestoreOptions = RestoreOptions()
+    ) -> list[Path]:
+        """Copy the view's paths to ``target`` + their original absolute paths.
+
+        The view is read and ``target`` written without following a symlink
+        (:func:`freezeframe.restoring.copy_in`); with ``options.preserve_special``
+        the snapshot is verified first.
+        """
         view = self._view(artifact)
+        if options.preserve_special:
+            self.verify(artifact)
         restored = []
-        links: dict[tuple[int, int], Path] = {}  # one table: links between paths survive
-        for original in (Path(p) for p in artifact.metadata.get("paths", [])):
-            src = view / original.relative_to(original.anchor)
-            dst = make_parents(original, target, src_root=view)
-            copy_tree(src, dst, links=links)
-            restored.append(dst)
+        links: dict[tuple[int, int], str] = {}  # one table: links between paths survive
+        with Target(target, preserve_special=options.preserve_special) as out:
+            for original in (Path(p) for p in artifact.metadata.get("paths", [])):
+                rel = original.relative_to(original.anchor).as_posix()
+                if not copy_in(out, view, rel, rel, links=links, missing_ok=True):
+                    # run() records a socket given as a path, and never copies it.
+                    log.warning("%s is not in snapshot %s: not restored", original, view)
+                    continue
+                restored.append(target / rel)
+            out.finish()
         return restored
 
     def _view(self, artifact: Artifact) -> Path:

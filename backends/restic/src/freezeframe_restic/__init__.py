@@ -30,11 +30,13 @@ from freezeframe import (
     Backend,
     ConfigError,
     FreezeframeError,
+    RestoreOptions,
     Role,
     Secret,
     StageContext,
     Table,
     hookimpl,
+    restoring,
 )
 from freezeframe.layout import laid_out
 from freezeframe.tools import ToolError, find_tool, run_tool
@@ -535,7 +537,9 @@ class ResticBackend(Backend):
             log.warning("stage %s: could not clean up after run %s: %s", self.name, run_id, e)
 
     # -- restore, verify -----------------------------------------------------------
-    def restore(self, artifact: Artifact, target: Path) -> list[Path]:
+    def restore(
+        self, artifact: Artifact, target: Path, *, options: RestoreOptions = RestoreOptions()
+    ) -> list[Path]:
         """``restic restore <id> --target <target>``: files land at target + original path.
 
         Holes of sparse files are kept when this restic can (``restore --sparse``; 0.14 cannot).
@@ -545,6 +549,8 @@ class ResticBackend(Backend):
         if "--sparse" in usage.stdout:
             args.append("--sparse")
         self._restic("restore", self._argv(*args), timeout=self.timeout)
+        if not options.preserve_special:  # the tool makes them: take them out again at once
+            restoring.strip_special(target)
         return [target / Path(p).relative_to("/") for p in artifact.metadata.get("paths", [])]
 
     def verify(self, artifact: Artifact) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from freezeframe import FreezeframeError
+from freezeframe import FreezeframeError, restoring
 from freezeframe.tools import ToolError, find_tool
 from freezeframe_mariadb._layout import Layout, restored
 
@@ -45,18 +45,21 @@ def prepare(layout: Layout, root: Path, who: str) -> Path:
     to the datadir, so the copy never reads the original's logs.
     """
     datadir = restored(root, layout.datadir)
-    if not datadir.is_dir():
-        raise FreezeframeError(f"{who}: {datadir} was not restored")
-    stale = [restored(root, p) for p in layout.runtime_files if layout.is_data(p)]
-    for entry in datadir.iterdir():
-        if (entry.suffix == ".pid" and entry.is_file()) or _is_socket(entry):
-            stale.append(entry)
-    for p in stale:
-        if _is_socket(p) or p.is_file():
-            p.unlink()
-    if layout.log_bin_basename is not None:
-        index = Path(f"{layout.log_bin_basename}.index")
-        _relocate_index(layout, restored(root, index))
+    try:
+        if not restoring.is_folder_below(root, datadir):
+            raise FreezeframeError(f"{datadir} was not restored")
+        stale = [restored(root, p) for p in layout.runtime_files if layout.is_data(p)]
+        for entry in datadir.iterdir():
+            if entry.suffix == ".pid" or _is_socket(entry):
+                stale.append(entry)
+        for p in stale:  # never through a symlinked folder; a folder itself stays
+            if _is_socket(p) or p.is_symlink() or p.is_file():
+                restoring.unlink_below(root, p)
+        if layout.log_bin_basename is not None:
+            index = Path(f"{layout.log_bin_basename}.index")
+            _relocate_index(layout, root, restored(root, index))
+    except FreezeframeError as e:
+        raise FreezeframeError(f"{who}: {e}") from None
     return datadir
 
 
@@ -67,15 +70,16 @@ def _is_socket(p: Path) -> bool:
         return False
 
 
-def _relocate_index(layout: Layout, index: Path) -> None:
+def _relocate_index(layout: Layout, root: Path, index: Path) -> None:
     """Rewrite absolute entries of a binlog index that point into a data folder as relative ones.
 
     The server opens index entries from its working directory, the datadir; a
     relative entry works in the restored tree and again once it is moved back.
+    Read and replaced without following a symlink inside ``root``.
     """
-    if not index.is_file():
+    if not restoring.exists_below(root, index):
         return
-    lines = index.read_text().splitlines()
+    lines = restoring.read_below(root, index).decode().splitlines()
     changed = []
     for line in lines:
         p = Path(line)
@@ -84,10 +88,7 @@ def _relocate_index(layout: Layout, index: Path) -> None:
             line = line if line.startswith(".") else f"./{line}"
         changed.append(line)
     if changed != lines:
-        tmp = index.with_name(index.name + ".freezeframe")
-        tmp.write_text("".join(f"{line}\n" for line in changed))
-        shutil.copymode(index, tmp)
-        tmp.replace(index)
+        restoring.replace_below(root, index, "".join(f"{line}\n" for line in changed).encode())
 
 
 def _server_binary() -> str:

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from freezeframe import FreezeframeError
+from freezeframe import FreezeframeError, restoring
 from freezeframe.tools import ToolError, find_tool, run_tool
 
 __all__ = ["data_dirs_below", "find_pg_ctl", "make_startable", "start_and_query"]
@@ -64,37 +64,48 @@ def _relink(link: Path, root: Path, what: str) -> str | None:
     new = _relocated(root, old)
     if new is None:
         return None
-    if not new.is_dir():
+    if not restoring.is_folder_below(root, new):
         raise FreezeframeError(
             f"{what} {link} points to {old}, which was not restored (expected at {new}); "
             "a server started on this copy would use the original's files"
         )
-    tmp = link.with_name(f".{link.name}.freezeframe")
-    tmp.unlink(missing_ok=True)
-    os.symlink(new, tmp)
-    if os.geteuid() == 0:
-        st = link.lstat()
-        os.lchown(tmp, st.st_uid, st.st_gid)
-    os.replace(tmp, link)
+    folder = restoring.open_folder(root, link.parent)
+    try:
+        tmp = f".{link.name}.freezeframe"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=folder)
+        os.symlink(new, tmp, dir_fd=folder)
+        if os.geteuid() == 0:
+            st = os.stat(link.name, dir_fd=folder, follow_symlinks=False)
+            os.chown(tmp, st.st_uid, st.st_gid, dir_fd=folder, follow_symlinks=False)
+        os.replace(tmp, link.name, src_dir_fd=folder, dst_dir_fd=folder)
+    finally:
+        os.close(folder)
     return f"{link.name} -> {new}"
 
 
-def _private(path: Path) -> None:
-    """PostgreSQL starts only on a data directory of mode 0700 (or 0750 with group access)."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode not in (0o700, 0o750):
-        path.chmod(0o700)
+def _private(root: Path, path: Path) -> None:
+    """PostgreSQL starts only on a data directory of mode 0700 (or 0750 with group access).
+    Changed through a descriptor: never through a symlink inside the restored tree."""
+    fd = restoring.open_folder(root, path)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) not in (0o700, 0o750):
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def make_startable(data_dir: Path, root: Path) -> list[str]:
     """Remove the original's lock files, point links at the restored folders, fix modes.
 
-    Ownership is kept. Returns what was changed, one line each.
+    Ownership is kept. Nothing is done through a symlink inside ``root``: a folder on
+    the way that is one is refused. Returns what was changed, one line each.
     """
     changed = []
+    if not restoring.is_folder_below(root, data_dir):
+        raise FreezeframeError(f"{data_dir} was not restored")
     for name in ("postmaster.pid", "postmaster.opts"):
-        if (data_dir / name).exists():
-            (data_dir / name).unlink()
+        if restoring.unlink_below(root, data_dir / name):
             changed.append(f"removed {name}")
     wal = data_dir / "pg_wal"
     if wal.is_symlink():
@@ -102,31 +113,38 @@ def make_startable(data_dir: Path, root: Path) -> list[str]:
         if line:
             changed.append(line)
     tblspc = data_dir / "pg_tblspc"
-    for link in sorted(tblspc.iterdir()) if tblspc.is_dir() else []:
+    for link in sorted(tblspc.iterdir()) if restoring.is_folder_below(root, tblspc) else []:
         if link.is_symlink():
             line = _relink(link, root, "tablespace link")
             if line:
                 changed.append(f"pg_tblspc/{line}")
     spcmap = data_dir / "tablespace_map"
-    if spcmap.is_file():
+    if restoring.exists_below(root, spcmap):
+        old = restoring.read_below(root, spcmap).decode("utf-8")
         lines = []
-        for line in spcmap.read_text(encoding="utf-8").splitlines():
+        for line in old.splitlines():
             oid, sep, location = line.partition(" ")
             new = _relocated(root, location) if sep else None
-            lines.append(f"{oid} {new}" if new is not None and new.is_dir() else line)
+            moved = new is not None and restoring.is_folder_below(root, new)
+            lines.append(f"{oid} {new}" if moved else line)
         text = "".join(f"{line}\n" for line in lines)
-        if text != spcmap.read_text(encoding="utf-8"):
-            spcmap.write_text(text, encoding="utf-8")
+        if text != old:
+            restoring.replace_below(root, spcmap, text.encode("utf-8"))
             changed.append("tablespace_map points at the restored tablespaces")
-    for path in [data_dir, *_link_targets(data_dir)]:
-        _private(path)
+    for path in [data_dir, *_link_targets(data_dir, root)]:
+        _private(root, path)
     return changed
 
 
-def _link_targets(data_dir: Path) -> Iterator[Path]:
-    for link in [data_dir / "pg_wal", *sorted((data_dir / "pg_tblspc").glob("*"))]:
-        if link.is_symlink() and link.is_dir():
-            yield link.resolve()
+def _link_targets(data_dir: Path, root: Path) -> Iterator[Path]:
+    """The restored folders pg_wal and the tablespace links point to (none outside ``root``)."""
+    tblspc = data_dir / "pg_tblspc"
+    links = sorted(tblspc.iterdir()) if restoring.is_folder_below(root, tblspc) else []
+    for link in [data_dir / "pg_wal", *links]:
+        if link.is_symlink():
+            to = Path(os.path.normpath(link.parent / os.readlink(link)))
+            if to.is_relative_to(root) and restoring.is_folder_below(root, to):
+                yield to
 
 
 def _major(data_dir: Path) -> str:

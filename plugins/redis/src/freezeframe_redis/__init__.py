@@ -44,9 +44,10 @@ from freezeframe import (
     SnapshotKind,
     Table,
     hookimpl,
+    restoring,
 )
 from freezeframe.tools import ToolError, find_tool
-from freezeframe_redis._layout import Layout, fsync_path, read_manifest
+from freezeframe_redis._layout import Layout, read_manifest
 from freezeframe_redis._persist import (
     complete_aof,
     incomplete_aof_images,
@@ -352,31 +353,31 @@ class RedisPlugin(ApplicationPlugin):
             return
         if layout is None:
             return
-        for pattern in ("temp-*.rdb", "temp-*.aof"):
-            for leftover in layout.dir.glob(pattern):  # a save or rewrite cut short
-                if leftover.is_file():
-                    leftover.unlink()
-        if not layout.aof:
-            return
-        try:
-            entries = read_manifest(layout.manifest)
-        except (OSError, ValueError) as e:
+        try:  # nothing through a symlink inside the restored tree
+            for folder in {layout.dir, layout.aof_dir} if layout.aof else {layout.dir}:
+                restoring.is_folder_below(root, folder)
+            for pattern in ("temp-*.rdb", "temp-*.aof"):
+                for leftover in layout.dir.glob(pattern):  # a save or rewrite cut short
+                    if leftover.is_symlink() or leftover.is_file():
+                        restoring.unlink_below(root, leftover)
+            if not layout.aof:
+                return
+            if layout.manifest.is_symlink():
+                raise FreezeframeError(f"{layout.manifest}: a symlink; refusing to follow it")
+            try:
+                entries = read_manifest(layout.manifest)
+            except (OSError, ValueError) as e:
+                raise FreezeframeError(str(e)) from None
+            history = [f for f in entries if f.type == "h"]
+            if not history:
+                return
+            # Redis deletes them at its next start: do it now, so that it writes nothing then.
+            for f in history:
+                restoring.unlink_below(root, layout.aof_dir / f.name)
+            kept = "".join(f"{f.line}\n" for f in entries if f.type != "h")
+            restoring.replace_below(root, layout.manifest, kept.encode("utf-8", "surrogateescape"))
+        except FreezeframeError as e:
             raise FreezeframeError(f"application {self.name!r}: {e}") from None
-        history = [f for f in entries if f.type == "h"]
-        if not history:
-            return
-        # Redis deletes them at its next start: do it now, so that it writes nothing then.
-        for f in history:
-            (layout.aof_dir / f.name).unlink(missing_ok=True)
-        tmp = layout.manifest.with_name(layout.manifest.name + ".tmp")
-        tmp.write_text(
-            "".join(f"{f.line}\n" for f in entries if f.type != "h"),
-            encoding="utf-8",
-            errors="surrogateescape",
-        )
-        fsync_path(tmp)
-        tmp.replace(layout.manifest)
-        fsync_path(layout.aof_dir)
 
     def verify_restored(self, root: Path) -> None:
         """Load the restored data in a temporary redis-server (persisting nothing) and PING it."""

@@ -31,6 +31,7 @@ from freezeframe import (
     SnapshotKind,
     Table,
     hookimpl,
+    restoring,
 )
 
 __all__ = ["SqlitePlugin"]
@@ -186,7 +187,10 @@ class SqlitePlugin(ApplicationPlugin):
         """A restored database must not meet a stale WAL or shared-memory file beside it."""
         restored = self.restored_path(root)
         for suffix in ("-wal", "-shm"):
-            Path(f"{restored}{suffix}").unlink(missing_ok=True)
+            try:  # never through a symlinked folder of the restored tree
+                restoring.unlink_below(root, Path(f"{restored}{suffix}"))
+            except FreezeframeError as e:
+                raise FreezeframeError(f"application {self.name!r}: {e}") from None
 
     def verify_restored(self, root: Path) -> None:
         """``PRAGMA integrity_check`` on the restored file."""

@@ -1,0 +1,59 @@
+"""Deliberately wrong application plug-ins: the negative controls of the consistency tests.
+
+A consistency test that cannot tell a good backup from a skewed one proves
+nothing. Each class here is a shipped plug-in with one mistake of the kind
+that loses data by milliseconds; a consistency test backs up through it (its
+``plugin = "..."`` kind) and must reject at least one of a few backups. They
+live only in the test kit: register them with ``registry_with(mutants)``;
+no shipped plug-in's code path knows of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from freezeframe import Deadline, hookimpl
+from freezeframe_redis import RedisPlugin
+from freezeframe_redis._persist import complete_aof, save_rdb
+from freezeframe_sqlite import SqlitePlugin
+
+__all__ = ["EarlyReleaseSqlite", "LateCaptureRedis"]
+
+
+class EarlyReleaseSqlite(SqlitePlugin):
+    """SQLite whose write lock is released as soon as it was taken: before the snapshot."""
+
+    kind = "sqlite-released-early"
+
+    def quiesce(self, deadline: Deadline) -> None:
+        """Take the lock and checkpoint, as the real one does; then let the writers in."""
+        super().quiesce(deadline)
+        super().unquiesce(())
+
+
+class LateCaptureRedis(RedisPlugin):
+    """Redis un-paused as soon as it was paused, its data captured :attr:`LATE` s later."""
+
+    kind = "redis-captured-late"
+    LATE = 0.5
+
+    def quiesce(self, deadline: Deadline) -> None:
+        """Pause and capture, as the real one does; un-pause; capture again, late and live."""
+        super().quiesce(deadline)
+        super().unquiesce(())
+        time.sleep(self.LATE)
+        layout = self._layout
+        assert layout is not None
+        if layout.aof:
+            complete_aof(self._server, layout, deadline, None)
+        else:
+            save_rdb(self._server, layout, deadline)
+
+
+@hookimpl
+def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
+    """Register the mutants (only a test's own registry does)."""
+    register(EarlyReleaseSqlite)
+    register(LateCaptureRedis)

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from freezeframe import Deadline, hookimpl
+from freezeframe_mariadb import MariadbPlugin
 from freezeframe_redis import RedisPlugin
 from freezeframe_redis._persist import complete_aof, save_rdb
 from freezeframe_sqlite import SqlitePlugin
 
-__all__ = ["EarlyReleaseSqlite", "LateCaptureRedis"]
+__all__ = ["EarlyReleaseMariadb", "EarlyReleaseSqlite", "LateCaptureRedis"]
 
 
 class EarlyReleaseSqlite(SqlitePlugin):
@@ -29,6 +30,18 @@ class EarlyReleaseSqlite(SqlitePlugin):
 
     def quiesce(self, deadline: Deadline) -> None:
         """Take the lock and checkpoint, as the real one does; then let the writers in."""
+        super().quiesce(deadline)
+        super().unquiesce(())
+
+
+class EarlyReleaseMariadb(MariadbPlugin):
+    """MariaDB whose backup lock ends as soon as the binlog position was read: before the
+    snapshot."""
+
+    kind = "mariadb-released-early"
+
+    def quiesce(self, deadline: Deadline) -> None:
+        """Block commits and read the position, as the real one does; then let commits in."""
         super().quiesce(deadline)
         super().unquiesce(())
 
@@ -56,4 +69,5 @@ class LateCaptureRedis(RedisPlugin):
 def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
     """Register the mutants (only a test's own registry does)."""
     register(EarlyReleaseSqlite)
+    register(EarlyReleaseMariadb)
     register(LateCaptureRedis)

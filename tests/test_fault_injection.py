@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -112,8 +112,8 @@ class Rig:
     xfs: LoopFs
     log: Path  # the exec application's quiesce/unquiesce lines: "<step> <parent pid>"
     frozen: Path  # exists while the exec application is quiesced
-    written: int = 0
-    cases: list[str] = field(default_factory=list)
+    #: The newest good run and the rows of each database it holds (``None``: make one).
+    good: tuple[str, list[list[tuple[int, str]]]] | None = None
 
     def write(self, tag: str, rows: int = 3) -> None:
         """Add rows to both databases (what a later backup must hold and an earlier not)."""
@@ -123,7 +123,6 @@ class Rig:
                     "INSERT INTO t(tag) VALUES (?)", [(f"{tag} {i}",) for i in range(rows)]
                 )
             db.close()
-        self.written += rows
 
 
 def rows_of(path: Path) -> list[tuple[int, str]]:
@@ -234,6 +233,16 @@ def wait_for_lock(engine: Engine, seconds: float) -> None:
             time.sleep(0.1)
 
 
+def settle(rig: Rig) -> None:
+    """Undo what a failed earlier case may have left (it failed for it already): a frozen
+    application, a held lock, pending deletes, so that this case's faults hit its own run."""
+    subprocess.run(["fsfreeze", "--unfreeze", str(rig.xfs.mountpoint)], capture_output=True)
+    rig.frozen.unlink(missing_ok=True)
+    if rig.engine.profile.home.exists():  # not before the first run
+        wait_for_lock(rig.engine, FREEZE_TIMEOUT + 4)
+        rig.engine.reconcile_if_idle()
+
+
 def catalog_runs(rig: Rig) -> list[RunRecord]:
     with Catalog(rig.engine.profile.home / "catalog.sqlite") as catalog:
         return catalog.runs()
@@ -279,11 +288,14 @@ def restored_rows(rig: Rig, run_id: str, where: Path) -> list[list[tuple[int, st
 def test_fault_is_survived(rig: Rig, tag: str) -> None:
     action, _, point = tag.partition("@")
     case = case_id(tag)
-    # a good backup of rows that the injected run will hold more than
-    rig.write(f"{tag} before the good run")
-    good = rig.engine.backup()
-    assert good.status == RunStatus.SUCCEEDED, good.error
-    good_rows = [rows_of(db) for db in rig.dbs]
+    settle(rig)
+    # a good backup (the last case's, if it made one), then rows it does not hold
+    if rig.good is None:
+        rig.write(f"{tag} before the good run")
+        run = rig.engine.backup()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        rig.good = (run.run_id, [rows_of(db) for db in rig.dbs])
+    good_id, good_rows = rig.good
     rig.write(f"{tag} after the good run")
     now_rows = [rows_of(db) for db in rig.dbs]
     before = {r.run_id for r in catalog_runs(rig)}
@@ -358,6 +370,7 @@ def test_fault_is_survived(rig: Rig, tag: str) -> None:
             errors = catalog_errors(rig, injected.run_id)
             assert any("injected fault" in e for e in errors), errors
         assert restored_rows(rig, injected.run_id, rig.tmp / "injected" / case) == now_rows
+        rig.good = (injected.run_id, now_rows)  # the next case's previous good run
     else:
         [injected] = new
         assert injected.status == RunStatus.FAILED
@@ -366,4 +379,4 @@ def test_fault_is_survived(rig: Rig, tag: str) -> None:
     assert not leftovers(rig, runs)
 
     # 6. the previous good backup, by its id, holds what was written before it
-    assert restored_rows(rig, good.run_id, rig.tmp / "previous" / case) == good_rows
+    assert restored_rows(rig, good_id, rig.tmp / "previous" / case) == good_rows

@@ -10,6 +10,7 @@ no shipped plug-in's code path knows of them.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,7 @@ from freezeframe_redis import RedisPlugin
 from freezeframe_redis._persist import complete_aof, save_rdb
 from freezeframe_sqlite import SqlitePlugin
 
-__all__ = ["EarlyReleaseMariadb", "EarlyReleaseSqlite", "LateCaptureRedis"]
+__all__ = ["EarlyReleaseMariadb", "EarlyReleaseSqlite", "LateCaptureRedis", "StaleCaptureRedis"]
 
 
 class EarlyReleaseSqlite(SqlitePlugin):
@@ -65,9 +66,26 @@ class LateCaptureRedis(RedisPlugin):
             save_rdb(self._server, layout, deadline)
 
 
+class StaleCaptureRedis(RedisPlugin):
+    """Redis paused and saved, as the real one does; then its dump file is put back as it
+    was before the quiesce (Redis's own last save): the capture of the instant is lost."""
+
+    kind = "redis-capture-skipped"
+
+    def quiesce(self, deadline: Deadline) -> None:
+        """Quiesce as the real one does, then put the older dump file back."""
+        older = {p: p.read_bytes() for p in self.data_paths() if p.is_file()}
+        super().quiesce(deadline)
+        for path, data in older.items():
+            stale = path.with_name(f"{path.name}.stale")
+            stale.write_bytes(data)
+            os.replace(stale, path)
+
+
 @hookimpl
 def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
     """Register the mutants (only a test's own registry does)."""
     register(EarlyReleaseSqlite)
     register(EarlyReleaseMariadb)
     register(LateCaptureRedis)
+    register(StaleCaptureRedis)

@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from freezeframe import Deadline, hookimpl
+from freezeframe import Artifact, Deadline, hookimpl
 from freezeframe_mariadb import MariadbPlugin
+from freezeframe_postgresql import PostgresqlPlugin
+from freezeframe_postgresql._wal import image_of, wal_image
 from freezeframe_redis import RedisPlugin
 from freezeframe_redis._persist import complete_aof, save_rdb
 from freezeframe_sqlite import SqlitePlugin
 
-__all__ = ["EarlyReleaseMariadb", "EarlyReleaseSqlite", "LateCaptureRedis", "StaleCaptureRedis"]
+__all__ = [
+    "EarlyReleaseMariadb",
+    "EarlyReleaseSqlite",
+    "LateCaptureRedis",
+    "ShortWalPostgresql",
+    "StaleCaptureRedis",
+]
 
 
 class EarlyReleaseSqlite(SqlitePlugin):
@@ -82,6 +90,22 @@ class StaleCaptureRedis(RedisPlugin):
             os.replace(stale, path)
 
 
+class ShortWalPostgresql(PostgresqlPlugin):
+    """PostgreSQL whose per-file images lose the WAL segment that holds the backup's end."""
+
+    kind = "postgresql-short-wal"
+
+    def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
+        """Complete each image as the real one does, then delete its last WAL segment."""
+        super().unquiesce(snapshots)
+        last = str(self.describe().get("wal_files", "")).rpartition("..")[2]
+        layout = self._layout
+        for artifact in snapshots:
+            image = image_of(artifact, layout.data_dir) if layout and last else None
+            if layout is not None and image is not None:
+                (wal_image(artifact, layout.data_dir, image) / last).unlink(missing_ok=True)
+
+
 @hookimpl
 def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
     """Register the mutants (only a test's own registry does)."""
@@ -89,3 +113,4 @@ def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> 
     register(EarlyReleaseMariadb)
     register(LateCaptureRedis)
     register(StaleCaptureRedis)
+    register(ShortWalPostgresql)

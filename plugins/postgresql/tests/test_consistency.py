@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 import freezeframe_testing.mutants as mutants
-from freezeframe import Artifact, FreezeframeError, RunStatus, SnapshotKind, Table
+from freezeframe import Artifact, FreezeframeError, RunRecord, RunStatus, SnapshotKind, Table
 from freezeframe.copying import copy_tree
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
@@ -95,6 +95,21 @@ def back_up_under_load(engine: Engine, server: PgServer) -> list[tuple[str, int,
         writer.stop()
     assert writer.committed > RUNS * 5, "the writer must have kept committing during the backups"
     return runs
+
+
+def one_backup_under_load(engine: Engine, server: PgServer) -> tuple[RunRecord, int]:
+    """One backup once the writer has committed 50 transfers; (run, committed before it)."""
+    writer = BankWriter(server)
+    writer.start()
+    try:
+        while writer.committed < 50:
+            writer.join(0.01)
+        before = writer.committed
+        run = engine.backup()
+    finally:
+        writer.stop()
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    return run, before
 
 
 def restore_and_check(
@@ -171,16 +186,7 @@ def test_a_per_file_backup_without_its_last_wal_segment_is_refused(
     )
     registry = registry_with(mutants)
     engine = Engine(load_profile(path, registry), registry)
-    writer = BankWriter(server)
-    writer.start()
-    try:
-        while writer.committed < 50:
-            writer.join(0.01)
-        before = writer.committed
-        run = engine.backup()
-    finally:
-        writer.stop()
-    assert run.status == RunStatus.SUCCEEDED, run.error
+    run, before = one_backup_under_load(engine, server)
     facts = dict(run.applications[0].facts)
     # recovery refuses it: its WAL ends before the backup's end (or its checkpoint record)
     with pytest.raises(FreezeframeError, match="did not start: FATAL: "):
@@ -289,16 +295,7 @@ def test_a_symlinked_pg_wal_is_completed_in_its_image_and_restored_beside_the_or
     engine = Engine(load_profile(path, registry), registry)
     assert engine.data_paths() == (server.data_dir, wal)
     live = {p.name: p.stat().st_ino for p in wal.iterdir() if p.is_file()}
-    writer = BankWriter(server)
-    writer.start()
-    try:
-        while writer.committed < 50:
-            writer.join(0.01)
-        before = writer.committed
-        run = engine.backup()
-    finally:
-        writer.stop()
-    assert run.status == RunStatus.SUCCEEDED, run.error
+    run, before = one_backup_under_load(engine, server)
     facts = run.applications[0].facts
     assert facts["wal_segments"] >= 1
     # Our copies replaced files in the image only: the live segments are the same inodes.

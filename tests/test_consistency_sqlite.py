@@ -3,44 +3,50 @@
 The writer commits +1 to database A and then +1 to database B, over and over,
 so at every instant ``A - B`` is 0 or 1. A backup that caught A and B at
 different moments shows another difference; one that lost committed work
-shows a counter below what was committed before the backup began.
+shows a counter below what was committed before the backup began; one taken
+while the writer was not held off shows the writer's next commit taking the
+lock before the thaw (:func:`freezeframe_testing.plugin.pair_problems`).
+
+The negative control backs up through a plug-in that releases SQLite's lock
+before the snapshot (freezeframe_testing.mutants): the same checks must
+reject one of its first few backups, or they could not catch the skew they
+exist for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from freezeframe import RunStatus
+import freezeframe_testing.mutants as mutants
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
-from freezeframe_testing.plugin import PairWriter, integrity, read_counter, restored
+from freezeframe_testing.plugin import PairWriter, back_up_pairs
 
 RUNS = 25
+#: Backups through the mutant before the checks must have rejected one.
+MUTANT_TRIES = 10
 
 
-@pytest.mark.parametrize("thaw", ["after-snapshot", "after-backup"])
-def test_every_restored_pair_is_consistent_and_complete(
-    tmp_path: Path, two_dbs: tuple[Path, Path], write_profile, registry: Registry, thaw: str
-) -> None:
-    a, b = two_dbs
-    profile_path = write_profile(f"""
+def profile_text(tmp_path: Path, dbs: tuple[Path, Path], thaw: str, plugin: str) -> str:
+    return f"""
         [profile]
         name = "pair"
         freeze_timeout = "10s"
         thaw = "{thaw}"
 
         [[application]]
-        plugin = "sqlite"
+        plugin = "{plugin}"
         name = "a"
-        path = "{a}"
+        path = "{dbs[0]}"
 
         [[application]]
-        plugin = "sqlite"
+        plugin = "{plugin}"
         name = "b"
-        path = "{b}"
+        path = "{dbs[1]}"
 
         [[backup]]
         backend = "clone"
@@ -51,34 +57,42 @@ def test_every_restored_pair_is_consistent_and_complete(
         backend = "archive"
         name = "archive"
         dir = "{tmp_path / "archives"}"
-    """)
+    """
+
+
+@pytest.mark.parametrize("thaw", ["after-snapshot", "after-backup"])
+def test_every_restored_pair_is_consistent_and_complete(
+    tmp_path: Path, two_dbs: tuple[Path, Path], write_profile, registry: Registry, thaw: str
+) -> None:
+    profile_path = write_profile(profile_text(tmp_path, two_dbs, thaw, "sqlite"))
     engine = Engine(load_profile(profile_path, registry), registry)
-    writer = PairWriter(a, b)
-    writer.start()
-    runs = []
-    try:
-        for _ in range(RUNS):
-            before = writer.committed  # both counters are at least this before the quiesce
-            run = engine.backup()
-            assert run.status == RunStatus.SUCCEEDED, run.error
-            runs.append((run, before))
-    finally:
-        writer.stop.set()
-        writer.join(30)
+    with PairWriter(*two_dbs) as writer:
+        checked = back_up_pairs(engine, writer, two_dbs, tmp_path, RUNS)
     assert writer.error is None
     assert writer.committed > RUNS, "the writer must have kept committing during the backups"
 
-    for i, (run, before) in enumerate(runs):
-        target = tmp_path / f"restore-{i}"
-        engine.restore(run.run_id, target, verify=True)
-        ra, rb = restored(target, a), restored(target, b)
-        assert integrity(ra) == ["ok"] and integrity(rb) == ["ok"]
-        na, nb = read_counter(ra), read_counter(rb)
-        assert na - nb in (0, 1), f"run {run.run_id}: A={na} B={nb} were not captured together"
-        assert nb >= before, f"run {run.run_id}: lost commits (B={nb} < {before})"
-        for app in run.applications:
+    assert [(c.run.run_id, c.problems) for c in checked if c.problems] == []
+    assert len(checked) == RUNS
+    for c in checked:
+        for app in c.run.applications:
             assert app.frozen_ms is not None and app.frozen_ms >= 0
             assert app.facts["journal_mode"] == "wal"
     # The snapshot stage was released after each run (the archive copied it).
     assert not any((tmp_path / "snaps").iterdir())
     assert len(list((tmp_path / "archives").glob("pair-*.tar.zst"))) == RUNS
+
+
+@pytest.mark.parametrize("thaw", ["after-snapshot", "after-backup"])
+def test_a_lock_released_before_the_snapshot_is_caught(
+    tmp_path: Path,
+    two_dbs: tuple[Path, Path],
+    write_profile,
+    registry_with: Callable[..., Registry],
+    thaw: str,
+) -> None:
+    registry = registry_with(mutants)
+    profile_path = write_profile(profile_text(tmp_path, two_dbs, thaw, "sqlite-released-early"))
+    engine = Engine(load_profile(profile_path, registry), registry)
+    with PairWriter(*two_dbs) as writer:
+        checked = back_up_pairs(engine, writer, two_dbs, tmp_path, MUTANT_TRIES)
+    assert checked[-1].problems, f"{len(checked)} skewed backups all passed the checks"

@@ -34,10 +34,12 @@ PostgreSQL value read after the backup returned.
 What it catches: an application whose backed-up files are not of that
 shared prefix. Without the redis application in the profile (its folder
 snapshotted all the same), the restored dump is Redis's last own save, tens
-of rounds behind. A MariaDB left out would still pass: InnoDB recovers the
-snapshot's instant, and the writer is then waiting at Redis or SQLite, past
-its MariaDB write; the MariaDB consistency test checks its lock (binlog
-position) directly.
+of rounds behind; the negative control backs up through a Redis plug-in
+whose capture is replaced by that save (freezeframe_testing.mutants), and
+one of its first few backups must be rejected. A MariaDB left out would
+still pass: InnoDB recovers the snapshot's instant, and the writer is then
+waiting at Redis or SQLite, past its MariaDB write; the MariaDB
+consistency test checks its lock (binlog position) directly.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from pathlib import Path
 
 import pytest
 
+import freezeframe_testing.mutants as mutants
 from freezeframe import RunStatus
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
@@ -72,6 +75,8 @@ from freezeframe_testing.postgres_server import PgServer, PostgresFactory
 from freezeframe_testing.redis_server import RedisServer
 
 RUNS = 10
+#: Backups through the mutant before the checks must have rejected one.
+MUTANT_TRIES = 3
 FREEZE_TIMEOUT = 10  # seconds; the writer's timeouts are all longer
 ORDER = ("postgresql", "mariadb", "redis", "sqlite")  # the writer's order
 
@@ -145,6 +150,7 @@ def problems(values: dict[str, int], before: int, after: int) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("redis_plugin", ["redis", "redis-capture-skipped"])
 def test_four_applications_on_one_subvolume_restore_one_instant(
     postgres: PostgresFactory,
     loop_fs: Callable[..., LoopFs],
@@ -153,8 +159,12 @@ def test_four_applications_on_one_subvolume_restore_one_instant(
     writer: Callable[..., subprocess.Popen[bytes]],
     tmp_path: Path,
     write_profile: Callable[[str], Path],
-    registry: Registry,
+    registry_with: Callable[..., Registry],
+    redis_plugin: str,
 ) -> None:
+    """With ``redis-capture-skipped`` (the negative control), a backup must be rejected."""
+    control = redis_plugin != "redis"
+    registry = registry_with(mutants)
     btrfs = require_tool("btrfs")
     fs = loop_fs("btrfs", size_mb=1024)
     mnt = postgres.mount_again(fs.device)  # loop_fs mounts below a folder postgres cannot enter
@@ -196,7 +206,7 @@ def test_four_applications_on_one_subvolume_restore_one_instant(
         user = "root"
 
         [[application]]
-        plugin = "redis"
+        plugin = "{redis_plugin}"
         name = "redis"
         url = "{rds.url}"
 
@@ -223,7 +233,7 @@ def test_four_applications_on_one_subvolume_restore_one_instant(
     runs = []
     started = time.monotonic()
     last = 0
-    for _ in range(RUNS):
+    for _ in range(MUTANT_TRIES if control else RUNS):
         # The writer is going, past the last backup, when the next one begins.
         before = wait_for_round(db, proc, last, tmp_path / "writer.log")
         run = engine.backup()
@@ -235,10 +245,10 @@ def test_four_applications_on_one_subvolume_restore_one_instant(
     assert proc.poll() is None, (tmp_path / "writer.log").read_text()
     proc.kill()
     proc.wait(30)
-    assert runs[-1][1] > runs[0][1] + RUNS, "the writer must have kept writing during the backups"
+    assert control or runs[-1][1] > runs[0][1] + RUNS, "the writer must keep writing"
     assert not any((mnt / "snaps").iterdir()), "each snapshot is released once archived"
 
-    seen = []
+    seen, rejected = [], []
     for i, (run, before, after) in enumerate(runs):
         modes = {a.name: a.mode for a in run.applications}
         assert set(modes.values()) == {"quiesced"}, f"run {run.run_id}: {modes}"
@@ -279,9 +289,16 @@ def test_four_applications_on_one_subvolume_restore_one_instant(
         assert integrity(lite) == ["ok"]
         values["sqlite"] = read_counter(lite)
 
-        assert problems(values, before, after) == [], f"run {run.run_id}"
+        found = problems(values, before, after)
+        assert control or found == [], f"run {run.run_id}"
+        rejected += found
         seen.append(tuple(values[a] for a in ORDER))
         shutil.rmtree(target.parent)
+        if found:
+            break
+    if control:
+        assert rejected, f"{len(seen)} backups without Redis's capture all passed: {seen}"
+        return
     print(  # shown with -s: how long the backups took and what each restore held
         f"{RUNS} backups in {backups_s:.1f}s; restored (pg, maria, redis, sqlite): {seen}"
     )

@@ -104,7 +104,10 @@ def pairs_restored(
     writer = pair_writer(root)
     done = []
     try:
-        time.sleep(0.2)
+        end = time.monotonic() + 30
+        while not all(_written(root / name) for name in ("a.txt", "b.txt")):
+            assert writer.poll() is None and time.monotonic() < end, "the writer never wrote"
+            time.sleep(0.01)
         for _ in range(runs):
             run = engine.backup()
             assert run.status == RunStatus.SUCCEEDED, run.error
@@ -120,6 +123,42 @@ def pairs_restored(
         assert a > 0, f"run {run.run_id}: nothing written before it"
         gaps.append((run, a - b))
     return gaps
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    """One backup of :func:`back_up_pairs`: the run, the stage it restored from, what is wrong."""
+
+    run: RunRecord
+    restored_from: str
+    problems: list[str]
+
+
+def back_up_pairs(
+    engine: Engine, writer: PairWriter, dbs: tuple[Path, Path], restore_to: Path, runs: int
+) -> list[CheckedRun]:
+    """Up to ``runs`` backups while ``writer`` commits, each restored and checked
+    (:func:`pair_problems`) at once; stops at the first rejected one."""
+    checked: list[CheckedRun] = []
+    for i in range(runs):
+        before = writer.committed  # both counters are at least this before the quiesce
+        run = engine.backup()
+        after = writer.committed
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        target = restore_to / f"restore-{i}"
+        _, stage, _ = engine.restore(run.run_id, target, verify=True)
+        pair = (restored(target, dbs[0]), restored(target, dbs[1]))
+        checked.append(CheckedRun(run, stage, pair_problems(writer, run, pair, before, after)))
+        if checked[-1].problems:
+            break
+    return checked
+
+
+def _written(path: Path) -> bool:
+    try:
+        return int(path.read_bytes() or b"0") > 0
+    except (FileNotFoundError, ValueError):  # not made yet, or read mid-write
+        return False
 
 
 def make_counter_db(path: Path, *, wal: bool = True) -> Path:
@@ -138,7 +177,10 @@ class PairWriter(threading.Thread):
 
     At every instant ``A - B`` is 0 or 1: a backup that caught the two databases
     at different moments shows another difference; one that lost commits shows
-    a value below what was committed before the backup began.
+    a value below what was committed before the backup began. ``locked_at[i][n]``
+    is when the transaction that made database i's counter n took the write lock
+    (counters start at 0): a backup that holds n was taken while the application
+    was quiesced only if ``n + 1`` took the lock after the thaw began.
     """
 
     def __init__(self, a: Path, b: Path) -> None:
@@ -146,19 +188,82 @@ class PairWriter(threading.Thread):
         self.paths = (a, b)
         self.stop = threading.Event()
         self.committed = 0
+        self.locked_at: tuple[list[float], list[float]] = ([0.0], [0.0])
         self.error: BaseException | None = None
+        self._progress = threading.Condition()
 
     def run(self) -> None:
         try:
             dbs = [sqlite3.connect(p, timeout=30, isolation_level=None) for p in self.paths]
             while not self.stop.is_set():
-                for db in dbs:
+                for db, locked_at in zip(dbs, self.locked_at, strict=True):
                     db.execute("BEGIN IMMEDIATE")
+                    locked_at.append(time.time())
                     db.execute("UPDATE counter SET n = n + 1 WHERE id = 1")
                     db.execute("COMMIT")
-                self.committed += 1
+                with self._progress:
+                    self.committed += 1
+                    self._progress.notify_all()
         except BaseException as e:
             self.error = e
+        finally:
+            with self._progress:
+                self._progress.notify_all()
+
+    def wait_for(self, committed: int, timeout: float = 30) -> None:
+        """Wait until both counters have reached ``committed`` (fail if the writer stopped)."""
+        with self._progress:
+            done = self._progress.wait_for(
+                lambda: self.committed >= committed or not self.is_alive(), timeout
+            )
+        assert self.error is None, f"the writer failed: {self.error!r}"
+        assert done and self.committed >= committed, f"the writer is stuck at {self.committed}"
+
+    def __enter__(self) -> PairWriter:
+        self.start()
+        self.wait_for(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join(30)
+
+
+def pair_problems(
+    writer: PairWriter,
+    run: RunRecord,
+    restored_pair: tuple[Path, Path],
+    before: int,
+    after: int,
+) -> list[str]:
+    """Why a restored pair is not the instant its run froze (empty when it is).
+
+    ``before`` and ``after``: what the writer had committed when the run began
+    and right after it returned. Waits until the writer has committed past the
+    restored values (when their successors took the lock tells when the freeze ended).
+    """
+    after += 1  # A may be one ahead of B's count
+    broken = [f"{p}: {r}" for p in restored_pair if (r := integrity(p)) != ["ok"]]
+    if broken:
+        return broken
+    values = [read_counter(p) for p in restored_pair]
+    (na, nb), out = values, []
+    if na - nb not in (0, 1):
+        out.append(f"A={na} B={nb} were not captured together")
+    if nb < before:
+        out.append(f"lost commits (B={nb} < {before} committed before the run)")
+    if na > after:
+        out.append(f"A={na} holds commits made after the run ({after})")
+    writer.wait_for(max(values) + 1)
+    for app, n, locked_at in zip(run.applications, values, writer.locked_at, strict=True):
+        thaw = app.thaw_start
+        if thaw is None or locked_at[n + 1] < thaw:
+            early = "" if thaw is None else f" {thaw - locked_at[n + 1]:.3f}s before its thaw"
+            out.append(
+                f"{app.name}={n}, but the writer took {app.name}'s lock for {n + 1}{early}: "
+                "the backup was not taken while it was quiesced"
+            )
+    return out
 
 
 def read_only_uri(path: Path) -> str:
@@ -180,10 +285,18 @@ def read_counter(path: Path) -> int:
 
 
 def integrity(path: Path) -> list[str]:
-    """``PRAGMA integrity_check`` of a database file (``["ok"]`` when sound)."""
-    db = sqlite3.connect(read_only_uri(path), uri=True)
+    """``PRAGMA integrity_check`` of a database file (``["ok"]`` when sound).
+
+    Opened read-only, so a missing file is a failure, never a new empty database.
+    """
+    try:
+        db = sqlite3.connect(read_only_uri(path), uri=True)
+    except sqlite3.OperationalError as e:
+        return [f"cannot open {path}: {e}"]
     try:
         return [r[0] for r in db.execute("PRAGMA integrity_check")]
+    except sqlite3.DatabaseError as e:
+        return [f"{path}: {e}"]
     finally:
         db.close()
 
@@ -351,6 +464,16 @@ def loop_fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
     is thawed, unmounted and detached at teardown, also when the test failed.
     Needs root and the mkfs tool; skips (fails in CI) otherwise.
     """
+    yield from _loop_filesystems(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def loop_fs_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LoopFs]]:
+    """:func:`loop_fs` for a module's shared fixtures: torn down after the module's last test."""
+    yield from _loop_filesystems(tmp_path_factory)
+
+
+def _loop_filesystems(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LoopFs]]:
     made: list[LoopFs] = []
 
     def make(fstype: str, size_mb: int = 512) -> LoopFs:

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from freezeframe import RunRecord
 from freezeframe_testing.plugin import need, require_tool
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "BALANCE",
     "RedisServer",
     "TransferWriter",
+    "ledger_problems",
     "read_ledger",
     "redis_server",
     "seed_ledger",
@@ -265,38 +267,87 @@ def read_ledger(client: Any, accounts: int = ACCOUNTS) -> tuple[int, int]:
     return sum(int(v) for v in values[:-1]), int(values[-1])
 
 
+def ledger_problems(
+    writer: TransferWriter,
+    run: RunRecord,
+    loaded: tuple[int, int],
+    total: int,
+    before: int,
+    after: int,
+) -> list[str]:
+    """Why a restored ledger is not the instant its run froze (empty when it is).
+
+    ``loaded``: (balance, seq) of the restored data; ``before`` and ``after``:
+    what the writer had committed when the run began and right after it
+    returned. Transfer ``seq + 1`` must have committed after the thaw began:
+    earlier, and writes were not paused from the capture to the thaw.
+    """
+    balance, seq = loaded
+    out = []
+    if balance != total:
+        out.append(f"a transfer was cut in half (balance {balance}, not {total})")
+    if not before <= seq <= after:
+        out.append(f"seq {seq} not in [{before}, {after}] (committed before the run, after it)")
+    [app] = run.applications
+    thaw, following = app.thaw_start, writer.committed_at(seq + 1)
+    if thaw is None or following < thaw:
+        early = "" if thaw is None else f" {thaw - following:.3f}s before the thaw"
+        out.append(
+            f"seq {seq}, but transfer {seq + 1} committed{early}: "
+            "the backup was not taken while writes were paused"
+        )
+    return out
+
+
 def _transfer_loop(
-    socket_path: str, password: str | None, accounts: int, committed: Any, stop: Any
+    socket_path: str,
+    password: str | None,
+    accounts: int,
+    committed: Any,
+    stop: Any,
+    commit_log: str,
 ) -> None:
     """The writer process: one MULTI/EXEC transfer after another until ``stop`` is set."""
     import redis
 
     client = redis.Redis(unix_socket_path=socket_path, password=password, socket_timeout=60)
     rng = random.Random(os.getpid())  # noqa: S311 (test load, not cryptography)
-    while not stop.is_set():
-        a, b = rng.sample(range(accounts), 2)
-        amount = rng.randint(1, 50)
-        pipe = client.pipeline(transaction=True)
-        pipe.decrby(f"acct:{a}", amount)
-        pipe.incrby(f"acct:{b}", amount)
-        pipe.incr("seq")
-        seq = pipe.execute()[-1]
-        committed.value = int(seq)
+    with open(commit_log, "a", buffering=1) as log:  # a line each: readable at once
+        while not stop.is_set():
+            a, b = rng.sample(range(accounts), 2)
+            amount = rng.randint(1, 50)
+            pipe = client.pipeline(transaction=True)
+            pipe.decrby(f"acct:{a}", amount)
+            pipe.incrby(f"acct:{b}", amount)
+            pipe.incr("seq")
+            seq = pipe.execute()[-1]
+            log.write(f"{seq} {time.time()}\n")
+            committed.value = int(seq)
 
 
 class TransferWriter:
     """A separate process running MULTI/EXEC transfers; ``committed`` is its last seq.
 
     Use as a context manager; ``errors()`` tells whether the process died.
+    :meth:`committed_at` tells when each transfer's EXEC returned.
     """
 
     def __init__(self, server: RedisServer, accounts: int = ACCOUNTS) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._committed = ctx.Value("q", 0)
         self._stop = ctx.Event()
+        self._log = Path(tempfile.mkdtemp(prefix="ff-writer-")) / "commits"
+        self._times: dict[int, float] = {}
         self.process = ctx.Process(
             target=_transfer_loop,
-            args=(str(server.socket), server.password, accounts, self._committed, self._stop),
+            args=(
+                str(server.socket),
+                server.password,
+                accounts,
+                self._committed,
+                self._stop,
+                str(self._log),
+            ),
             daemon=True,
         )
 
@@ -305,13 +356,26 @@ class TransferWriter:
         """The highest seq a transaction of the writer has committed (its EXEC returned)."""
         return int(self._committed.value)
 
+    def wait_for(self, seq: int, timeout: float = 30) -> None:
+        """Wait until the writer has committed ``seq`` (fail if it died or got stuck)."""
+        end = time.monotonic() + timeout
+        while self.committed < seq:
+            assert self.process.is_alive(), "the writer process died"
+            assert time.monotonic() < end, f"the writer is stuck at seq {self.committed}"
+            time.sleep(0.005)
+
+    def committed_at(self, seq: int) -> float:
+        """When the EXEC of transfer ``seq`` returned (``time.time()``); waits for it."""
+        self.wait_for(seq)
+        if seq not in self._times:
+            for line in self._log.read_text().splitlines():
+                n, at = line.split()
+                self._times[int(n)] = float(at)
+        return self._times[seq]
+
     def __enter__(self) -> TransferWriter:
         self.process.start()
-        end = time.monotonic() + 30
-        while self.committed == 0:
-            if not self.process.is_alive() or time.monotonic() > end:
-                raise RuntimeError("the writer process did not start writing")
-            time.sleep(0.01)
+        self.wait_for(1)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -320,6 +384,7 @@ class TransferWriter:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
+        shutil.rmtree(self._log.parent, ignore_errors=True)
 
     def died(self) -> bool:
         """Whether the process ended before it was told to stop."""

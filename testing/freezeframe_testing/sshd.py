@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from freezeframe_testing.procs import descendants
+
 __all__ = ["Sshd", "closed_port", "sshd"]
 
 #: How long the server may take to accept its first connection.
@@ -84,24 +86,8 @@ def closed_port() -> int:
 
 
 def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # the command name may hold spaces and parentheses: the ppid follows the last ")"
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    """Every process below ``pid``."""
+    return [p.pid for p in descendants(pid)]
 
 
 def _keygen(path: Path, comment: str) -> None:

@@ -45,6 +45,7 @@ from freezeframe_testing.plugin import (
     run_cli,
     writable_within,
 )
+from freezeframe_testing.procs import descendants
 from freezeframe_testing.sshd import Sshd, closed_port
 
 PASSWORD = "correct horse battery staple b0rg"  # noqa: S105 - a test's throwaway
@@ -244,17 +245,12 @@ def target(tmp_path: Path) -> Path:
     return path
 
 
-def borg_pids(verb: str) -> list[int]:
-    """Running borg processes (borg is a Python program) doing ``verb``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(a.endswith(b"/borg") or a == b"borg" for a in argv[:2]) and verb.encode() in argv:
-            found.append(int(proc.name))
-    return found
+def borg_pids(verb: str | None = None) -> list[int]:
+    """Running borg processes (borg is a Python program) of this test, doing ``verb``.
+
+    Only this test's own (below its process): another borg on the machine is not ours.
+    """
+    return [p.pid for p in descendants() if p.runs("borg", *([verb] if verb else []))]
 
 
 # -- configuration ------------------------------------------------------------------------
@@ -680,7 +676,7 @@ def test_the_passphrase_never_shows_in_argv_output_catalog_or_logs(
 
     def spy() -> None:  # every borg process's argv, while it runs
         while not stop.is_set():
-            for pid in borg_pids(""):
+            for pid in borg_pids():
                 with contextlib.suppress(OSError):  # it may have exited
                     cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
             time.sleep(0.002)

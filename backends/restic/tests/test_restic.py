@@ -44,6 +44,7 @@ from freezeframe_testing.plugin import (
     run_cli,
     writable_within,
 )
+from freezeframe_testing.procs import descendants
 from freezeframe_testing.sshd import Sshd, closed_port
 
 PASSWORD = "correct horse battery staple 7f3a"  # noqa: S105 - a test's throwaway
@@ -459,17 +460,9 @@ def test_cancel_kills_restic_and_leaves_no_snapshot(repo: Path, tmp_path: Path, 
     assert du(tmp_path / "repo" / "data") < 1 << 20  # what it had sent was pruned
 
 
-def restic_pids(verb: str) -> list[int]:
-    """Running restic processes doing ``verb``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"restic") and verb.encode() in argv:
-            found.append(int(proc.name))
-    return found
+def restic_pids(verb: str | None = None) -> list[int]:
+    """Running restic processes of this test (below its process) doing ``verb``."""
+    return [p.pid for p in descendants() if p.runs("restic", *([verb] if verb else []))]
 
 
 # -- over sftp -------------------------------------------------------------------------
@@ -713,7 +706,7 @@ def test_the_password_never_shows_in_argv_output_catalog_or_logs(
 
     def spy() -> None:  # every restic process's argv and environment, while it runs
         while not stop.is_set():
-            for pid in restic_pids(""):
+            for pid in restic_pids():
                 with contextlib.suppress(OSError):  # it may have exited
                     cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
                     if environ := Path(f"/proc/{pid}/environ").read_bytes():  # b"": exited

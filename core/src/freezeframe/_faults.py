@@ -6,6 +6,10 @@ raise (``raise``), send this process SIGTERM (``sigterm``) or SIGKILL
 n-th time (``catalog.save#3``). The points are listed in :data:`POINTS` with
 ``{app}``/``{stage}`` standing for names; tests/test_fault_injection.py walks
 all of them.
+
+Before acting, the point appends ``<action>@<point>#<n>`` to the file named by
+``FREEZEFRAME_FAULT_FIRED`` (when set): the test's proof that its fault fired,
+so a failpoint that no longer fires fails the suite rather than passing it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ def point(name: str) -> None:
         nth = f"{name}#{_seen[name]}"
     if target not in (name, nth):
         return
+    fired = os.environ.get("FREEZEFRAME_FAULT_FIRED")
+    if fired:
+        with open(fired, "a") as f:  # before acting: SIGKILL leaves no later chance
+            f.write(f"{action}@{nth}\n")
     if action == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "sigterm":

@@ -17,6 +17,7 @@ from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe_fsfreeze import FsfreezePlugin
 from freezeframe_testing.plugin import LoopFs, finishes_within, pairs_restored, writer_process
+from freezeframe_testing.procs import descendants
 
 
 @pytest.fixture
@@ -157,21 +158,6 @@ def test_a_frozen_filesystem_copied_file_by_file_is_one_instant(
     assert all(run.applications[0].facts["fstype"] == "xfs" for run, _ in restored)
 
 
-def _children(pid: int) -> list[tuple[int, str]]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            out.append((int(entry.name), cmd))
-    return out
-
-
 def test_if_the_watchdog_dies_too_the_next_command_thaws(
     xfs: LoopFs, write_profile, tmp_path: Path
 ) -> None:
@@ -189,7 +175,7 @@ def test_if_the_watchdog_dies_too_the_next_command_thaws(
     writer = None
     try:
         comps.wait_for(marker)
-        dogs = [pid for pid, cmd in _children(proc.pid) if "freezeframe.watchdog" in cmd]
+        dogs = [p.pid for p in descendants(proc.pid) if "freezeframe.watchdog" in p.argv]
         assert len(dogs) == 1
         os.kill(dogs[0], signal.SIGKILL)
         os.kill(proc.pid, signal.SIGKILL)

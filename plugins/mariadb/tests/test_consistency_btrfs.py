@@ -8,6 +8,10 @@ Each archive is restored and started on a server of its own beside the
 original; it must pass CHECK TABLE, hold the total, hold each sequence
 without a gap, hold everything committed before its backup began, and end
 its binary log exactly at the position recorded for the run.
+
+The negative control backs up through a plug-in that ends the backup lock
+before the snapshot (freezeframe_testing.mutants): the same checks must
+reject one of its first few backups.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from freezeframe import RunStatus
+import freezeframe_testing.mutants as mutants
+from freezeframe import RunRecord, RunStatus
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
@@ -29,6 +34,8 @@ from freezeframe_testing.mariadb_server import MariaDB
 from freezeframe_testing.plugin import LoopFs, require_tool
 
 RUNS = 20
+#: Backups through the mutant before the checks must have rejected one.
+MUTANT_TRIES = 5
 ACCOUNTS = 20
 OPENING = 1000
 WRITERS = 2
@@ -86,19 +93,51 @@ def committed(server: MariaDB) -> dict[int, int]:
     return {int(w): int(n) for w, n in rows}
 
 
-def test_every_restored_copy_is_one_instant_and_complete(
-    tmp_path: Path,
-    loop_fs: Callable[..., LoopFs],
+def copy_problems(
+    engine: Engine,
     mariadb_factory: Callable[..., MariaDB],
-    writers: Callable[[MariaDB], list[subprocess.Popen[bytes]]],
+    server: MariaDB,
+    run: RunRecord,
+    before: dict[int, int],
+    target: Path,
+) -> list[str]:
+    """Restore ``run`` under ``target``, start a server on it; what is wrong with it."""
+    facts = run.applications[0].facts
+    engine.restore(run.run_id, target, verify=True)  # starts it and runs CHECK TABLE
+    datadir = target / server.datadir.relative_to("/")
+    out = []
+    # the binary log ends exactly where the run says: nothing committed in the window
+    size = (datadir / facts["binlog_file"]).stat().st_size
+    if size != facts["binlog_position"]:
+        out.append(f"binary log ends at {size}, not at the run's {facts['binlog_position']}")
+    copy = mariadb_factory(datadir, init=False, networking=False)
+    try:
+        total = copy.sql("SELECT SUM(balance), COUNT(*) FROM bank.accounts")
+        if total != [(OPENING * ACCOUNTS, ACCOUNTS)]:
+            out.append(f"torn transfer: {total}")
+        for w, n_min, n_max, count in copy.sql(
+            "SELECT writer, MIN(n), MAX(n), COUNT(*) FROM bank.seq GROUP BY writer"
+        ):
+            if (n_min, count) != (0, n_max + 1):
+                out.append(f"a gap in writer {w}")
+            if n_max < before.get(int(w), -1):
+                out.append(f"lost commits of writer {w}")
+        if (gtid := copy.sql("SELECT @@gtid_binlog_pos")[0][0]) != facts["gtid_binlog_pos"]:
+            out.append(f"GTID position {gtid}, not the run's {facts['gtid_binlog_pos']}")
+    finally:
+        copy.stop()
+    return out
+
+
+def bank_engine(
+    tmp_path: Path,
+    fs: LoopFs,
+    server: MariaDB,
     write_profile: Callable[[str], Path],
     registry: Registry,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    btrfs = require_tool("btrfs")
-    fs = loop_fs("btrfs", 1024)
-    run_tool([btrfs, "subvolume", "create", str(fs.mountpoint / "db")], timeout=60)
-    server = mariadb_factory(fs.mountpoint / "db" / "data")
+    plugin: str,
+) -> Engine:
+    """The bank's server on a subvolume of ``fs``, and a profile backing it up."""
     server.sql(
         f"CREATE USER backup@'%' IDENTIFIED BY '{SECRET}'",
         "GRANT RELOAD, BINLOG MONITOR ON *.* TO backup@'%'",
@@ -107,14 +146,13 @@ def test_every_restored_copy_is_one_instant_and_complete(
         "CREATE TABLE bank.seq (writer INT, n INT, PRIMARY KEY (writer, n))",
         f"INSERT INTO bank.accounts SELECT seq, {OPENING} FROM bank.seq_1_to_{ACCOUNTS}",
     )
-    monkeypatch.setenv(PASSWORD_ENV, SECRET)
     profile_path = write_profile(f"""
         [profile]
         name = "bank"
         freeze_timeout = "10s"
 
         [[application]]
-        plugin = "mariadb"
+        plugin = "{plugin}"
         name = "bank"
         unix_socket = "{server.socket}"
         user = "backup"
@@ -130,7 +168,30 @@ def test_every_restored_copy_is_one_instant_and_complete(
         name = "archive"
         dir = "{tmp_path / "archives"}"
     """)
-    engine = Engine(load_profile(profile_path, registry), registry)
+    return Engine(load_profile(profile_path, registry), registry)
+
+
+def server_on_btrfs(
+    loop_fs: Callable[..., LoopFs], mariadb_factory: Callable[..., MariaDB]
+) -> tuple[LoopFs, MariaDB]:
+    btrfs = require_tool("btrfs")
+    fs = loop_fs("btrfs", 1024)
+    run_tool([btrfs, "subvolume", "create", str(fs.mountpoint / "db")], timeout=60)
+    return fs, mariadb_factory(fs.mountpoint / "db" / "data")
+
+
+def test_every_restored_copy_is_one_instant_and_complete(
+    tmp_path: Path,
+    loop_fs: Callable[..., LoopFs],
+    mariadb_factory: Callable[..., MariaDB],
+    writers: Callable[[MariaDB], list[subprocess.Popen[bytes]]],
+    write_profile: Callable[[str], Path],
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fs, server = server_on_btrfs(loop_fs, mariadb_factory)
+    monkeypatch.setenv(PASSWORD_ENV, SECRET)
+    engine = bank_engine(tmp_path, fs, server, write_profile, registry, "mariadb")
     procs = writers(server)
     runs = []
     try:
@@ -149,26 +210,36 @@ def test_every_restored_copy_is_one_instant_and_complete(
 
     for i, (run, before) in enumerate(runs):
         [app] = run.applications
-        facts = app.facts
-        assert facts["method"] == "BACKUP STAGE BLOCK_COMMIT"
+        assert app.facts["method"] == "BACKUP STAGE BLOCK_COMMIT"
         assert app.frozen_ms is not None
-        target = tmp_path / f"restore-{i}"
-        engine.restore(run.run_id, target, verify=True)  # starts it and runs CHECK TABLE
-        datadir = target / server.datadir.relative_to("/")
-        # the binary log ends exactly where the run says: nothing committed in the window
-        binlog = datadir / facts["binlog_file"]
-        assert binlog.stat().st_size == facts["binlog_position"], run.run_id
-
-        copy = mariadb_factory(datadir, init=False, networking=False)
-        total = copy.sql("SELECT SUM(balance), COUNT(*) FROM bank.accounts")
-        assert total == [(OPENING * ACCOUNTS, ACCOUNTS)], f"run {run.run_id}: torn transfer"
-        for w, n_min, n_max, count in copy.sql(
-            "SELECT writer, MIN(n), MAX(n), COUNT(*) FROM bank.seq GROUP BY writer"
-        ):
-            assert (n_min, count) == (0, n_max + 1), f"run {run.run_id}: a gap in writer {w}"
-            assert n_max >= before.get(int(w), -1), f"run {run.run_id}: lost commits of {w}"
-        assert copy.sql("SELECT @@gtid_binlog_pos")[0][0] == facts["gtid_binlog_pos"]
-        copy.stop()
+        found = copy_problems(engine, mariadb_factory, server, run, before, tmp_path / f"r{i}")
+        assert found == [], f"run {run.run_id}: {found}"
     # the password reached the driver only: nothing freezeframe keeps holds it
     kept = [p for p in (tmp_path / "state").rglob("*") if p.is_file()]
     assert kept and not any(SECRET.encode() in p.read_bytes() for p in kept)
+
+
+def test_a_lock_ended_before_the_snapshot_is_caught(
+    tmp_path: Path,
+    loop_fs: Callable[..., LoopFs],
+    mariadb_factory: Callable[..., MariaDB],
+    writers: Callable[[MariaDB], list[subprocess.Popen[bytes]]],
+    write_profile: Callable[[str], Path],
+    registry_with: Callable[..., Registry],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fs, server = server_on_btrfs(loop_fs, mariadb_factory)
+    monkeypatch.setenv(PASSWORD_ENV, SECRET)
+    registry = registry_with(mutants)
+    engine = bank_engine(tmp_path, fs, server, write_profile, registry, "mariadb-released-early")
+    procs = writers(server)
+    found: list[str] = []
+    for i in range(MUTANT_TRIES):
+        before = committed(server)
+        run = engine.backup()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        found = copy_problems(engine, mariadb_factory, server, run, before, tmp_path / f"r{i}")
+        if found:
+            break
+    assert all(p.poll() is None for p in procs), "a writer died"
+    assert found, f"{MUTANT_TRIES} backups with the lock ended early all passed the checks"

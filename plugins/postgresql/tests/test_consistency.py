@@ -9,6 +9,10 @@ backup mode) and on an atomic one (a btrfs subvolume: crash-consistent).
 Each archive is then restored into a fresh folder and a server is started
 on it beside the original, which is still running: it must recover, keep
 both invariants and hold every transfer committed before the backup began.
+
+The negative control backs up through a plug-in whose per-file images lose
+the WAL segment holding the backup's end (freezeframe_testing.mutants): the
+same restore and check must refuse it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from freezeframe import Artifact, FreezeframeError, RunStatus, SnapshotKind, Table
+import freezeframe_testing.mutants as mutants
+from freezeframe import Artifact, FreezeframeError, RunRecord, RunStatus, SnapshotKind, Table
 from freezeframe.copying import copy_tree
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
@@ -43,14 +48,16 @@ RUNS = 20
 VERIFY_EVERY = 10
 
 
-def profile_text(server: PgServer, snapshot: str, archives: Path) -> str:
+def profile_text(
+    server: PgServer, snapshot: str, archives: Path, plugin: str = "postgresql"
+) -> str:
     return f"""
         [profile]
         name = "bank"
         freeze_timeout = "30s"
 
         [[application]]
-        plugin = "postgresql"
+        plugin = "{plugin}"
         name = "bank"
         dsn = "{server.dsn()}"
 
@@ -88,6 +95,21 @@ def back_up_under_load(engine: Engine, server: PgServer) -> list[tuple[str, int,
         writer.stop()
     assert writer.committed > RUNS * 5, "the writer must have kept committing during the backups"
     return runs
+
+
+def one_backup_under_load(engine: Engine, server: PgServer) -> tuple[RunRecord, int]:
+    """One backup once the writer has committed 50 transfers; (run, committed before it)."""
+    writer = BankWriter(server)
+    writer.start()
+    try:
+        while writer.committed < 50:
+            writer.join(0.01)
+        before = writer.committed
+        run = engine.backup()
+    finally:
+        writer.stop()
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    return run, before
 
 
 def restore_and_check(
@@ -146,6 +168,29 @@ def test_per_file_snapshots_under_load_restore_consistent_and_complete(
         assert facts["wal_kept_by"].startswith("temporary replication slot")
         assert facts["wal_segments"] >= 1
     restore_and_check(engine, server, postgres, runs, tablespace)
+
+
+@pytest.mark.slow
+def test_a_per_file_backup_without_its_last_wal_segment_is_refused(
+    postgres: PostgresFactory,
+    tmp_path: Path,
+    write_profile: Callable[[str], Path],
+    registry_with: Callable[..., Registry],
+) -> None:
+    server = postgres.new()
+    tablespace = postgres_owned(postgres.folder() / "ts")
+    create_bank(server, tablespace)
+    snapshot = f'[[backup]]\nbackend = "clone"\nname = "snap"\ndir = "{tmp_path / "snaps"}"'
+    path = write_profile(
+        profile_text(server, snapshot, tmp_path / "archives", "postgresql-short-wal")
+    )
+    registry = registry_with(mutants)
+    engine = Engine(load_profile(path, registry), registry)
+    run, before = one_backup_under_load(engine, server)
+    facts = dict(run.applications[0].facts)
+    # recovery refuses it: its WAL ends before the backup's end (or its checkpoint record)
+    with pytest.raises(FreezeframeError, match="did not start: FATAL: "):
+        restore_and_check(engine, server, postgres, [(run.run_id, before, facts)], tablespace)
 
 
 @pytest.mark.slow
@@ -250,16 +295,7 @@ def test_a_symlinked_pg_wal_is_completed_in_its_image_and_restored_beside_the_or
     engine = Engine(load_profile(path, registry), registry)
     assert engine.data_paths() == (server.data_dir, wal)
     live = {p.name: p.stat().st_ino for p in wal.iterdir() if p.is_file()}
-    writer = BankWriter(server)
-    writer.start()
-    try:
-        while writer.committed < 50:
-            writer.join(0.01)
-        before = writer.committed
-        run = engine.backup()
-    finally:
-        writer.stop()
-    assert run.status == RunStatus.SUCCEEDED, run.error
+    run, before = one_backup_under_load(engine, server)
     facts = run.applications[0].facts
     assert facts["wal_segments"] >= 1
     # Our copies replaced files in the image only: the live segments are the same inodes.

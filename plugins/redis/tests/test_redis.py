@@ -31,6 +31,7 @@ from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe_redis import RedisPlugin
+from freezeframe_testing.procs import descendants
 from freezeframe_testing.redis_server import RedisServer, read_ledger, seed_ledger, start_redis
 
 PASSWORD = "s3cret-Pa55word"  # noqa: S105 (a test server's password)
@@ -104,15 +105,7 @@ def server_pid(server: RedisServer) -> int:
 
 def children_of(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (a redis-server's save process)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+    return [p.pid for p in descendants(pid) if p.ppid == pid]
 
 
 # -- fields --------------------------------------------------------------------------

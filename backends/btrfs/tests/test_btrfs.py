@@ -597,13 +597,15 @@ def test_a_profile_with_btrfs_then_archive_backs_up_and_restores(
         runs.append(run)
     set_counter(db, 99)
 
-    # retention kept the snapshots of the last two runs and deleted the first one's
-    assert sorted(p.name for p in snaps.iterdir()) == sorted(r.run_id for r in runs[1:])
+    # retention kept the snapshots (and manifests) of the last two runs, deleted the first's
+    kept = [name for r in runs[1:] for name in (r.run_id, f"{r.run_id}.manifest")]
+    assert sorted(p.name for p in snaps.iterdir()) == sorted(kept)
     assert subvolume_paths(fs) == {"shop", *(f"snaps/{r.run_id}/shop" for r in runs[1:])}
     for stage in ("snap", "archive"):
         target = tmp_path / f"restore-{stage}"
         _, used, paths = engine.restore(runs[2].run_id, target, stage=stage, verify=True)
         assert used == stage and paths == [restored(target, db)]
         assert read_counter(restored(target, db)) == 33
-    _, _, problems = engine.verify(runs[1].run_id)
-    assert problems == []
+    _, checked, problems, notes = engine.verify(runs[1].run_id)
+    assert problems == [] and notes == {}  # the snapshot was sealed: its contents were read
+    assert {s.name for s in checked if s.verified_at} == {"snap", "archive"}

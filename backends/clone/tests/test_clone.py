@@ -20,10 +20,23 @@ from typing import Any
 
 import pytest
 
-from freezeframe import Artifact, Cancelled, ConfigError, FreezeframeError, StageContext, Table
+from freezeframe import (
+    Artifact,
+    Cancelled,
+    ConfigError,
+    FreezeframeError,
+    RunStatus,
+    StageContext,
+    Table,
+    digests,
+)
 from freezeframe.copying import FICLONE, outermost
+from freezeframe.engine import Engine
+from freezeframe.profile import load_profile
+from freezeframe.registry import Registry
 from freezeframe_clone import CloneBackend
-from freezeframe_testing.plugin import need, restored
+from freezeframe_testing.damage import DAMAGES, Damage, flip_byte
+from freezeframe_testing.plugin import LoopFs, make_counter_db, need, restored
 from freezeframe_testing.trees import (
     AS_ROOT,
     BIG,
@@ -607,3 +620,146 @@ def test_restore_gives_parent_dirs_their_original_owner_and_mode(
 
     got = restored(tmp_path / "restore", parent).stat()
     assert (got.st_mode, got.st_uid, got.st_gid) == (want.st_mode, want.st_uid, want.st_gid)
+
+
+# -- content digests: seal after the thaw, verify reads every byte --------------------------
+
+
+def test_seal_records_every_entry_and_verify_reads_them(
+    backend: CloneBackend, tree: Tree, snaps: Path
+) -> None:
+    """Hard links, symlinks, a sparse file, empty files: all sealed, all verified."""
+    artifact = backend.seal(backend.run(context(tree.root)))
+    recorded = artifact.metadata["manifest"]
+    assert recorded["file"] == str(snaps / f"{RUN}.manifest")
+    assert recorded["bytes"] == tree.bytes  # each inode read once
+    assert backend.verify(artifact) is None  # None: every byte was compared, nothing noted
+    # as the catalog gives it back: found by id
+    assert backend.verify(Artifact(artifact.id, view=None, metadata=artifact.metadata)) is None
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_verify_of_a_sealed_snapshot_names_what_was_damaged(
+    backend: CloneBackend, tree: Tree, snaps: Path, damage: Damage
+) -> None:
+    artifact = backend.seal(backend.run(context(tree.root)))
+    assert artifact.view is not None
+    image = restored(artifact.view, tree.root) / "big.bin"
+    expected = damage(artifact.view, image, snaps / f"{RUN}.manifest")
+    with pytest.raises(FreezeframeError) as e:
+        backend.verify(artifact)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_verify_names_a_re_pointed_symlink_and_counts_the_rest(
+    backend: CloneBackend, tree: Tree
+) -> None:
+    artifact = backend.seal(backend.run(context(tree.root)))
+    view = restored(artifact.view, tree.root)
+    link = view / "link-abs"
+    target = os.readlink(link)
+    link.unlink()
+    link.symlink_to(target + ".other")
+    for i in range(5):
+        (view / f"stray-{i}").write_bytes(b"")
+    with pytest.raises(FreezeframeError) as e:
+        backend.verify(artifact)
+    message = str(e.value)
+    assert "link-abs changed (points to" in message
+    assert message.endswith("(and 3 more)")  # 6 differences: 3 named, 3 counted
+
+
+def test_verify_of_a_snapshot_made_before_manifests_says_contents_were_not_checked(
+    backend: CloneBackend, tree: Tree
+) -> None:
+    artifact = backend.run(context(tree.root))  # never sealed: as before this release
+    assert backend.verify(artifact) == digests.UNSEALED
+    flip_byte(artifact.view, restored(artifact.view, tree.root) / "big.bin", Path("-"))
+    assert backend.verify(artifact) == digests.UNSEALED  # what it cannot see, it says so
+
+
+def test_delete_and_discard_remove_the_manifest(
+    backend: CloneBackend, tree: Tree, snaps: Path
+) -> None:
+    deleted = backend.seal(backend.run(context(tree.root, run_id="deleted")))
+    discarded = backend.seal(backend.run(context(tree.root, run_id="discarded")))
+    (snaps / ".discarded.manifest.partial").write_bytes(b"half")  # a crash while sealing
+    assert {p.name for p in snaps.iterdir()} >= {"deleted.manifest", "discarded.manifest"}
+
+    backend.delete(deleted)
+    backend.discard(discarded.id)
+
+    assert list(snaps.iterdir()) == []
+
+
+@pytest.fixture
+def shop_on_xfs(
+    loop_fs: Callable[..., LoopFs], write_profile: Callable[..., Path], registry: Registry
+) -> tuple[Engine, Path, Path]:
+    """A profile backing up a SQLite database on XFS, cloned (reflinks) beside it."""
+    fs = loop_fs("xfs")
+    data = fs.mountpoint / "srv" / "shop"
+    (data / "conf").mkdir(parents=True)
+    (data / "conf" / "shop.conf").write_text("[shop]\ncurrency = EUR\n")
+    make_counter_db(data / "orders.db")
+    profile = write_profile(f"""
+        [profile]
+        name = "shop"
+        freeze_timeout = "10s"
+
+        [[application]]
+        plugin = "sqlite"
+        name = "orders"
+        path = "{data / "orders.db"}"
+
+        [[backup]]
+        backend = "clone"
+        name = "snap"
+        dir = "{fs.mountpoint / "snaps"}"
+        paths = ["{data}"]
+        keep = {{ last = 5 }}
+    """)
+    return Engine(load_profile(profile, registry), registry), data, fs.mountpoint / "snaps"
+
+
+def test_a_reflinked_view_is_sealed_after_the_thaw_and_verifies(
+    shop_on_xfs: tuple[Engine, Path, Path],
+) -> None:
+    engine, _, snaps = shop_on_xfs
+    run = engine.backup()
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    stage = run.stage("snap")
+    assert stage is not None and stage.artifact is not None
+    assert stage.artifact.metadata["method"] == "cloned"  # reflinks: XFS shares the extents
+    view = snaps / run.run_id
+    files = [p for p in view.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert stage.artifact.metadata["manifest"]["files"] == len(files) >= 2
+    assert (snaps / f"{run.run_id}.manifest").is_file()
+    # the manifest was written after the thaw, not inside the freeze window
+    app = run.applications[0]
+    assert app.thaw_end is not None
+    assert (snaps / f"{run.run_id}.manifest").stat().st_mtime >= app.thaw_end - 0.01
+
+    _, checked, problems, notes = engine.verify(run.run_id)
+    assert (problems, notes) == ([], {})
+    assert checked[0].verified_at is not None
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_reflinked_view_fails_verify_and_is_not_marked_verified(
+    shop_on_xfs: tuple[Engine, Path, Path], damage: Damage
+) -> None:
+    """The regression of issue 10 (3): counts and sizes matched, so verify said ok."""
+    engine, data, snaps = shop_on_xfs
+    run = engine.backup()
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    view = snaps / run.run_id
+    expected = damage(view, restored(view, data / "orders.db"), snaps / f"{run.run_id}.manifest")
+
+    _, checked, problems, _ = engine.verify(run.run_id)
+
+    assert len(problems) == 1 and expected in problems[0], problems
+    assert checked[0].verified_at is None
+    with engine.catalog() as catalog:
+        stored = catalog.get(run.run_id)
+    assert stored is not None and stored.stages[0].verified_at is None

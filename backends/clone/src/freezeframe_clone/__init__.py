@@ -3,7 +3,9 @@
 The view is ``<dir>/<run id>/`` with each path at its original absolute
 location below it (``<dir>/<run id>/srv/shop/orders.db``). The copy is made
 in ``<dir>/.<run id>.partial`` and renamed when complete, so a view never
-holds half a snapshot.
+holds half a snapshot. After the thaw the view is sealed: a SHA-256 of every
+file goes into ``<dir>/<run id>.manifest`` (:mod:`freezeframe.digests`), which
+``verify`` reads every byte against.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from freezeframe import (
     SnapshotKind,
     StageContext,
     Table,
+    digests,
     hookimpl,
 )
 from freezeframe.copying import CopyStats, copy_tree, make_parents, outermost
@@ -126,9 +130,19 @@ class CloneBackend(Backend):
             raise FreezeframeError(f"snapshot {view} is gone")
         return view
 
-    def verify(self, artifact: Artifact) -> None:
-        """Every recorded path is there, with as many files and bytes as were copied."""
+    def seal(self, artifact: Artifact) -> Artifact:
+        """After the thaw: record a SHA-256 of every file of the view in its manifest."""
+        return digests.seal(artifact)
+
+    def verify(self, artifact: Artifact) -> str | None:
+        """Every byte of every file is as the manifest sealed it, and nothing is missing
+        or extra. A snapshot made before manifests were is checked as it was then (every
+        recorded path is there, with as many files and bytes as were copied), with a note
+        that its contents were not checked."""
         view = self._view(artifact)
+        if digests.sealed(artifact):
+            digests.check(replace(artifact, view=view))
+            return None
         files = size = 0
         inodes: set[tuple[int, int]] = set()
         for original in (Path(p) for p in artifact.metadata.get("paths", [])):
@@ -148,15 +162,19 @@ class CloneBackend(Backend):
                 f"{view} holds {files} files, {size} bytes; the snapshot "
                 f"recorded {artifact.files} files, {artifact.bytes} bytes"
             )
+        return digests.UNSEALED
 
     def delete(self, artifact: Artifact) -> None:
-        """Remove the view."""
-        _rmtree(artifact.view or self.dir / artifact.id)
+        """Remove the view and its manifest."""
+        view = artifact.view or self.dir / artifact.id
+        _rmtree(view)
+        digests.remove(view)
 
     def discard(self, run_id: str) -> None:
-        """Remove the half-made copy (and the view) of ``run_id``."""
+        """Remove the half-made copy (and the view and manifest) of ``run_id``."""
         for p in (self._partial(run_id), self.dir / run_id):
             _rmtree(p)
+        digests.remove(self.dir / run_id)
 
 
 def _rmtree(path: Path) -> None:

@@ -15,7 +15,8 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from freezeframe import (
     SnapshotKind,
     StageContext,
     Table,
+    digests,
 )
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
@@ -37,6 +39,7 @@ from freezeframe.registry import Registry
 from freezeframe.tools import run_tool
 from freezeframe_btrfs import BtrfsBackend
 from freezeframe_clone import CloneBackend
+from freezeframe_testing.damage import DAMAGES, Damage, flip_byte
 from freezeframe_testing.plugin import LoopFs, make_counter_db, read_counter, require_tool, restored
 
 LoopFsFactory = Callable[..., LoopFs]
@@ -609,3 +612,120 @@ def test_a_profile_with_btrfs_then_archive_backs_up_and_restores(
     _, checked, problems, notes = engine.verify(runs[1].run_id)
     assert problems == [] and notes == {}  # the snapshot was sealed: its contents were read
     assert {s.name for s in checked if s.verified_at} == {"snap", "archive"}
+
+
+# -- content digests: seal after the thaw, verify reads every byte --------------------------
+
+
+@contextmanager
+def writable(snapshot: Path) -> Iterator[None]:
+    """The snapshot made writable for the time of the block (as damage, or an admin, does)."""
+    btrfs("property", "set", "-ts", snapshot, "ro", "false")
+    try:
+        yield
+    finally:
+        btrfs("property", "set", "-ts", snapshot, "ro", "true")
+
+
+def test_seal_writes_the_manifest_beside_the_run_and_verify_reads_it(
+    two_snapshots: tuple[BtrfsBackend, Artifact], snaps: Path
+) -> None:
+    backend, art = two_snapshots
+    sealed = backend.seal(art)
+    recorded = sealed.metadata["manifest"]
+    assert recorded["file"] == str(snaps / "r1.manifest")
+    # all of "one" (orders.db, conf/ with three files) and the three files of "two/conf"
+    assert (recorded["files"], recorded["bytes"]) == (1 + 3 + 3, (64 << 10) + 6 * 6)
+    assert backend.verify(sealed) is None
+    assert backend.verify(Artifact(sealed.id, metadata=sealed.metadata)) is None  # found by id
+
+
+def test_verify_of_a_snapshot_made_before_manifests_says_contents_were_not_checked(
+    two_snapshots: tuple[BtrfsBackend, Artifact], snaps: Path
+) -> None:
+    backend, art = two_snapshots
+    assert backend.verify(art) == digests.UNSEALED
+    with writable(snaps / "r1" / "one"):
+        flip_byte(snaps, snaps / "r1" / "one" / "orders.db", Path("-"))
+    assert backend.verify(art) == digests.UNSEALED  # what it cannot see, it says so
+
+
+def test_delete_discard_and_retention_remove_the_manifest(fs: LoopFs, snaps: Path) -> None:
+    data = fill(subvolume(fs.mountpoint / "data"))
+    backend = make_backend(snaps)
+    backend.check()
+    r1, r2, r3, _ = (backend.seal(backend.run(context(f"r{i}", data))) for i in range(1, 5))
+    (snaps / ".r4.manifest.partial").write_bytes(b"half")  # a crash while sealing
+
+    backend.delete(r1)
+    assert backend.delete_many([r2, r3]) == {}
+    backend.discard("r4")
+
+    assert list(snaps.iterdir()) == []
+    assert subvolume_paths(fs) == {"data"}
+
+
+@pytest.fixture
+def shop_on_btrfs(
+    fs: LoopFs, snaps: Path, write_profile: Callable[..., Path], registry: Registry
+) -> tuple[Engine, Path]:
+    """A profile backing up a SQLite database on a btrfs subvolume, with its folder."""
+    shop = subvolume(fs.mountpoint / "shop")
+    (shop / "conf").mkdir()
+    (shop / "conf" / "shop.conf").write_text("[shop]\ncurrency = EUR\n")
+    make_counter_db(shop / "orders.db")
+    profile = write_profile(f"""
+        [profile]
+        name = "shop"
+        freeze_timeout = "10s"
+
+        [[application]]
+        plugin = "sqlite"
+        name = "orders"
+        path = "{shop / "orders.db"}"
+
+        [[backup]]
+        backend = "btrfs"
+        name = "snap"
+        dir = "{snaps}"
+        paths = ["{shop}"]
+        keep = {{ last = 5 }}
+    """)
+    return Engine(load_profile(profile, registry), registry), shop
+
+
+def test_a_snapshot_is_sealed_after_the_thaw_and_verifies(
+    shop_on_btrfs: tuple[Engine, Path], snaps: Path
+) -> None:
+    engine, _ = shop_on_btrfs
+    run = engine.backup()
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    stage = run.stage("snap")
+    assert stage is not None and stage.artifact is not None
+    manifest = snaps / f"{run.run_id}.manifest"
+    assert stage.artifact.metadata["manifest"]["file"] == str(manifest)
+    app = run.applications[0]
+    assert app.thaw_end is not None and manifest.stat().st_mtime >= app.thaw_end - 0.01
+
+    _, checked, problems, notes = engine.verify(run.run_id)
+    assert (problems, notes) == ([], {})
+    assert checked[0].verified_at is not None
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_snapshot_fails_verify_and_is_not_marked_verified(
+    shop_on_btrfs: tuple[Engine, Path], snaps: Path, damage: Damage
+) -> None:
+    """The regression of issue 10 (3): a present, read-only snapshot was enough."""
+    engine, _ = shop_on_btrfs
+    run = engine.backup()
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    view, snapshot = snaps / run.run_id, snaps / run.run_id / "shop"
+    with writable(snapshot):
+        expected = damage(view, snapshot / "orders.db", snaps / f"{run.run_id}.manifest")
+
+    verdict = engine.verify(run.run_id)  # (run, stages, problems, notes)
+    checked, problems = verdict[1], verdict[2]
+
+    assert len(problems) == 1 and expected in problems[0], problems
+    assert checked[0].verified_at is None

@@ -756,7 +756,8 @@ def test_a_damaged_reflinked_view_fails_verify_and_is_not_marked_verified(
     view = snaps / run.run_id
     expected = damage(view, restored(view, data / "orders.db"), snaps / f"{run.run_id}.manifest")
 
-    _, checked, problems, _ = engine.verify(run.run_id)
+    verdict = engine.verify(run.run_id)  # (run, stages, problems, notes)
+    checked, problems = verdict[1], verdict[2]
 
     assert len(problems) == 1 and expected in problems[0], problems
     assert checked[0].verified_at is None

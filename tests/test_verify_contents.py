@@ -1,0 +1,163 @@
+"""``freezeframe verify`` reads every byte of a kept snapshot (clone on XFS, btrfs), says in
+one line what was damaged, and retention never keeps a damaged snapshot as the newest
+verified one. Real filesystems on loop devices, the real CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from freezeframe.catalog import Catalog
+from freezeframe.tools import run_tool
+from freezeframe_testing.damage import flip_byte
+from freezeframe_testing.plugin import LoopFs, make_counter_db, require_tool, restored, run_cli
+
+
+@contextmanager
+def writable(snapshot: Path) -> Iterator[None]:
+    """A btrfs snapshot made writable for the block; nothing to do for a clone view."""
+    if not (snapshot.is_dir() and snapshot.stat().st_ino == 256):
+        yield
+        return
+    btrfs = require_tool("btrfs")
+    run_tool([btrfs, "property", "set", "-ts", str(snapshot), "ro", "false"], timeout=60)
+    try:
+        yield
+    finally:
+        run_tool([btrfs, "property", "set", "-ts", str(snapshot), "ro", "true"], timeout=60)
+
+
+class Shop:
+    """A SQLite database on a loop filesystem, and a profile snapshotting it beside it."""
+
+    def __init__(self, fs: LoopFs, backend: str, write_profile: Callable[..., Path]) -> None:
+        if backend == "btrfs":
+            run_tool([require_tool("btrfs"), "subvolume", "create", str(fs.mountpoint / "shop")])
+        else:
+            (fs.mountpoint / "shop").mkdir()
+        self.data = fs.mountpoint / "shop"
+        self.db = make_counter_db(self.data / "orders.db")
+        self.snaps = fs.mountpoint / "snaps"
+        self.backend = backend
+        self.profile = write_profile(f"""
+            [profile]
+            name = "shop"
+            freeze_timeout = "10s"
+
+            [[application]]
+            plugin = "sqlite"
+            name = "orders"
+            path = "{self.db}"
+
+            [[backup]]
+            backend = "{backend}"
+            name = "snap"
+            dir = "{self.snaps}"
+            keep = {{ last = 1 }}
+        """)
+        self.catalog = self.profile.parent / "state" / "shop" / "catalog.sqlite"
+
+    def backup(self) -> str:
+        with sqlite3.connect(self.db) as conn:
+            conn.execute("UPDATE counter SET n = n + 1")
+        conn.close()
+        r = run_cli("backup", self.profile, "--json")
+        assert r.returncode == 0, r.stderr
+        return str(r.json()["run_id"])
+
+    def image(self, run_id: str) -> tuple[Path, Path]:
+        """The database's image in the run's view, and the folder to make writable for it."""
+        view = self.snaps / run_id
+        if self.backend == "btrfs":
+            return view / "shop" / "orders.db", view / "shop"
+        return restored(view, self.db), view
+
+    def damage(self, run_id: str) -> str:
+        image, snapshot = self.image(run_id)
+        with writable(snapshot):
+            return flip_byte(self.snaps / run_id, image, Path("-"))
+
+    def verified_at(self, run_id: str) -> float | None:
+        with Catalog(self.catalog) as catalog:
+            rec = catalog.get(run_id)
+        assert rec is not None
+        return rec.stages[0].verified_at
+
+
+@pytest.fixture(params=["clone", "btrfs"])
+def shop(
+    request: pytest.FixtureRequest,
+    loop_fs: Callable[..., LoopFs],
+    write_profile: Callable[..., Path],
+) -> Shop:
+    backend = str(request.param)
+    fs = loop_fs("btrfs" if backend == "btrfs" else "xfs")  # clone on XFS: reflinks
+    return Shop(fs, backend, write_profile)
+
+
+def test_verify_of_a_flipped_byte_exits_1_with_one_line_naming_the_file(shop: Shop) -> None:
+    """The regression of issue 10 (3): on main this exits 0 and says ok."""
+    run_id = shop.backup()
+    r = run_cli("verify", shop.profile, run_id)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [run_id, "stage", "snap", "ok"]
+
+    changed = shop.damage(run_id)
+    r = run_cli("verify", shop.profile, run_id)
+
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("freezeframe: error: verify failed: ")
+    assert changed in lines[0] and "Traceback" not in r.stderr
+    assert f"{run_id}  stage snap" in r.stdout and "FAILED" in r.stdout
+    assert shop.verified_at(run_id) is None
+
+
+@pytest.mark.parametrize("verified_before", [False, True], ids=["never-verified", "verified"])
+def test_retention_does_not_keep_a_damaged_snapshot_as_the_newest_verified(
+    shop: Shop, verified_before: bool
+) -> None:
+    """keep = { last = 1 } plus "the newest verified": a damaged one must not be that."""
+    first = shop.backup()
+    if verified_before:  # verified while sound, damaged later: the next verify takes it back
+        assert run_cli("verify", shop.profile, first).returncode == 0
+        assert shop.verified_at(first) is not None
+    shop.damage(first)
+    assert run_cli("verify", shop.profile, first).returncode == 1
+    assert shop.verified_at(first) is None
+
+    second = shop.backup()
+
+    assert not (shop.snaps / first).exists()  # retention dropped the damaged snapshot
+    assert not (shop.snaps / f"{first}.manifest").exists()
+    assert (shop.snaps / second).is_dir()
+
+
+def test_a_snapshot_made_before_manifests_verifies_with_a_note(shop: Shop) -> None:
+    run_id = shop.backup()
+    with Catalog(shop.catalog) as catalog:  # as a catalog written before this release holds it
+        rec = catalog.get(run_id)
+        assert rec is not None and rec.stages[0].artifact is not None
+        art = rec.stages[0].artifact
+        old = replace(art, metadata={k: v for k, v in art.metadata.items() if k != "manifest"})
+        catalog.save(replace(rec, stages=(replace(rec.stages[0], artifact=old),)))
+
+    r = run_cli("verify", shop.profile, run_id)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"{run_id}  stage snap             ok, but contents not checked: the snapshot was "
+        "made before freezeframe recorded digests"
+    ]
+    assert shop.verified_at(run_id) is None  # not read, so not kept as the newest verified
+
+    r = run_cli("verify", shop.profile, run_id, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["notes"] == {
+        "snap": "contents not checked: the snapshot was made before freezeframe recorded digests"
+    }

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,22 +15,8 @@ import pytest
 
 from freezeframe.catalog import Catalog
 from freezeframe.tools import run_tool
-from freezeframe_testing.damage import flip_byte
+from freezeframe_testing.damage import flip_byte, writable
 from freezeframe_testing.plugin import LoopFs, make_counter_db, require_tool, restored, run_cli
-
-
-@contextmanager
-def writable(snapshot: Path) -> Iterator[None]:
-    """A btrfs snapshot made writable for the block; nothing to do for a clone view."""
-    if not (snapshot.is_dir() and snapshot.stat().st_ino == 256):
-        yield
-        return
-    btrfs = require_tool("btrfs")
-    run_tool([btrfs, "property", "set", "-ts", str(snapshot), "ro", "false"], timeout=60)
-    try:
-        yield
-    finally:
-        run_tool([btrfs, "property", "set", "-ts", str(snapshot), "ro", "true"], timeout=60)
 
 
 class Shop:

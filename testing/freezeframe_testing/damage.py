@@ -7,10 +7,14 @@ damages the view, and returns what ``verify``'s one-line error must say.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DAMAGES", "Damage", "flip_byte"]
+from freezeframe.tools import run_tool
+from freezeframe_testing.plugin import require_tool
+
+__all__ = ["DAMAGES", "Damage", "flip_byte", "writable"]
 
 #: ``damage(view, image, manifest) -> the text verify's error must contain``
 Damage = Callable[[Path, Path, Path], str]
@@ -66,3 +70,18 @@ DAMAGES: dict[str, Damage] = {
     "added": add_file,
     "forged-manifest": forge_manifest,
 }
+
+
+@contextmanager
+def writable(folder: Path) -> Iterator[None]:
+    """``folder`` writable for the block: a read-only btrfs snapshot is made writable and
+    read-only again after (as an admin, or damage, does); any other folder is left as is."""
+    if not (folder.is_dir() and folder.stat().st_ino == 256):  # a btrfs subvolume's root
+        yield
+        return
+    btrfs = require_tool("btrfs")
+    run_tool([btrfs, "property", "set", "-ts", str(folder), "ro", "false"], timeout=60)
+    try:
+        yield
+    finally:
+        run_tool([btrfs, "property", "set", "-ts", str(folder), "ro", "true"], timeout=60)

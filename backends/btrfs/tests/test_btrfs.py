@@ -15,8 +15,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,7 @@ from freezeframe.registry import Registry
 from freezeframe.tools import run_tool
 from freezeframe_btrfs import BtrfsBackend
 from freezeframe_clone import CloneBackend
-from freezeframe_testing.damage import DAMAGES, Damage, flip_byte
+from freezeframe_testing.damage import DAMAGES, Damage, flip_byte, writable
 from freezeframe_testing.plugin import LoopFs, make_counter_db, read_counter, require_tool, restored
 
 LoopFsFactory = Callable[..., LoopFs]
@@ -615,16 +614,6 @@ def test_a_profile_with_btrfs_then_archive_backs_up_and_restores(
 
 
 # -- content digests: seal after the thaw, verify reads every byte --------------------------
-
-
-@contextmanager
-def writable(snapshot: Path) -> Iterator[None]:
-    """The snapshot made writable for the time of the block (as damage, or an admin, does)."""
-    btrfs("property", "set", "-ts", snapshot, "ro", "false")
-    try:
-        yield
-    finally:
-        btrfs("property", "set", "-ts", snapshot, "ro", "true")
 
 
 def test_seal_writes_the_manifest_beside_the_run_and_verify_reads_it(

@@ -5,7 +5,7 @@ A snapshot backend whose view is a folder tree (clone, btrfs) seals its artifact
 the thaw (:meth:`freezeframe.Backend.seal`), so reading every byte costs no freeze
 time: :func:`seal` reads every file below the artifact's roots and writes a *manifest*
 next to the view (``<view>.manifest``), one JSON line per folder, symlink (with its
-target), regular file (with its size and SHA-256) and other file, under its original
+target), regular file (with its size and SHA-256) and special file, under its original
 absolute path. The manifest's own SHA-256 goes into the artifact's metadata, which the
 catalog keeps: the catalog is trusted, the snapshot folder is not, so a manifest edited
 to match a damaged view is caught. :func:`check` reads every byte of the view again and
@@ -32,9 +32,9 @@ __all__ = ["UNSEALED", "check", "manifest_path", "remove", "seal", "sealed"]
 UNSEALED = "contents not checked: the snapshot was made before freezeframe recorded digests"
 _HEADER = {"freezeframe": "manifest", "version": 1, "algorithm": "sha256"}
 _CHUNK = 1 << 20
-#: No line of ours comes near this (a path and a symlink target are 4 KiB at most, JSON
-#: escapes them to six times that); a longer one is not ours and is never parsed.
-_MAX_LINE = 1 << 16
+#: No line of ours comes near this (a path and a symlink target of a few KiB, which JSON
+#: escapes to six times that at most); a longer one is not ours and is never parsed.
+_MAX_LINE = 1 << 20
 #: How many differences the error names before it counts the rest.
 _NAMED = 3
 
@@ -65,7 +65,7 @@ class _Entry:
     """One entry of a view: its original absolute path, type and content."""
 
     path: str
-    type: str  # "dir", "file", "symlink", "other" (a socket, FIFO or device node)
+    type: str  # "dir", "file", "symlink", "special" (a socket, FIFO or device node)
     size: int = 0
     sha256: str = ""
     target: str = ""  # of a symlink
@@ -105,7 +105,10 @@ def _type(mode: int) -> str:
         return "file"
     if stat.S_ISLNK(mode):
         return "symlink"
-    return "other"
+    return "special"
+
+
+_A = {"dir": "a folder", "file": "a file", "symlink": "a symlink", "special": "a special file"}
 
 
 def _walk(roots: Sequence[tuple[Path, Path]]) -> Iterator[_Found]:
@@ -148,12 +151,15 @@ class _Reader:
         with open(fd, "rb", buffering=0) as f:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return -1, "not a regular file"
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             h, size = hashlib.sha256(), 0
             buf = bytearray(_CHUNK)
             view = memoryview(buf)
             while n := f.readinto(buf):
                 h.update(view[:n])
                 size += n
+            # A backup read once must not push the applications' own data out of the cache.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         self.bytes += size
         if st.st_nlink > 1:
             self._seen[inode] = (size, h.hexdigest())
@@ -254,7 +260,14 @@ def check(artifact: Artifact) -> None:
     manifest = _Manifest(Path(recorded["file"]))
     roots = artifact.outer_roots()
     reader = _Reader()
-    differences: list[str] = []
+    named: list[str] = []  # the first differences, in walk order
+    count = 0
+
+    def differs(what: str) -> None:
+        nonlocal count
+        count += 1
+        if len(named) < _NAMED:
+            named.append(what)
 
     def name(image: Path) -> str:
         """The image's path inside the view: the view is named once, at the front."""
@@ -273,15 +286,15 @@ def check(artifact: Artifact) -> None:
     while exp is not None or act is not None:
         if act is None or (exp is not None and exp.key < act.key):
             assert exp is not None
-            differences.append(f"{name(image(exp.path))} missing")
+            differs(f"{name(image(exp.path))} missing")
             exp = next(expected, None)
         elif exp is None or act.key < exp.key:
-            differences.append(f"{name(act.image)} extra")
+            differs(f"{name(act.image)} extra")
             act = next(found, None)
         else:
             what = _compare(exp, act, reader)
             if what:
-                differences.append(f"{name(act.image)} {what}")
+                differs(f"{name(act.image)} {what}")
             exp, act = next(expected, None), next(found, None)
     if manifest.hash.hexdigest() != recorded["sha256"]:
         raise FreezeframeError(
@@ -290,12 +303,10 @@ def check(artifact: Artifact) -> None:
         )
     if manifest.malformed:
         raise FreezeframeError(f"manifest {manifest.path} cannot be read")
-    if differences:
-        named = ", ".join(differences[:_NAMED])
-        more = len(differences) - _NAMED
+    if count:
+        more = f" (and {count - len(named)} more)" if count > len(named) else ""
         raise FreezeframeError(
-            f"{artifact.view} does not match its manifest: {named}"
-            + (f" (and {more} more)" if more > 0 else "")
+            f"{artifact.view} does not match its manifest: {', '.join(named)}{more}"
         )
 
 
@@ -304,10 +315,13 @@ def _compare(expected: _Entry, found: _Found, reader: _Reader) -> str | None:
     type and size match (otherwise it differs already)."""
     kind = _type(found.st.st_mode)
     if kind != expected.type:
-        return f"is a {kind}, was a {expected.type}"
+        return f"is {_A.get(kind, kind)}, was {_A.get(expected.type, expected.type)}"
     if kind == "file" and found.st.st_size != expected.size:
         return f"changed ({found.st.st_size} bytes, was {expected.size})"
-    actual = reader.entry(found)
+    try:
+        actual = reader.entry(found)
+    except OSError as e:  # a bad sector: name the file and go on with the others
+        return f"unreadable ({e.strerror})"
     if actual == expected:
         return None
     if kind == "symlink":

@@ -1,6 +1,9 @@
 """``freezeframe verify`` reads every byte of a kept snapshot (clone on XFS, btrfs), says in
 one line what was damaged, and retention never keeps a damaged snapshot as the newest
 verified one. Real filesystems on loop devices, the real CLI in a subprocess.
+
+Each damage (a flipped byte, a zeroed file, a removed one, an added one, a forged
+manifest) is done to a view the real engine made and sealed; on main, verify passed them.
 """
 
 from __future__ import annotations
@@ -9,13 +12,15 @@ import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from freezeframe.catalog import Catalog
 from freezeframe.tools import run_tool
-from freezeframe_testing.damage import flip_byte, writable
+from freezeframe_testing.damage import DAMAGES, Damage, flip_byte, writable
 from freezeframe_testing.plugin import LoopFs, make_counter_db, require_tool, restored, run_cli
 
 
@@ -28,6 +33,8 @@ class Shop:
         else:
             (fs.mountpoint / "shop").mkdir()
         self.data = fs.mountpoint / "shop"
+        (self.data / "conf").mkdir()
+        (self.data / "conf" / "shop.conf").write_text("[shop]\ncurrency = EUR\n")
         self.db = make_counter_db(self.data / "orders.db")
         self.snaps = fs.mountpoint / "snaps"
         self.backend = backend
@@ -45,17 +52,22 @@ class Shop:
             backend = "{backend}"
             name = "snap"
             dir = "{self.snaps}"
+            paths = ["{self.data}"]
             keep = {{ last = 1 }}
         """)
         self.catalog = self.profile.parent / "state" / "shop" / "catalog.sqlite"
 
     def backup(self) -> str:
+        return str(self.backup_record()["run_id"])
+
+    def backup_record(self) -> dict[str, Any]:
         with sqlite3.connect(self.db) as conn:
             conn.execute("UPDATE counter SET n = n + 1")
         conn.close()
         r = run_cli("backup", self.profile, "--json")
         assert r.returncode == 0, r.stderr
-        return str(r.json()["run_id"])
+        record: dict[str, Any] = r.json()
+        return record
 
     def image(self, run_id: str) -> tuple[Path, Path]:
         """The database's image in the run's view, and the folder to make writable for it."""
@@ -64,10 +76,10 @@ class Shop:
             return view / "shop" / "orders.db", view / "shop"
         return restored(view, self.db), view
 
-    def damage(self, run_id: str) -> str:
+    def damage(self, run_id: str, how: Damage = flip_byte) -> str:
         image, snapshot = self.image(run_id)
         with writable(snapshot):
-            return flip_byte(self.snaps / run_id, image, Path("-"))
+            return how(self.snaps / run_id, image, self.snaps / f"{run_id}.manifest")
 
     def verified_at(self, run_id: str) -> float | None:
         with Catalog(self.catalog) as catalog:
@@ -85,6 +97,37 @@ def shop(
     backend = str(request.param)
     fs = loop_fs("btrfs" if backend == "btrfs" else "xfs")  # clone on XFS: reflinks
     return Shop(fs, backend, write_profile)
+
+
+def test_a_view_is_sealed_after_the_thaw_and_verifies(shop: Shop) -> None:
+    record = shop.backup_record()
+    run_id, stage = record["run_id"], record["stages"][0]
+    if shop.backend == "clone":
+        assert stage["metadata"]["method"] == "cloned"  # XFS reflinks: milliseconds frozen
+    manifest = shop.snaps / f"{run_id}.manifest"
+    assert stage["metadata"]["manifest"]["file"] == str(manifest)
+    thawed = datetime.fromisoformat(record["applications"][0]["thaw_end"]).timestamp()
+    assert manifest.stat().st_mtime >= thawed - 0.01  # written after the thaw
+
+    r = run_cli("verify", shop.profile, run_id, "--json")
+
+    assert r.returncode == 0, r.stderr
+    out = r.json()
+    assert (out["ok"], out["problems"], out["notes"]) == (True, [], {})
+    assert shop.verified_at(run_id) is not None
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_view_fails_verify_naming_what_was_damaged(shop: Shop, damage: Damage) -> None:
+    run_id = shop.backup()
+    expected = shop.damage(run_id, damage)
+
+    r = run_cli("verify", shop.profile, run_id, "--json")
+
+    assert r.returncode == 1
+    problems = r.json()["problems"]
+    assert len(problems) == 1 and expected in problems[0], problems
+    assert shop.verified_at(run_id) is None
 
 
 def test_verify_of_a_flipped_byte_exits_1_with_one_line_naming_the_file(shop: Shop) -> None:

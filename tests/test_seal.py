@@ -29,11 +29,19 @@ def reg(registry_with: Callable[..., Registry]) -> Registry:
 
 
 def sealed_profile(
-    tmp_path: Path, write_profile: Callable[..., Path], reg: Registry, *, fail: bool
+    tmp_path: Path,
+    write_profile: Callable[..., Path],
+    reg: Registry,
+    *,
+    fail: bool = False,
+    archive: bool = False,
 ) -> tuple[Engine, Path]:
+    """SQLite and a recorder, snapshotted by the sealing test backend (then, with
+    ``archive``, archived from it: a snapshot released after the run)."""
     (tmp_path / "data").mkdir()
     db = make_counter_db(tmp_path / "data" / "a.db")
-    profile = write_profile(f"""
+    profile = write_profile(
+        f"""
         [profile]
         name = "seal"
         freeze_timeout = "10s"
@@ -53,7 +61,18 @@ def sealed_profile(
         dir = "{tmp_path / "snaps"}"
         seconds = "{SEAL_SECONDS}s"
         fail_seal = {str(fail).lower()}
-    """)
+    """
+        + (
+            f"""
+        [[backup]]
+        backend = "archive"
+        name = "archive"
+        dir = "{tmp_path / "archives"}"
+    """
+            if archive
+            else ""
+        )
+    )
     return Engine(load_profile(profile, reg), reg), db
 
 
@@ -99,36 +118,14 @@ def test_a_failing_seal_fails_the_run_and_removes_the_snapshot(
 
 
 def test_a_snapshot_released_after_its_copy_is_not_sealed(
-    tmp_path: Path, write_profile: Callable[..., Path], registry: Registry
+    tmp_path: Path, write_profile: Callable[..., Path], reg: Registry
 ) -> None:
     """Nothing would verify it; reading it all would only double the run's reads."""
-    (tmp_path / "data").mkdir()
-    db = make_counter_db(tmp_path / "data" / "a.db")
-    profile = write_profile(f"""
-        [profile]
-        name = "released"
-
-        [[application]]
-        plugin = "sqlite"
-        name = "db"
-        path = "{db}"
-
-        [[backup]]
-        backend = "clone"
-        name = "snap"
-        dir = "{tmp_path / "snaps"}"
-
-        [[backup]]
-        backend = "archive"
-        name = "archive"
-        dir = "{tmp_path / "archives"}"
-    """)
-    engine = Engine(load_profile(profile, registry), registry)
+    engine, _ = sealed_profile(tmp_path, write_profile, reg, archive=True)
 
     run = engine.backup()
 
     assert run.status == RunStatus.SUCCEEDED, run.error
     snap = run.stage("snap")
-    assert snap is not None and snap.artifact is not None and snap.deleted_at is not None
-    assert "manifest" not in snap.artifact.metadata
-    assert list((tmp_path / "snaps").iterdir()) == []
+    assert snap is not None and snap.deleted_at is not None  # released
+    assert ("seal-start", "snap") not in events()

@@ -171,7 +171,7 @@ def test_postgres_and_sqlite_through_a_snapshot_into_restic_over_sftp_and_borg(
         **{(run.run_id, "offsite"): run is not first for run, _ in runs},  # keep = { last = 2 }
         **{(run.run_id, "vault"): True for run, _ in runs},  # no keep: every archive kept
     }
-    _, checked, problems = engine.verify("latest")
+    _, checked, problems, _ = engine.verify("latest")
     assert problems == [] and {s.name for s in checked} == {"offsite", "vault"}
 
     for run, (before, bank_before) in runs:

@@ -151,6 +151,30 @@ class FailingSnapshot(_TestSnapshot):
         raise FreezeframeError("disk on fire (test)")
 
 
+class SealedSnapshot(_TestSnapshot):
+    """Makes an empty view; seals it after the thaw in ``seconds`` (``fail_seal``: fails
+    there instead), recording ``seal-start``/``seal-end``."""
+
+    kind = "sealed"
+
+    def __init__(self, name: str, table: Table) -> None:
+        super().__init__(name, table)
+        self.fail_seal: bool = table.get_bool("fail_seal", False)
+
+    def run(self, context: StageContext) -> Artifact:
+        view = self._view(context.run_id)
+        view.mkdir(parents=True)
+        return Artifact(context.run_id, view=view)
+
+    def seal(self, artifact: Artifact) -> Artifact:
+        record("seal-start", self.name)
+        time.sleep(self.seconds)
+        if self.fail_seal:
+            raise FreezeframeError("cannot read the view (test)")
+        record("seal-end", self.name)
+        return Artifact(artifact.id, view=artifact.view, metadata={"sealed": True})
+
+
 class Observer:
     """Lifecycle hooks that record what they see; ``RAISE`` makes them raise after recording."""
 
@@ -190,6 +214,7 @@ def freezeframe_register_backends(register: Callable[[type[Any]], None]) -> None
     """The test backends."""
     register(SlowSnapshot)
     register(FailingSnapshot)
+    register(SealedSnapshot)
 
 
 def start_freezeframe(

@@ -32,6 +32,7 @@ from freezeframe import (
     SnapshotKind,
     StageContext,
     Table,
+    digests,
 )
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
@@ -40,6 +41,7 @@ from freezeframe.tools import run_tool
 from freezeframe_btrfs import BtrfsBackend
 from freezeframe_clone import CloneBackend
 from freezeframe_testing.crafted import specials_below
+from freezeframe_testing.damage import DAMAGES, Damage, flip_byte, writable
 from freezeframe_testing.plugin import LoopFs, make_counter_db, read_counter, require_tool, restored
 
 LoopFsFactory = Callable[..., LoopFs]
@@ -649,13 +651,71 @@ def test_a_profile_with_btrfs_then_archive_backs_up_and_restores(
         runs.append(run)
     set_counter(db, 99)
 
-    # retention kept the snapshots of the last two runs and deleted the first one's
-    assert sorted(p.name for p in snaps.iterdir()) == sorted(r.run_id for r in runs[1:])
+    # retention kept the snapshots (and manifests) of the last two runs, deleted the first's
+    kept = [name for r in runs[1:] for name in (r.run_id, f"{r.run_id}.manifest")]
+    assert sorted(p.name for p in snaps.iterdir()) == sorted(kept)
     assert subvolume_paths(fs) == {"shop", *(f"snaps/{r.run_id}/shop" for r in runs[1:])}
     for stage in ("snap", "archive"):
         target = tmp_path / f"restore-{stage}"
         _, used, paths = engine.restore(runs[2].run_id, target, stage=stage, verify=True)
         assert used == stage and paths == [restored(target, db)]
         assert read_counter(restored(target, db)) == 33
-    _, _, problems = engine.verify(runs[1].run_id)
-    assert problems == []
+    _, checked, problems, notes = engine.verify(runs[1].run_id)
+    assert problems == [] and notes == {}  # the snapshot was sealed: its contents were read
+    assert {s.name for s in checked if s.verified_at} == {"snap", "archive"}
+
+
+# -- content digests: seal after the thaw, verify reads every byte --------------------------
+
+
+def test_seal_writes_the_manifest_beside_the_run_and_verify_reads_it(
+    two_snapshots: tuple[BtrfsBackend, Artifact], snaps: Path
+) -> None:
+    backend, art = two_snapshots
+    sealed = backend.seal(art)
+    recorded = sealed.metadata["manifest"]
+    assert recorded["file"] == str(snaps / "r1.manifest")
+    # all of "one" (orders.db, conf/ with three files) and the three files of "two/conf"
+    assert (recorded["files"], recorded["bytes"]) == (1 + 3 + 3, (64 << 10) + 6 * 6)
+    assert backend.verify(sealed) is None
+    assert backend.verify(Artifact(sealed.id, metadata=sealed.metadata)) is None  # found by id
+
+
+def test_verify_of_a_snapshot_made_before_manifests_says_contents_were_not_checked(
+    two_snapshots: tuple[BtrfsBackend, Artifact], snaps: Path
+) -> None:
+    backend, art = two_snapshots
+    assert backend.verify(art) == digests.UNSEALED
+    with writable(snaps / "r1" / "one"):
+        flip_byte(snaps, snaps / "r1" / "one" / "orders.db", Path("-"))
+    assert backend.verify(art) == digests.UNSEALED  # what it cannot see, it says so
+
+
+def test_delete_discard_and_retention_remove_the_manifest(fs: LoopFs, snaps: Path) -> None:
+    data = fill(subvolume(fs.mountpoint / "data"))
+    backend = make_backend(snaps)
+    backend.check()
+    r1, r2, r3, _ = (backend.seal(backend.run(context(f"r{i}", data))) for i in range(1, 5))
+    (snaps / ".r4.manifest.partial").write_bytes(b"half")  # a crash while sealing
+
+    backend.delete(r1)
+    assert backend.delete_many([r2, r3]) == {}
+    backend.discard("r4")
+
+    assert list(snaps.iterdir()) == []
+    assert subvolume_paths(fs) == {"data"}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_verify_of_a_sealed_snapshot_names_what_was_damaged(
+    two_snapshots: tuple[BtrfsBackend, Artifact], snaps: Path, damage: Damage
+) -> None:
+    """The regression of issue 10 (3): a present, read-only snapshot was enough."""
+    backend, art = two_snapshots
+    sealed = backend.seal(art)
+    snapshot = snaps / "r1" / "one"
+    with writable(snapshot):
+        expected = damage(snaps / "r1", snapshot / "orders.db", snaps / "r1.manifest")
+    with pytest.raises(FreezeframeError) as e:
+        backend.verify(sealed)
+    assert expected in str(e.value) and "\n" not in str(e.value)

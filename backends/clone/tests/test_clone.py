@@ -28,10 +28,12 @@ from freezeframe import (
     RestoreOptions,
     StageContext,
     Table,
+    digests,
 )
 from freezeframe.copying import FICLONE, outermost
 from freezeframe_clone import CloneBackend
 from freezeframe_testing.crafted import specials_below
+from freezeframe_testing.damage import DAMAGES, Damage, flip_byte
 from freezeframe_testing.plugin import need, restored
 from freezeframe_testing.trees import (
     AS_ROOT,
@@ -667,3 +669,73 @@ def test_restore_gives_parent_dirs_their_original_owner_and_mode(
 
     got = restored(tmp_path / "restore", parent).stat()
     assert (got.st_mode, got.st_uid, got.st_gid) == (want.st_mode, want.st_uid, want.st_gid)
+
+
+# -- content digests: seal after the thaw, verify reads every byte --------------------------
+
+
+def test_seal_records_every_entry_and_verify_reads_them(
+    backend: CloneBackend, tree: Tree, snaps: Path
+) -> None:
+    """Hard links, symlinks, a sparse file, empty files: all sealed, all verified."""
+    artifact = backend.seal(backend.run(context(tree.root)))
+    recorded = artifact.metadata["manifest"]
+    assert recorded["file"] == str(snaps / f"{RUN}.manifest")
+    assert recorded["bytes"] == tree.bytes  # each inode read once
+    assert backend.verify(artifact) is None  # None: every byte was compared, nothing noted
+    # as the catalog gives it back: found by id
+    assert backend.verify(Artifact(artifact.id, view=None, metadata=artifact.metadata)) is None
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_verify_of_a_sealed_snapshot_names_what_was_damaged(
+    backend: CloneBackend, tree: Tree, snaps: Path, damage: Damage
+) -> None:
+    artifact = backend.seal(backend.run(context(tree.root)))
+    assert artifact.view is not None
+    image = restored(artifact.view, tree.root) / "big.bin"
+    expected = damage(artifact.view, image, snaps / f"{RUN}.manifest")
+    with pytest.raises(FreezeframeError) as e:
+        backend.verify(artifact)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_verify_names_a_re_pointed_symlink_and_counts_the_rest(
+    backend: CloneBackend, tree: Tree
+) -> None:
+    artifact = backend.seal(backend.run(context(tree.root)))
+    view = restored(artifact.view, tree.root)
+    link = view / "link-abs"
+    target = os.readlink(link)
+    link.unlink()
+    link.symlink_to(target + ".other")
+    for i in range(5):
+        (view / f"stray-{i}").write_bytes(b"")
+    with pytest.raises(FreezeframeError) as e:
+        backend.verify(artifact)
+    message = str(e.value)
+    assert "link-abs changed (points to" in message
+    assert message.endswith("(and 3 more)")  # 6 differences: 3 named, 3 counted
+
+
+def test_verify_of_a_snapshot_made_before_manifests_says_contents_were_not_checked(
+    backend: CloneBackend, tree: Tree
+) -> None:
+    artifact = backend.run(context(tree.root))  # never sealed: as before this release
+    assert backend.verify(artifact) == digests.UNSEALED
+    flip_byte(artifact.view, restored(artifact.view, tree.root) / "big.bin", Path("-"))
+    assert backend.verify(artifact) == digests.UNSEALED  # what it cannot see, it says so
+
+
+def test_delete_and_discard_remove_the_manifest(
+    backend: CloneBackend, tree: Tree, snaps: Path
+) -> None:
+    deleted = backend.seal(backend.run(context(tree.root, run_id="deleted")))
+    discarded = backend.seal(backend.run(context(tree.root, run_id="discarded")))
+    (snaps / ".discarded.manifest.partial").write_bytes(b"half")  # a crash while sealing
+    assert {p.name for p in snaps.iterdir()} >= {"deleted.manifest", "discarded.manifest"}
+
+    backend.delete(deleted)
+    backend.discard(discarded.id)
+
+    assert list(snaps.iterdir()) == []

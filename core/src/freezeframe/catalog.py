@@ -391,8 +391,9 @@ class Catalog:
             db.execute("INSERT OR IGNORE INTO pending_deletes VALUES (?,?)", (run_id, stage))
 
     @_guarded
-    def mark_verified(self, run_id: str, stage: str, at: float) -> None:
-        """Record a successful verify of one stage's artifact (and nothing else)."""
+    def mark_verified(self, run_id: str, stage: str, at: float | None) -> None:
+        """Record a successful verify of one stage's artifact (and nothing else); ``None``
+        after a failed one."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE stages SET verified_at=? WHERE run_id=? AND name=?", (at, run_id, stage)

@@ -339,17 +339,21 @@ def _cmd_restore(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace, engine: Engine) -> int:
-    run, stages, problems = engine.verify(args.run, stage=args.stage)
+    run, stages, problems, notes = engine.verify(args.run, stage=args.stage)
     data = {
         "run_id": run.run_id,
         "ok": not problems,
         "stages": [s.to_json() for s in stages],
         "problems": problems,
+        "notes": notes,
     }
 
     def human() -> None:
         for s in stages:
-            status = "ok" if s.verified_at else "FAILED"
+            if s.name in notes:
+                status = f"ok, but {notes[s.name]}"
+            else:
+                status = "ok" if s.verified_at else "FAILED"
             print(f"{run.run_id}  stage {s.name:<16} {status}")
         for p in problems:
             print(f"problem: {p}")

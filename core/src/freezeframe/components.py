@@ -316,8 +316,26 @@ class Backend(_Component):
         """
         raise NotImplementedError
 
-    def verify(self, artifact: Artifact) -> None:
-        """Check that ``artifact`` is complete and readable; raise a FreezeframeError if not."""
+    def seal(self, artifact: Artifact) -> Artifact:
+        """Finish ``artifact`` once the applications have thawed; returns it as the catalog
+        should keep it (by default, unchanged).
+
+        Called once per run, after the thaw, for each stage that ran inside the freeze
+        window, before any later stage reads its view: slow work that needs no frozen
+        application belongs here, not in :meth:`run` (the clone and btrfs backends read
+        every file to record content digests for :meth:`verify`). Not called for a
+        snapshot that the run releases once its copies are made. A failure fails the run,
+        which then deletes the artifact.
+        """
+        return artifact
+
+    def verify(self, artifact: Artifact) -> str | None:
+        """Check that ``artifact`` is complete and readable; raise a FreezeframeError if not.
+
+        Returns ``None``, or a one-line note of what could not be checked (an artifact
+        made before the backend recorded what it needs): the check passes, but the
+        artifact is not recorded as verified.
+        """
         raise NotImplementedError
 
     def delete(self, artifact: Artifact) -> None:

@@ -522,8 +522,36 @@ class Engine:
                     elif watchdog is not None:  # our thaw failed: the watchdog tries too
                         watchdog.fire()
                 self._describe_all(run)
+        self._seal_all(run, windowed)
         for stage in later:
             self._run_stage(run, stage, paths, None)
+
+    def _seal_all(self, run: _Run, stages: Sequence[StageSpec]) -> None:
+        """After the thaw, each stage that ran in the window finishes its artifact (the
+        snapshot backends read every file for content digests: no freeze time).
+
+        A snapshot released once its copies are made is not sealed: nothing would ever
+        verify it, and reading it all would only double the run's reads.
+        """
+        for spec in stages:
+            st = run.record.stage(spec.name)
+            if st is None or st.artifact is None or self.profile.released_after_run(spec):
+                continue
+            started = time.monotonic()
+            try:
+                sealed = spec.component.seal(st.artifact)
+            except BaseException as e:
+                run.stage(spec.name, status="failed", error=f"seal failed: {_one_line(e)}")
+                run.save()
+                if isinstance(e, Interrupted) or not isinstance(e, Exception):
+                    raise
+                raise StageError(
+                    f"stage {spec.name!r} ({spec.info.kind}): seal failed: {_one_line(e)}"
+                ) from e
+            if sealed is not st.artifact:
+                run.stage(spec.name, artifact=sealed)
+                run.save()
+                log.info("stage %s sealed in %.1f s", spec.name, time.monotonic() - started)
 
     def _prepare_all(self, run: _Run) -> tuple[Path, ...]:
         """Slow work before the window: each plug-in's prepare(), then syncfs."""
@@ -1099,8 +1127,13 @@ class Engine:
 
     def verify(
         self, ref: str, *, stage: str | None = None
-    ) -> tuple[RunRecord, list[StageRecord], list[str]]:
-        """Verify every live artifact of run ``ref`` (or one stage's); returns the problems."""
+    ) -> tuple[RunRecord, list[StageRecord], list[str], dict[str, str]]:
+        """Verify every live artifact of run ``ref`` (or one stage's); returns the problems
+        and, by stage name, the notes of stages that passed but were not fully checked.
+
+        Only a stage that passed with no note is recorded as verified; a stage that failed
+        loses any verified mark it had, so retention never keeps it as the newest verified.
+        """
         with self.catalog() as catalog:
             rec = self.find_run(catalog, ref)
             stages = [
@@ -1115,27 +1148,38 @@ class Engine:
                     f"run {rec.run_id}: nothing to verify"
                     + (f" in stage {stage!r}" if stage else "")
                 )
-            problems, checked = [], []
+            problems, checked, notes = [], [], {}
             for st in stages:
                 assert st.artifact is not None
                 try:
-                    self.profile.stage(st.name).component.verify(st.artifact)
+                    note = self.profile.stage(st.name).component.verify(st.artifact)
                 except (FreezeframeError, OSError) as e:
                     problems.append(f"stage {st.name!r}: {st.artifact.id}: {_one_line(e)}")
+                    self._record_verified(catalog, rec.run_id, st.name, None)
+                    checked.append(replace(st, verified_at=None))
+                    continue
+                if note:
+                    notes[st.name] = " ".join(str(note).split())
                     checked.append(st)
                     continue
                 verified = replace(st, verified_at=time.time())
-                try:
-                    catalog.mark_verified(rec.run_id, st.name, verified.verified_at or 0.0)
-                except CatalogReadOnly:
-                    log.warning(
-                        "stage %s verified, but the result could not be recorded: "
-                        "the catalog %s is read-only",
-                        st.name,
-                        catalog.path,
-                    )
+                self._record_verified(catalog, rec.run_id, st.name, verified.verified_at)
                 checked.append(verified)
-            return rec, checked, problems
+            return rec, checked, problems, notes
+
+    @staticmethod
+    def _record_verified(catalog: Catalog, run_id: str, stage: str, at: float | None) -> None:
+        """Record a verify's outcome (``None``: it failed), or say that a read-only
+        catalog cannot take it; the verify itself stands either way."""
+        try:
+            catalog.mark_verified(run_id, stage, at)
+        except CatalogReadOnly:
+            log.warning(
+                "stage %s %s, but the result could not be recorded: the catalog %s is read-only",
+                stage,
+                "verified" if at is not None else "failed to verify",
+                catalog.path,
+            )
 
 
 def _device(path: Path) -> int | None:

@@ -10,7 +10,9 @@ takes milliseconds whatever the size of the data.
 
 The view is ``<dir>/<run id>``; a path's image is inside its subvolume's
 snapshot, which ``metadata["locations"]`` records (see
-:meth:`freezeframe.Artifact.roots`).
+:meth:`freezeframe.Artifact.roots`). After the thaw the run is sealed: a
+SHA-256 of every file of every path goes into ``<dir>/<run id>.manifest``
+(:mod:`freezeframe.digests`), which ``verify`` reads every byte against.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from freezeframe import (
     SnapshotKind,
     StageContext,
     Table,
+    digests,
     hookimpl,
 )
 from freezeframe.copying import outermost
@@ -224,8 +227,10 @@ class BtrfsBackend(Backend):
         verified first.
         """
         view = self._view(artifact)
-        if options.preserve_special:
-            self.verify(artifact)
+        if options.preserve_special and (note := self.verify(artifact)):
+            raise FreezeframeError(
+                f"--preserve-special restores special files only from a verified snapshot: {note}"
+            )
         restored = []
         links: dict[tuple[int, int], str] = {}
         with Target(target, preserve_special=options.preserve_special) as out:
@@ -238,8 +243,14 @@ class BtrfsBackend(Backend):
             out.finish()
         return restored
 
-    def verify(self, artifact: Artifact) -> None:
-        """Every snapshot is there, is a read-only subvolume, and holds every path it should."""
+    def seal(self, artifact: Artifact) -> Artifact:
+        """After the thaw: record a SHA-256 of every file of every path in the manifest."""
+        return digests.seal(artifact)
+
+    def verify(self, artifact: Artifact) -> str | None:
+        """Every snapshot is there and is a read-only subvolume, and every byte of every
+        path is as the manifest sealed it. For a snapshot made before manifests were, only
+        that every path is there, with a note that its contents were not checked."""
         view = self._view(artifact)
         btrfs = find_tool("btrfs")
         for name in artifact.metadata.get("snapshots", {}):
@@ -249,9 +260,13 @@ class BtrfsBackend(Backend):
             out = run_tool([btrfs, "property", "get", "-ts", str(snap), "ro"], timeout=60).stdout
             if out.strip() != "ro=true":
                 raise FreezeframeError(f"snapshot {snap} is not read-only ({out.strip()})")
+        if digests.sealed(artifact):
+            digests.check(replace(artifact, view=view))
+            return None
         for _, image in artifact.roots():
             if not os.path.lexists(image):
                 raise FreezeframeError(f"{image} is missing from the snapshot")
+        return digests.UNSEALED
 
     def writes_to(self) -> Sequence[Path]:
         """``dir``: the snapshots are made there."""
@@ -259,8 +274,10 @@ class BtrfsBackend(Backend):
 
     # -- delete, discard -----------------------------------------------------
     def delete(self, artifact: Artifact) -> None:
-        """Delete the run's snapshots and its folder."""
-        self._remove(artifact.view or self.dir / artifact.id)
+        """Delete the run's snapshots, its folder and its manifest."""
+        view = artifact.view or self.dir / artifact.id
+        self._remove(view)
+        digests.remove(view)
 
     def delete_many(self, artifacts: Sequence[Artifact]) -> dict[str, str]:
         """Delete the snapshots of several runs with one ``btrfs subvolume delete`` (one
@@ -276,6 +293,7 @@ class BtrfsBackend(Backend):
         for artifact_id, folder in folders.items():
             try:
                 self._remove(folder)
+                digests.remove(folder)
             except Exception as e:
                 errors[artifact_id] = str(e) or type(e).__name__
         return errors
@@ -284,6 +302,7 @@ class BtrfsBackend(Backend):
         """Delete whatever snapshots run ``run_id`` left, made or half-made."""
         for folder in (self._partial(run_id), self.dir / run_id):
             self._remove(folder)
+        digests.remove(self.dir / run_id)
 
     def _remove(self, folder: Path) -> None:
         """Delete the snapshots in ``folder`` (one commit), then the folder; gone is fine."""

@@ -3,7 +3,9 @@
 The view is ``<dir>/<run id>/`` with each path at its original absolute
 location below it (``<dir>/<run id>/srv/shop/orders.db``). The copy is made
 in ``<dir>/.<run id>.partial`` and renamed when complete, so a view never
-holds half a snapshot.
+holds half a snapshot. After the thaw the view is sealed: a SHA-256 of every
+file goes into ``<dir>/<run id>.manifest`` (:mod:`freezeframe.digests`), which
+``verify`` reads every byte against.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from freezeframe import (
     SnapshotKind,
     StageContext,
     Table,
+    digests,
     hookimpl,
 )
 from freezeframe.copying import CopyStats, copy_tree, make_parents, outermost
@@ -123,8 +127,10 @@ class CloneBackend(Backend):
         the snapshot is verified first.
         """
         view = self._view(artifact)
-        if options.preserve_special:
-            self.verify(artifact)
+        if options.preserve_special and (note := self.verify(artifact)):
+            raise FreezeframeError(
+                f"--preserve-special restores special files only from a verified snapshot: {note}"
+            )
         restored = []
         links: dict[tuple[int, int], str] = {}  # one table: links between paths survive
         with Target(target, preserve_special=options.preserve_special) as out:
@@ -144,9 +150,19 @@ class CloneBackend(Backend):
             raise FreezeframeError(f"snapshot {view} is gone")
         return view
 
-    def verify(self, artifact: Artifact) -> None:
-        """Every recorded path is there, with as many files and bytes as were copied."""
+    def seal(self, artifact: Artifact) -> Artifact:
+        """After the thaw: record a SHA-256 of every file of the view in its manifest."""
+        return digests.seal(artifact)
+
+    def verify(self, artifact: Artifact) -> str | None:
+        """Every byte of every file is as the manifest sealed it, and nothing is missing
+        or extra. A snapshot made before manifests were is checked as it was then (every
+        recorded path is there, with as many files and bytes as were copied), with a note
+        that its contents were not checked."""
         view = self._view(artifact)
+        if digests.sealed(artifact):
+            digests.check(replace(artifact, view=view))
+            return None
         files = size = 0
         inodes: set[tuple[int, int]] = set()
         for original in (Path(p) for p in artifact.metadata.get("paths", [])):
@@ -166,15 +182,19 @@ class CloneBackend(Backend):
                 f"{view} holds {files} files, {size} bytes; the snapshot "
                 f"recorded {artifact.files} files, {artifact.bytes} bytes"
             )
+        return digests.UNSEALED
 
     def delete(self, artifact: Artifact) -> None:
-        """Remove the view."""
-        _rmtree(artifact.view or self.dir / artifact.id)
+        """Remove the view and its manifest."""
+        view = artifact.view or self.dir / artifact.id
+        _rmtree(view)
+        digests.remove(view)
 
     def discard(self, run_id: str) -> None:
-        """Remove the half-made copy (and the view) of ``run_id``."""
+        """Remove the half-made copy (and the view and manifest) of ``run_id``."""
         for p in (self._partial(run_id), self.dir / run_id):
             _rmtree(p)
+        digests.remove(self.dir / run_id)
 
 
 def _rmtree(path: Path) -> None:

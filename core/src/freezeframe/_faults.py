@@ -47,8 +47,13 @@ class InjectedFault(Exception):
     """The exception a ``raise@...`` failpoint raises."""
 
 
-def point(name: str) -> None:
-    """Fire the injected fault if ``FREEZEFRAME_FAULT`` names this point (or its n-th pass)."""
+def point(name: str, error: type[Exception] = InjectedFault) -> None:
+    """Fire the injected fault if ``FREEZEFRAME_FAULT`` names this point (or its n-th pass).
+
+    ``raise`` raises ``error``: what a real failure at this point would raise (a
+    catalog write fails as SQLite's errors do), so the fault takes the path a real
+    one would take.
+    """
     spec = os.environ.get("FREEZEFRAME_FAULT")
     if not spec:
         return
@@ -68,4 +73,4 @@ def point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.5)  # the handler raises in the main thread meanwhile
     else:
-        raise InjectedFault(f"injected fault at {nth}")
+        raise error(f"injected fault at {nth}")

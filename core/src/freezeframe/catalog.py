@@ -293,7 +293,7 @@ class Catalog:
     @_guarded
     def save(self, run: RunRecord, *, pid: int | None = None) -> None:
         """Write the whole record of ``run`` in one transaction."""
-        point("catalog.save")
+        point("catalog.save", sqlite3.OperationalError)
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO runs(run_id, profile, status, started_at, finished_at, thaw, pid,"

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -273,6 +274,13 @@ def _cmd_backup(args: argparse.Namespace, engine: Engine) -> int:
         engine.progress = factory
         run = engine.backup()
     _out(args, run.to_json(), lambda: _print_run(run))
+    if run.status == RunStatus.SUCCEEDED and engine.interrupted_by:
+        sys.stderr.write(
+            f"freezeframe: error: interrupted by {signal.Signals(engine.interrupted_by).name} "
+            f"after run {run.run_id} succeeded: retention stopped (it finishes at the next "
+            "command); the backup is kept\n"
+        )
+        return 128 + engine.interrupted_by
     if run.status == RunStatus.SUCCEEDED:
         return 0
     sys.stderr.write(f"freezeframe: error: run {run.run_id} failed: {run.error}\n")

@@ -122,7 +122,7 @@ class _Signals:
     def _handler(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if self.raised or self.shielded:
-            log.warning("%s received: finishing the thaw and the record first", name)
+            log.warning("%s received: finishing what must not be cut short first", name)
             self.pending = self.pending or signum
             return
         self.raised = True
@@ -440,11 +440,17 @@ class Engine:
                 run.record = replace(
                     run.record, status=status, error=error, finished_at=time.time()
                 )
-                run.save()
+                try:
+                    run.save()
+                except CatalogError as e:  # left "running": the next command reconciles it
+                    raise CatalogError(f"run {run.record.run_id}: {e}") from e
                 log.info("run %s %s", run.record.run_id, status)
             if status == RunStatus.SUCCEEDED:
                 try:
                     self._after_success(run, catalog)
+                except Interrupted as e:  # the backup stays good; deletes journaled finish later
+                    self.interrupted_by = e.signum
+                    run.error("retention", f"{_one_line(e)}: it finishes at the next command")
                 except Exception as e:  # the backup is good; say loudly that retention is not
                     run.error("retention", _one_line(e))
                 run.record = catalog.get(run.record.run_id) or run.record  # what retention did
@@ -991,6 +997,8 @@ class Engine:
             try:
                 point("retention.delete")
                 errors = spec.component.delete_many([a for _, a, _ in found])
+            except Interrupted:
+                raise  # journaled as pending: the next command finishes these deletes
             except Exception as e:
                 errors = {a.id: _one_line(e) for _, a, _ in found}
             for rec, artifact, d in found:

@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from freezeframe import Artifact, StageContext, Table
@@ -121,8 +122,10 @@ def measure(work: Path, mib: int, runs: int, shape: str) -> float:
     return ratio
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def each_shape(doc: str, measure: Callable[[Path, int, int, str], float], prefix: str) -> None:
+    """Parse ``--mib --runs --shape``, then ``measure(work, mib, runs, shape)`` each shape
+    in a fresh temporary folder below one that is removed at the end."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--shape", choices=SHAPES, action="append", help="default: every shape")
@@ -131,12 +134,16 @@ def main() -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
     print(f"{os.cpu_count()} CPUs, median of {args.runs} runs each")
-    work = Path(tempfile.mkdtemp(prefix="ff-bench-archive-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         for shape in args.shape or SHAPES:
             measure(work, args.mib, args.runs, shape)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    each_shape(__doc__, measure, "ff-bench-archive-")
 
 
 if __name__ == "__main__":

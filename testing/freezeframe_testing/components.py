@@ -55,7 +55,7 @@ class Recorder(ApplicationPlugin):
         self.data: Path | None = table.get_path("data", None)
         self.frozen = False
 
-    def prepare(self) -> None:  # type: ignore[override]  # as DESIGN.md writes it: no kinds
+    def prepare(self) -> None:  # type: ignore[override]  # the older form: no kinds
         record("prepare", self.name)
 
     def data_paths(self) -> Sequence[Path]:

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 a run, restore or verify failed; 2 bad profile or
 usage; 3 the profile is busy (another run holds its lock); 128+N interrupted
-by signal N.
+by signal N; 70 an internal error (a bug of ours: ``--debug`` shows its traceback).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         "--preserve-special",
         action="store_true",
         help="also make device nodes and FIFOs and keep setuid/setgid bits "
-        "(only from an artifact verified genuine); left out by default",
+        "(only from an artifact verified genuine: see SECURITY.md); left out by default",
     )
     sp = verb("verify", "verify a run's artifacts")
     sp.add_argument("run", nargs="?", default="latest", help="run id, prefix or 'latest'")

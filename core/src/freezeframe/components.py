@@ -247,7 +247,8 @@ class ApplicationPlugin(_Component):
         raise NotImplementedError
 
     def interrupt(self) -> None:
-        """Make a ``quiesce`` under way (or about to begin) give up soon, with an error.
+        """Make a ``prepare`` or ``quiesce`` under way (or about to begin) give up soon,
+        with an error.
 
         The one method the core calls while another method of the same instance
         may be running (the core calls every other method of an instance one at

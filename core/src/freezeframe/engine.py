@@ -589,7 +589,7 @@ class Engine:
         with self._alone(component):
             if _takes_an_argument(prepare):
                 prepare(kinds)
-            else:  # written from DESIGN.md's prepare(): the kinds are not wanted
+            else:  # an older prepare() that takes no kinds: still called
                 prepare()  # type: ignore[call-arg]
 
     def _app(self, name: str) -> ApplicationSpec:

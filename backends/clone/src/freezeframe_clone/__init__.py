@@ -83,16 +83,22 @@ class CloneBackend(Backend):
         partial.mkdir(mode=0o700)
         total = CopyStats()
         links: dict[tuple[int, int], Path] = {}  # one table: links between paths survive
+        copied: list[Path] = []
         try:
             for src in sources:
                 if not src.exists() and not src.is_symlink():
                     raise FreezeframeError(f"{src} does not exist")
+                dst = make_parents(src, partial)
                 stats = copy_tree(
                     src,
-                    make_parents(src, partial),
+                    dst,
                     progress=lambda b, f: context.progress(bytes=b, files=f),
                     links=links,
                 )
+                if os.path.lexists(dst):
+                    copied.append(src)
+                else:  # a socket, FIFO or device named as a path holds no data to keep
+                    log.warning("%s is not a file, folder or symlink: not copied", src)
                 total.files += stats.files
                 total.bytes += stats.bytes
                 total.cloned += stats.cloned
@@ -113,7 +119,8 @@ class CloneBackend(Backend):
                 "cloned_files": total.cloned,
                 "copied_files": total.copied,
                 "vanished_files": total.vanished,
-                "paths": [str(p) for p in sources],
+                # only what the view holds: the copies and the seal read every path
+                "paths": [str(p) for p in copied],
             },
         )
 

@@ -154,6 +154,10 @@ class _Run:
         self.quiesce: _ordered.Outcome | None = None
         self.cancel_events: list[threading.Event] = []
         self.workers: list[threading.Thread] = []
+        #: Set when the thaw begins: a prepare or quiesce that gets its turn at a plug-in
+        #: only after that (its thread had started, not yet begun) must not begin at all,
+        #: or it would freeze after its unquiesce and nothing would thaw it again.
+        self.thawing = threading.Event()
 
     def app(self, name: str, **changes: Any) -> None:
         with self._lock:
@@ -565,7 +569,7 @@ class Engine:
         preparing = _ordered.Ordered(
             [a.name for a in self.profile.applications],
             {},
-            lambda name: self._prepare_one(name, kinds),
+            lambda name: self._prepare_one(run, name, kinds),
             stop_on_failure=False,
             thread_name="prepare",
         )
@@ -582,11 +586,12 @@ class Engine:
         )
         return paths
 
-    def _prepare_one(self, name: str, kinds: frozenset[SnapshotKind]) -> None:
+    def _prepare_one(self, run: _Run, name: str, kinds: frozenset[SnapshotKind]) -> None:
         point(f"prepare.{name}")
         component = self._app(name).component
         prepare = component.prepare
         with self._alone(component):
+            _not_thawing(run)
             if _takes_an_argument(prepare):
                 prepare(kinds)
             else:  # an older prepare() that takes no kinds: still called
@@ -606,6 +611,7 @@ class Engine:
             try:
                 component = self._app(name).component
                 with self._alone(component):
+                    _not_thawing(run)
                     point(f"quiesce.before.{name}")
                     component.quiesce(deadline)
                     point(f"quiesce.after.{name}")
@@ -653,6 +659,7 @@ class Engine:
 
     def _thaw_all(self, run: _Run, failure: BaseException | None) -> bool:
         """Unquiesce everything whose quiesce began; returns whether all of it thawed."""
+        run.thawing.set()
         started = run.quiesce
         # Everything whose prepare or quiesce began is thawed, half-failed or not: unquiesce
         # is idempotent. (A crash-consistent fallback was unquiesced when its quiesce failed.)
@@ -1188,6 +1195,12 @@ class Engine:
                 "verified" if at is not None else "failed to verify",
                 catalog.path,
             )
+
+
+def _not_thawing(run: _Run) -> None:
+    """Called holding the plug-in's turn, right before a prepare or quiesce begins."""
+    if run.thawing.is_set():
+        raise QuiesceError("not begun: the thaw had already begun")
 
 
 def _device(path: Path) -> int | None:

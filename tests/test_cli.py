@@ -442,3 +442,23 @@ def test_a_truncated_catalog_warns_and_turns_retention_off_until_told(tmp_path: 
     assert "history is lost" not in r.stderr
     left = sorted((tmp_path / "archives").iterdir())
     assert len(left) == 4 and set(old) <= set(left)  # the catalog's newest 2, and the old 2
+
+
+def test_a_full_state_disk_is_one_line_not_an_internal_error(tmp_path: Path, shop) -> None:
+    """A write to an open descriptor (the lock's) names no file: ENOSPC from it is the
+    machine's disk, not our bug (it used to be exit 70, "internal error")."""
+    profile, _ = shop
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(state)], check=True)
+    try:
+        (state / "shop").mkdir(mode=0o700)
+        with open(state / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+            for _ in range(64):  # bounded: 64 KiB is the whole filesystem
+                f.write(b"x" * 4096)
+        r = run_cli("backup", profile)
+        assert r.returncode == 1, r.stderr
+        line = one_error(r.stderr)
+        assert "No space left on device" in line and str(state / "shop" / "lock") in line
+    finally:
+        subprocess.run(["umount", str(state)], check=True)

@@ -8,6 +8,7 @@ by signal N; 70 an internal error (a bug of ours: ``--debug`` shows its tracebac
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -35,6 +36,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"freezeframe: error: {message} (see freezeframe --help)\n")
         raise SystemExit(2)
+
+
+#: errnos that say something of the machine (its disk, its limits), not of our code,
+#: even when the call that met them named no file (a write to an open descriptor).
+_THE_MACHINES = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -433,12 +441,13 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 0
     except (FreezeframeError, OSError) as e:
-        if isinstance(e, OSError) and e.filename is None:  # not a file's fault: our bug
-            return _internal_error(args, e)
-        if isinstance(e, OSError):  # a file the user can fix (a read-only or full disk)
+        if isinstance(e, OSError) and e.filename is None and e.errno not in _THE_MACHINES:
+            return _internal_error(args, e)  # not a file's fault, nor the disk's: our bug
+        if isinstance(e, OSError):  # a file or disk the user can fix (read-only, full)
             if args.debug:
                 traceback.print_exception(e)
-            e = FreezeframeError(f"{e.filename}: {e.strerror or e}")
+            where = f"{e.filename}: " if e.filename is not None else ""
+            e = FreezeframeError(f"{where}{e.strerror or e}")
         lines = e.problems if isinstance(e, ProfileError) else [str(e)]
         if args.json:
             json.dump(

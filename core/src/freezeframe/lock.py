@@ -50,14 +50,13 @@ class ProfileLock:
             os.close(fd)  # removed or replaced while we locked it: that lock guards nothing
         else:
             raise BusyError(f"profile {self.profile!r}: {self.path} keeps being replaced")
-        os.ftruncate(fd, 0)
-        os.pwrite(
-            fd,
-            json.dumps(
-                {"pid": os.getpid(), "command": self.command, "since": iso(time.time())}
-            ).encode(),
-            0,
-        )
+        record = {"pid": os.getpid(), "command": self.command, "since": iso(time.time())}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+        except OSError as e:  # a full or read-only disk: say which file
+            os.close(fd)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         self._fd = fd
         return self
 

@@ -164,8 +164,7 @@ def laid_out(
     over = all(_can_bind_over(o, i) for o, i in roots) and not any(
         Path(os.path.abspath(v)).is_relative_to(o) for v in visible for o, _ in roots
     )
-    with contextlib.ExitStack() as stack:
-        staging = None if over else stack.enter_context(_staging(name))
+    with contextlib.nullcontext(None) if over else _staging(name) as staging:
         yield _in_namespace(roots, targets, staging)
 
 

@@ -14,11 +14,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 import freezeframe_testing.components as comps
-from freezeframe import RunStatus
+from freezeframe import RunStatus, StageRecord, hookimpl
 from freezeframe.catalog import Catalog
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
@@ -320,3 +321,44 @@ def test_sqlite_writes_wait_rather_than_fail_during_the_freeze(tmp_path, db, wri
         t.join()
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert errors == []
+
+
+class _NamesOnlyStage:
+    """An observer naming only the argument it uses, as pluggy allows."""
+
+    seen: ClassVar[list[str]] = []
+
+    @hookimpl
+    def freezeframe_stage_finished(self, stage: StageRecord) -> None:
+        self.seen.append(f"plain {stage.name}")
+
+
+class _First:
+    """Registered first, asks to be called first."""
+
+    @hookimpl(tryfirst=True)
+    def freezeframe_stage_finished(self, stage: StageRecord) -> None:
+        _NamesOnlyStage.seen.append(f"first {stage.name}")
+
+    @hookimpl(trylast=True)
+    def freezeframe_run_finished(self) -> None:
+        _NamesOnlyStage.seen.append("last run-finished")
+
+
+def test_observers_are_called_through_pluggy_with_their_own_arguments_and_order(
+    tmp_path, db, write_profile, registry_with
+):
+    """Each observer gets only the arguments it names, in tryfirst/trylast order, and
+    one that raises (the test kit's) stops neither the others nor the run."""
+    comps.EVENTS.clear()
+    comps.Observer.RAISE = True
+    _NamesOnlyStage.seen.clear()
+    try:
+        reg = registry_with(comps, _First(), comps.Observer(), _NamesOnlyStage())
+        engine = engine_for(write_profile(profile_text(tmp_path, db, 'backend = "slow"')), reg)
+        run = engine.backup()
+    finally:
+        comps.Observer.RAISE = False
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert _NamesOnlyStage.seen == ["first snap", "plain snap", "last run-finished"]
+    assert [w for w, _, _ in comps.EVENTS if w == "run-finished"] == ["run-finished"]

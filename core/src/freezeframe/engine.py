@@ -43,7 +43,7 @@ from freezeframe.fsutil import ensure_private_dir, syncfs
 from freezeframe.lock import Owner, ProfileLock
 from freezeframe.profile import ApplicationSpec, Profile, StageSpec
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord
-from freezeframe.registry import Registry
+from freezeframe.registry import Registry, each_implementation
 from freezeframe.retention import select_keep
 from freezeframe.watchdog import Watchdog, outlive
 
@@ -271,9 +271,9 @@ class Engine:
             pass
 
     def _notify(self, hook: str, **kwargs: Any) -> None:
-        for impl in getattr(self.registry.pm.hook, hook).get_hookimpls():
+        for impl, call in each_implementation(self.registry.pm, hook):
             try:
-                impl.function(**kwargs)
+                call(**kwargs)
             except Exception as e:  # observers never change the run
                 log.warning("hook %s of %s failed: %s", hook, impl.plugin_name, _one_line(e))
 

@@ -14,7 +14,7 @@ import functools
 import importlib.metadata as md
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
@@ -169,10 +169,25 @@ def _load_entry_points(registry: Registry) -> None:
             log.debug("plug-in %s failed to load", ep.name, exc_info=True)
 
 
+def each_implementation(
+    pm: pluggy.PluginManager, hook_name: str
+) -> Iterator[tuple[pluggy.HookImpl, Callable[..., list[Any]]]]:
+    """Each implementation of ``hook_name`` in pluggy's own call order (``tryfirst`` ones
+    first, ``trylast`` ones last), with a caller for it alone.
+
+    The caller is pluggy's hook caller, so the implementation gets only the arguments
+    it names (a hookspec may grow an argument without breaking it); calling one at a
+    time lets the caller keep one that raises from stopping the others.
+    """
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+    for impl in reversed(impls):  # pluggy calls the last of the list first
+        others = [i.plugin for i in impls if i is not impl]
+        yield impl, pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+
 def _collect(registry: Registry, ctype: ComponentType, hook_name: str, base: type[Any]) -> None:
     table = registry.applications if ctype == "application" else registry.backends
-    hook = getattr(registry.pm.hook, hook_name)
-    for impl in hook.get_hookimpls():
+    for impl, call in each_implementation(registry.pm, hook_name):
         dist, version = registry.origins.get(impl.plugin_name) or _distribution_of(impl.plugin)
 
         def register(cls: type[Any], _dist: str = dist, _version: str = version) -> None:
@@ -198,7 +213,7 @@ def _collect(registry: Registry, ctype: ComponentType, hook_name: str, base: typ
             table[kind] = ComponentInfo(kind, ctype, cls, _dist, _version)
 
         try:
-            impl.function(register=register)
+            call(register=register)
         except Exception as e:
             registry.broken.append(Broken(impl.plugin_name, dist, f"{type(e).__name__}: {e}"))
             log.debug("plug-in %s failed to register", impl.plugin_name, exc_info=True)

@@ -25,6 +25,7 @@ import pytest
 
 from freezeframe import RunRecord, RunStatus
 from freezeframe.engine import Engine
+from freezeframe.fsutil import sqlite_uri
 from freezeframe.registry import Registry, build_registry
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -272,7 +273,7 @@ def read_only_uri(path: Path) -> str:
     The name is percent-escaped (a ``#`` or ``?`` would end it) and ``mode=ro`` never
     creates a missing file (``sqlite3.OperationalError`` instead).
     """
-    return f"{Path(path).absolute().as_uri()}?mode=ro&immutable=1"
+    return sqlite_uri(Path(path), mode="ro", immutable="1")
 
 
 def read_counter(path: Path) -> int:

@@ -25,12 +25,11 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import quote
 
 from freezeframe._faults import point
 from freezeframe.components import Artifact
 from freezeframe.errors import FreezeframeError
-from freezeframe.fsutil import fsync_dir
+from freezeframe.fsutil import fsync_dir, sqlite_uri
 from freezeframe.lock import Owner
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord, iso
 
@@ -208,7 +207,7 @@ class Catalog:
                 self.history_lost = f"{path} is empty (0 bytes)"
             return self._empty()
         self._read_lost_marker()
-        uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+        uri = sqlite_uri(path, mode="ro")
         db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         try:
             self._check_version(db)

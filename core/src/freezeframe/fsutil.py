@@ -9,8 +9,9 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlencode
 
-__all__ = ["ensure_private_dir", "fsync_dir", "syncfs"]
+__all__ = ["ensure_private_dir", "fsync_dir", "sqlite_uri", "syncfs"]
 
 log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -63,3 +64,13 @@ def syncfs(paths: Iterable[Path]) -> int:
             os.close(fd)
         done.add(dev)
     return len(done)
+
+
+def sqlite_uri(path: Path, **params: str) -> str:
+    """A SQLite ``file:`` URI that names ``path`` and nothing else, with ``params``.
+
+    Unescaped, SQLite would end the name at a ``#`` or ``?`` (opening, and
+    creating, ``/srv/shop`` for ``/srv/shop#1.db``) and decode a ``%41``:
+    ``as_uri`` percent-escapes every such byte.
+    """
+    return f"{Path(path).absolute().as_uri()}?{urlencode(params)}"

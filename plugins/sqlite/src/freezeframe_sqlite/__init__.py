@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from freezeframe import (
     ApplicationPlugin,
@@ -33,6 +32,7 @@ from freezeframe import (
     hookimpl,
     restoring,
 )
+from freezeframe.fsutil import sqlite_uri
 
 __all__ = ["SqlitePlugin"]
 
@@ -59,7 +59,7 @@ class SqlitePlugin(ApplicationPlugin):
 
     def _connect(self, timeout: float, *, read_only: bool = False) -> sqlite3.Connection:
         # Never mode=rwc: a database that has gone must fail the run, not come back empty.
-        uri = _uri(self.path, mode="ro" if read_only else "rw")
+        uri = sqlite_uri(self.path, mode="ro" if read_only else "rw")
         try:
             return sqlite3.connect(
                 uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
@@ -210,17 +210,9 @@ class SqlitePlugin(ApplicationPlugin):
     @staticmethod
     def _connect_file(path: Path) -> sqlite3.Connection:
         # immutable: a check must not leave -wal/-shm files beside the restored copy
-        return sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True, isolation_level=None)
-
-
-def _uri(path: Path, **params: str) -> str:
-    """A ``file:`` URI that names ``path`` and nothing else.
-
-    Unescaped, SQLite would end the name at a ``#`` or ``?`` (opening, and
-    creating, ``/srv/shop`` for ``/srv/shop#1.db``) and decode a ``%41``:
-    ``as_uri`` percent-escapes every such byte.
-    """
-    return f"{path.absolute().as_uri()}?{urlencode(params)}"
+        return sqlite3.connect(
+            sqlite_uri(path, mode="ro", immutable="1"), uri=True, isolation_level=None
+        )
 
 
 @hookimpl

@@ -13,12 +13,11 @@ open directory, which the raw pipeline does not: the ratio is their cost.
 from __future__ import annotations
 
 import shutil
-import statistics
 import subprocess
 import time
 from pathlib import Path
 
-from archive_throughput import each_shape, make_view
+from archive_throughput import each_shape, make_view, report
 
 from freezeframe import Artifact, StageContext, Table
 from freezeframe_archive import ArchiveBackend
@@ -71,12 +70,7 @@ def measure(work: Path, mib: int, runs: int, shape: str) -> float:
         times["zstd -dc | tar -x"].append(restore_raw(archive, out))
     shutil.rmtree(store)
     shutil.rmtree(out)
-    mib_done = size / (1 << 20)
-    print(f"{shape}: {mib_done:.0f} MiB")
-    medians = {k: statistics.median(v) for k, v in times.items()}
-    for name, t in medians.items():
-        print(f"  {name:<20} {t:7.2f} s  {mib_done / t:7.1f} MiB/s")
-    ratio = medians["archive restore"] / medians["zstd -dc | tar -x"]
+    ratio = report(f"{shape}: {{:.0f}} MiB", size, times)
     print(f"  restore time / raw time = {ratio:.2f}")
     return ratio
 

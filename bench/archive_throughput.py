@@ -111,15 +111,21 @@ def measure(work: Path, mib: int, runs: int, shape: str) -> float:
     entries = sum(1 for _ in view.rglob("*"))
     shutil.rmtree(view)
     shutil.rmtree(out)
-    mib_done = size / (1 << 20)
-    print(f"{shape}: {mib_done:.0f} MiB in {entries} entries")
-    medians = {k: statistics.median(v) for k, v in times.items()}
-    for name, t in medians.items():
-        print(f"  {name:<20} {t:7.2f} s  {mib_done / t:7.1f} MiB/s")
-    ratio = medians["archive backend"] / medians["tar | zstd -T0 -3"]
+    ratio = report(f"{shape}: {{:.0f}} MiB in {entries} entries", size, times)
     verdict = "within" if ratio <= 1.15 else "NOT within"
     print(f"  backend time / raw time = {ratio:.2f} ({verdict} the 15% goal)")
     return ratio
+
+
+def report(title: str, size: int, times: dict[str, list[float]]) -> float:
+    """Print ``title`` (its ``{}`` the MiB done) and each command's median time and speed;
+    return the first command's median time over the second's."""
+    mib_done = size / (1 << 20)
+    print(title.format(mib_done))
+    medians = [statistics.median(v) for v in times.values()]
+    for name, t in zip(times, medians, strict=True):
+        print(f"  {name:<20} {t:7.2f} s  {mib_done / t:7.1f} MiB/s")
+    return medians[0] / medians[1]
 
 
 def each_shape(doc: str, measure: Callable[[Path, int, int, str], float], prefix: str) -> None:

@@ -1,4 +1,5 @@
-"""Small filesystem facilities every package needs once: private dirs, fsync, syncfs."""
+"""Small filesystem facilities every package needs once: private dirs, fsync, syncfs,
+and where an original path lives below another root."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlencode
 
-__all__ = ["ensure_private_dir", "fsync_dir", "sqlite_uri", "syncfs"]
+__all__ = ["ensure_private_dir", "fsync_dir", "sqlite_uri", "syncfs", "under"]
 
 log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -74,3 +75,14 @@ def sqlite_uri(path: Path, **params: str) -> str:
     ``as_uri`` percent-escapes every such byte.
     """
     return f"{Path(path).absolute().as_uri()}?{urlencode(params)}"
+
+
+def under(root: Path, original: Path | str) -> Path:
+    """Where the absolute path ``original`` is below ``root``: a restore target or a
+    snapshot view holds every file at ``root`` + its original absolute path
+    (``under(Path("/restore"), "/srv/shop/orders.db")`` is ``/restore/srv/shop/orders.db``).
+    Raises :class:`ValueError` for a relative ``original``."""
+    path = Path(original)
+    if not path.is_absolute():
+        raise ValueError(f"{original!s} is not an absolute path")
+    return root / path.relative_to("/")

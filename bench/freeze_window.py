@@ -192,7 +192,7 @@ def bench(setup: Setup, source_db: Path, base: Path, runs: int) -> Row:
         frozen, stage, raw, method = [], [], [], "?"
         for i in range(runs):
             churn(db, i)
-            record = engine.backup()
+            record = engine.backup().record
             if record.status != RunStatus.SUCCEEDED:
                 raise SystemExit(f"{setup.label}: run failed: {record.error}")
             st = record.stage("snap")

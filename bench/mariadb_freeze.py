@@ -158,7 +158,7 @@ def backups(engine: Engine, row: Row, runs: int, writers: Writers | None, mnt: P
     """``runs`` backups into ``row``; each snapshot deleted after its run."""
     windows = []
     for _ in range(runs):
-        record = engine.backup()
+        record = engine.backup().record
         if record.status != RunStatus.SUCCEEDED:
             raise SystemExit(f"{row.label}: run failed: {record.error}")
         app, st = record.applications[0], record.stage("snap")

@@ -274,7 +274,7 @@ def bench(setup: Setup, base: Path, runs: int) -> Row:
         with writer(server.dsn(), out):
             time.sleep(2.0)  # a quiet stretch for the baseline
             for _ in range(runs):
-                record = engine.backup()
+                record = engine.backup().record
                 if record.status != RunStatus.SUCCEEDED:
                     raise SystemExit(f"{setup.label}: run failed: {record.error}")
                 app = record.applications[0]

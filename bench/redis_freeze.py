@@ -210,7 +210,7 @@ def bench(setup: Setup, base: Path, runs: int, snap: tuple[Path, Path] | None) -
         with probe(server) as worst:
             for _ in range(runs):
                 worst.value = 0.0
-                record = engine.backup()
+                record = engine.backup().record
                 if record.status != RunStatus.SUCCEEDED:
                     raise SystemExit(f"{setup.label}: run failed: {record.error}")
                 time.sleep(0.05)  # the last blocked write returns and is counted

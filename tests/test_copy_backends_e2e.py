@@ -144,7 +144,7 @@ def test_postgres_and_sqlite_through_a_snapshot_into_restic_over_sftp_and_borg(
         for _ in range(RUNS):
             # Both counters are at least this before the quiesce; so is the bank's ledger.
             before = writer.committed, bank.committed
-            run = engine.backup()
+            run = engine.backup().record
             assert run.status == RunStatus.SUCCEEDED, run.error
             runs.append((run, before))
     finally:

@@ -283,7 +283,7 @@ def test_fault_is_survived(rig: Rig, tag: str) -> None:
     # a good backup (the last case's, if it made one), then rows it does not hold
     if rig.good is None:
         rig.write(f"{tag} before the good run")
-        run = rig.engine.backup()
+        run = rig.engine.backup().record
         assert run.status == RunStatus.SUCCEEDED, run.error
         rig.good = (run.run_id, [rows_of(db) for db in rig.dbs])
     good_id, good_rows = rig.good

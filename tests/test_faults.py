@@ -81,7 +81,7 @@ def assert_nothing_left(tmp_path: Path) -> None:
 
 def test_a_backend_that_raises_fails_the_run_and_thaws(tmp_path, db, write_profile, reg):
     engine = engine_for(write_profile(profile_text(tmp_path, db, 'backend = "failing"')), reg)
-    run = engine.backup()
+    run = engine.backup().record
     assert run.status == RunStatus.FAILED
     assert "stage 'snap'" in (run.error or "") and "disk on fire" in (run.error or "")
     assert writable_within(db, 0.5)
@@ -99,7 +99,7 @@ def test_a_quiesce_that_raises_thaws_the_others(tmp_path, db, write_profile, reg
         quiesce_ms = 50
     """
     text = profile_text(tmp_path, db, 'backend = "slow"', apps=apps)
-    run = engine_for(write_profile(text), reg).backup()
+    run = engine_for(write_profile(text), reg).backup().record
     assert run.status == RunStatus.FAILED
     assert "application 'web'" in (run.error or "")
     assert writable_within(db, 0.5)  # sqlite quiesced in parallel, and was thawed
@@ -121,7 +121,7 @@ def test_crash_consistent_fallback_backs_up_without_that_application(
         on_quiesce_failure = "crash-consistent"
     """
     text = profile_text(tmp_path, db, 'backend = "slow"', apps=apps)
-    run = engine_for(write_profile(text), reg).backup()
+    run = engine_for(write_profile(text), reg).backup().record
     assert run.status == RunStatus.SUCCEEDED, run.error
     modes = {a.name: a.mode for a in run.applications}
     assert modes == {"db": "quiesced", "web": "crash-consistent"}
@@ -131,7 +131,7 @@ def test_crash_consistent_fallback_backs_up_without_that_application(
 def test_the_deadline_thaws_while_a_stage_is_still_running(tmp_path, db, write_profile, reg):
     text = profile_text(tmp_path, db, 'backend = "slow"\nseconds = "30s"', timeout="500ms")
     started = time.monotonic()
-    run = engine_for(write_profile(text), reg).backup()
+    run = engine_for(write_profile(text), reg).backup().record
     assert run.status == RunStatus.FAILED
     assert "freeze_timeout" in (run.error or "")
     assert time.monotonic() - started < 10  # the 30 s stage was cancelled, not awaited
@@ -161,7 +161,7 @@ def test_after_orders_quiesce_and_reverses_the_thaw(tmp_path, db, write_profile,
         after = ["web", "cache"]
     """
     text = profile_text(tmp_path, db, 'backend = "slow"', apps=apps)
-    run = engine_for(write_profile(text), reg).backup()
+    run = engine_for(write_profile(text), reg).backup().record
     assert run.status == RunStatus.SUCCEEDED, run.error
     t = {(w, n): ts for w, n, ts in comps.EVENTS}
     # web and cache quiesce in parallel (their 100 ms overlap) ...
@@ -185,14 +185,14 @@ def test_lifecycle_hooks_see_every_run_and_an_exploding_observer_changes_nothing
     tmp_path, db, write_profile, reg
 ):
     engine = engine_for(write_profile(profile_text(tmp_path, db, 'backend = "slow"')), reg)
-    run = engine.backup()
+    run = engine.backup().record
     assert run.status == RunStatus.SUCCEEDED
     whats = [w for w, _, _ in comps.EVENTS]
     assert whats.index("run-started") < whats.index("stage-finished") < whats.index("run-finished")
     assert comps.Observer.runs[-1].status == RunStatus.SUCCEEDED
     assert comps.Observer.stages[-1].status == "succeeded"
     comps.Observer.RAISE = True
-    run = engine.backup()
+    run = engine.backup().record
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert comps.Observer.runs[-1].run_id == run.run_id
 
@@ -205,7 +205,7 @@ def test_failing_unquiesce_fails_the_run_but_thaws_the_rest(tmp_path, db, write_
         fail = "unquiesce"
     """
     text = profile_text(tmp_path, db, 'backend = "slow"', apps=apps)
-    run = engine_for(write_profile(text), reg).backup()
+    run = engine_for(write_profile(text), reg).backup().record
     assert run.status == RunStatus.FAILED
     assert "unquiesce failed" in (run.error or "")
     assert writable_within(db, 0.5)
@@ -315,7 +315,7 @@ def test_sqlite_writes_wait_rather_than_fail_during_the_freeze(tmp_path, db, wri
     t = threading.Thread(target=write)
     t.start()
     try:
-        run = engine.backup()
+        run = engine.backup().record
     finally:
         stop.set()
         t.join()
@@ -356,7 +356,7 @@ def test_observers_are_called_through_pluggy_with_their_own_arguments_and_order(
     try:
         reg = registry_with(comps, _First(), comps.Observer(), _NamesOnlyStage())
         engine = engine_for(write_profile(profile_text(tmp_path, db, 'backend = "slow"')), reg)
-        run = engine.backup()
+        run = engine.backup().record
     finally:
         comps.Observer.RAISE = False
     assert run.status == RunStatus.SUCCEEDED, run.error

@@ -236,7 +236,7 @@ def test_four_applications_on_one_subvolume_restore_one_instant(
     for _ in range(MUTANT_TRIES if control else RUNS):
         # The writer is going, past the last backup, when the next one begins.
         before = wait_for_round(db, proc, last, tmp_path / "writer.log")
-        run = engine.backup()
+        run = engine.backup().record
         assert run.status == RunStatus.SUCCEEDED, run.error
         [(after,)] = pg.sql("SELECT n FROM seq WHERE id = 1")
         runs.append((run, before, int(after)))

@@ -85,7 +85,7 @@ def test_seal_runs_after_the_thaw_and_its_artifact_is_the_one_recorded(
 ) -> None:
     engine, _ = sealed_profile(tmp_path, write_profile, reg, fail=False)
 
-    run = engine.backup()
+    run = engine.backup().record
 
     assert run.status == RunStatus.SUCCEEDED, run.error
     seen = events()
@@ -105,7 +105,7 @@ def test_a_failing_seal_fails_the_run_and_removes_the_snapshot(
 ) -> None:
     engine, db = sealed_profile(tmp_path, write_profile, reg, fail=True)
 
-    run = engine.backup()
+    run = engine.backup().record
 
     assert run.status == RunStatus.FAILED
     assert run.error == "stage 'snap' (sealed): seal failed: cannot read the view (test)"
@@ -123,7 +123,7 @@ def test_a_snapshot_released_after_its_copy_is_not_sealed(
     """Nothing would verify it; reading it all would only double the run's reads."""
     engine, _ = sealed_profile(tmp_path, write_profile, reg, archive=True)
 
-    run = engine.backup()
+    run = engine.backup().record
 
     assert run.status == RunStatus.SUCCEEDED, run.error
     snap = run.stage("snap")

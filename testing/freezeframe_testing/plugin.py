@@ -110,7 +110,7 @@ def pairs_restored(
             assert writer.poll() is None and time.monotonic() < end, "the writer never wrote"
             time.sleep(0.01)
         for _ in range(runs):
-            run = engine.backup()
+            run = engine.backup().record
             assert run.status == RunStatus.SUCCEEDED, run.error
             done.append(run)
     finally:
@@ -143,7 +143,7 @@ def back_up_pairs(
     checked: list[CheckedRun] = []
     for i in range(runs):
         before = writer.committed  # both counters are at least this before the quiesce
-        run = engine.backup()
+        run = engine.backup().record
         after = writer.committed
         assert run.status == RunStatus.SUCCEEDED, run.error
         target = restore_to / f"restore-{i}"

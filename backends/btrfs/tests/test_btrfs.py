@@ -646,7 +646,7 @@ def test_a_profile_with_btrfs_then_archive_backs_up_and_restores(
     runs = []
     for n in (11, 22, 33):
         set_counter(db, n)
-        run = engine.backup()
+        run = engine.backup().record
         assert run.status == RunStatus.SUCCEEDED, run.error
         runs.append(run)
     set_counter(db, 99)

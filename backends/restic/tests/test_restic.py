@@ -578,7 +578,7 @@ def bump(db: Path) -> None:
 
 
 def backup(profile: Path, registry: Registry) -> Any:
-    return Engine(load_profile(profile, registry), registry).backup()
+    return Engine(load_profile(profile, registry), registry).backup().record
 
 
 def assert_failed_cleanly(run: Any, db: Path, *expected: str) -> None:

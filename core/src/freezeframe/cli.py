@@ -279,20 +279,20 @@ def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:
 
 def _cmd_backup(args: argparse.Namespace, engine: Engine) -> int:
     with _progress(args) as factory:
-        engine.progress = factory
-        run = engine.backup()
+        result = engine.backup(progress=factory)
+    run, signum = result.record, result.interrupted_by
     _out(args, run.to_json(), lambda: _print_run(run))
-    if run.status == RunStatus.SUCCEEDED and engine.interrupted_by:
+    if run.status == RunStatus.SUCCEEDED and signum:
         sys.stderr.write(
-            f"freezeframe: error: interrupted by {signal.Signals(engine.interrupted_by).name} "
+            f"freezeframe: error: interrupted by {signal.Signals(signum).name} "
             f"after run {run.run_id} succeeded: retention stopped (it finishes at the next "
             "command); the backup is kept\n"
         )
-        return 128 + engine.interrupted_by
+        return 128 + signum
     if run.status == RunStatus.SUCCEEDED:
         return 0
     sys.stderr.write(f"freezeframe: error: run {run.run_id} failed: {run.error}\n")
-    return 128 + engine.interrupted_by if engine.interrupted_by else 1
+    return 128 + signum if signum else 1
 
 
 def _cmd_list(args: argparse.Namespace, engine: Engine) -> int:

@@ -18,6 +18,7 @@ __all__ = [
     "ProfileError",
     "QuiesceError",
     "StageError",
+    "one_line",
 ]
 
 
@@ -79,3 +80,10 @@ class Interrupted(FreezeframeError):
         super().__init__(f"interrupted by {name}")
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+def one_line(e: BaseException) -> str:
+    """``e`` as one line for a log, a record or stderr: its text, prefixed with its type
+    unless it is a :class:`FreezeframeError` (whose text is written for the user)."""
+    text = str(e).strip().replace("\n", "; ") or type(e).__name__
+    return text if isinstance(e, FreezeframeError) else f"{type(e).__name__}: {text}"

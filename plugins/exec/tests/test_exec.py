@@ -213,7 +213,7 @@ def test_a_run_calls_each_step_once_in_order(
     log = tmp_path / "log"
     engine = Engine(load_profile(write_profile(profile_text(tmp_path, log)), registry), registry)
 
-    run = engine.backup()
+    run = engine.backup().record
 
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert steps(log) == ["check", "prepare", "quiesce", "unquiesce"]
@@ -237,7 +237,7 @@ def test_a_quiesce_that_fails_or_hangs_fails_the_run_and_is_undone(
     engine = Engine(load_profile(write_profile(text), registry), registry)
 
     started = time.monotonic()
-    run = engine.backup()
+    run = engine.backup().record
 
     assert run.status == RunStatus.FAILED
     error = run.error or ""

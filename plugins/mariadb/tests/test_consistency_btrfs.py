@@ -197,7 +197,7 @@ def test_every_restored_copy_is_one_instant_and_complete(
     try:
         for _ in range(RUNS):
             before = committed(server)  # every one of these must be in the backup
-            run = engine.backup()
+            run = engine.backup().record
             assert run.status == RunStatus.SUCCEEDED, run.error
             runs.append((run, before))
             assert all(p.poll() is None for p in procs), "a writer died"
@@ -236,7 +236,7 @@ def test_a_lock_ended_before_the_snapshot_is_caught(
     found: list[str] = []
     for i in range(MUTANT_TRIES):
         before = committed(server)
-        run = engine.backup()
+        run = engine.backup().record
         assert run.status == RunStatus.SUCCEEDED, run.error
         found = copy_problems(engine, mariadb_factory, server, run, before, tmp_path / f"r{i}")
         if found:

@@ -90,7 +90,7 @@ def test_a_binlog_outside_the_datadir_is_backed_up_and_restored_as_the_copys_own
     engine = engine_for(server, fs, tmp_path, write_profile, registry)
     assert engine.data_paths() == (db / "data", db / "binlogs")
     server.sql("INSERT INTO shop.t VALUES (1)")
-    run = engine.backup()
+    run = engine.backup().record
     assert run.status == RunStatus.SUCCEEDED, run.error
     server.sql("INSERT INTO shop.t VALUES (2)")  # after the backup: not in it
 
@@ -130,7 +130,7 @@ def test_files_on_two_subvolumes_are_refused_before_the_freeze(
         "application 'shop'" in p and "2 filesystems or subvolumes" in p and str(logs) in p
         for p in problems
     ), problems
-    run = engine.backup()
+    run = engine.backup().record
     assert run.status == RunStatus.FAILED
     assert run.applications[0].quiesce_start is None, "refused only after quiescing"
     with pytest.raises(FreezeframeError, match="several snapshots are not one instant"):

@@ -260,7 +260,7 @@ def test_engine_check_refuses_a_per_file_snapshot(
         "'shop' (mariadb) is not consistent on per-file snapshots" in p and "atomic" in p
         for p in problems
     ), problems
-    run = engine.backup()
+    run = engine.backup().record
     assert run.status == "failed"
     assert "per-file" in (run.error or "")
     snaps = tmp_path / "snaps"

@@ -88,7 +88,7 @@ def back_up_under_load(engine: Engine, server: PgServer) -> list[tuple[str, int,
     try:
         for _ in range(RUNS):
             before = writer.committed
-            run = engine.backup()
+            run = engine.backup().record
             assert run.status == RunStatus.SUCCEEDED, run.error
             runs.append((run.run_id, before, dict(run.applications[0].facts)))
     finally:
@@ -105,7 +105,7 @@ def one_backup_under_load(engine: Engine, server: PgServer) -> tuple[RunRecord, 
         while writer.committed < 50:
             writer.join(0.01)
         before = writer.committed
-        run = engine.backup()
+        run = engine.backup().record
     finally:
         writer.stop()
     assert run.status == RunStatus.SUCCEEDED, run.error

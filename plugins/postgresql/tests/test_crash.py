@@ -146,7 +146,7 @@ def test_a_failing_snapshot_ends_the_backup_mode(
     server = make_server(postgres)
     registry = registry_with(comps)
     profile = write_profile(profile_text(server, tmp_path, 'backend = "failing"'))
-    run = Engine(load_profile(profile, registry), registry).backup()
+    run = Engine(load_profile(profile, registry), registry).backup().record
     assert run.status == RunStatus.FAILED and "disk on fire" in (run.error or "")
     [app] = run.applications
     assert app.facts["method"] == "backup-mode" and app.facts["stop_lsn"]

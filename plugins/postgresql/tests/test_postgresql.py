@@ -479,7 +479,7 @@ def test_secrets_stay_out_of_the_catalog_and_the_record(
         dir = "{tmp_path / "snaps"}"
     """)
     engine = Engine(load_profile(path, registry), registry)
-    run = engine.backup()
+    run = engine.backup().record
     assert run.status == RunStatus.SUCCEEDED, run.error
     facts = run.applications[0].facts
     assert facts["method"] == "backup-mode" and facts["completed_snapshots"] == [run.run_id]

@@ -278,7 +278,7 @@ def test_check_passes_and_a_failed_check_quiesces_nothing(
     assert check_problems(tmp_path, write_profile, registry, fields) == []
     wrong = f'url = "{server.unix_url}"\npassword_env = "FF_REDIS_WRONG"'
     path = write_profile(profile_for(tmp_path, wrong))
-    run = Engine(load_profile(path, registry), registry).backup()
+    run = Engine(load_profile(path, registry), registry).backup().record
     assert run.status == RunStatus.FAILED
     assert "authentication failed" in (run.error or "")
     assert run.applications[0].quiesce_start is None
@@ -663,7 +663,7 @@ def test_the_password_reaches_no_record_log_or_message(
     fields = f'url = "{server.url}"\npassword_env = "FF_REDIS_PASSWORD"'
     path = write_profile(profile_for(tmp_path, fields))
     engine = Engine(load_profile(path, registry), registry)
-    run = engine.backup()
+    run = engine.backup().record
     assert run.status == RunStatus.SUCCEEDED, run.error
     engine.restore(run.run_id, tmp_path / "restored", verify=True)
     bad = plugin(server.url, tmp_path, password_env="FF_REDIS_WRONG")  # noqa: S106

@@ -121,7 +121,7 @@ def back_up(
     checked = []
     for i in range(runs):
         before = writer.committed  # committed before it began
-        run = ledger.engine.backup()
+        run = ledger.engine.backup().record
         after = writer.committed
         assert run.status == RunStatus.SUCCEEDED, run.error
         target = restore_to / f"restore-{i}"

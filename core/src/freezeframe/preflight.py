@@ -1,0 +1,204 @@
+"""Before a run: which pairings of applications and snapshots are consistent, what must
+not be written while frozen, each component's own check, and ``plan``.
+
+Everything here but :func:`check` (which calls each component's ``check()``) and
+:func:`data_paths` reads the loaded profile only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from freezeframe.components import CrashSafety, Role, SnapshotKind
+from freezeframe.errors import FreezeframeError, one_line
+from freezeframe.profile import Profile, StageSpec
+from freezeframe.registry import Registry
+from freezeframe.session import Session
+
+__all__ = [
+    "check",
+    "data_paths",
+    "frozen_write_problems",
+    "pairing_problems",
+    "plan",
+    "quiesce_levels",
+    "snapshot_kinds",
+    "windowed_stages",
+]
+
+
+def snapshot_kinds(profile: Profile) -> frozenset[SnapshotKind]:
+    """The kinds of snapshot this profile's snapshot stages take."""
+    return frozenset(s.component.snapshot_kind for s in profile.stages if s.role == Role.SNAPSHOT)
+
+
+def windowed_stages(profile: Profile) -> list[StageSpec]:
+    """The stages that run while applications are quiesced, in the order they run:
+    the snapshots, then (with ``thaw = "after-backup"``) the copies."""
+    snapshots = [s for s in profile.stages if s.role == Role.SNAPSHOT]
+    copies = [s for s in profile.stages if s.role == Role.COPY]
+    return snapshots + (copies if profile.thaw == "after-backup" else [])
+
+
+def data_paths(session: Session) -> tuple[Path, ...]:
+    """Every application's data paths, in profile order, without duplicates."""
+    seen: dict[Path, None] = {}
+    for app in session.profile.applications:
+        with session.alone(app.component):
+            paths = app.component.data_paths()
+        for p in paths:
+            seen.setdefault(Path(p), None)
+    return tuple(seen)
+
+
+def check(session: Session) -> list[str]:
+    """Preflight every component and application/snapshot pairing; returns the problems."""
+    profile = session.profile
+    problems = pairing_problems(profile, session.registry)
+    components: list[tuple[str, Any]] = [
+        *((f"application {a.name!r}", a.component) for a in profile.applications),
+        *((f"stage {s.name!r}", s.component) for s in profile.stages),
+    ]
+    for label, component in components:
+        try:
+            with session.alone(component):
+                component.check()
+        except FreezeframeError as e:
+            problems.append(f"{label}: {one_line(e)}")
+        except Exception as e:
+            problems.append(f"{label}: check failed: {one_line(e)}")
+    return problems
+
+
+def pairing_problems(profile: Profile, registry: Registry) -> list[str]:
+    """The profile's rules that need no component to answer: each application consistent
+    on each snapshot, no write to a frozen filesystem, a thaw that completes per-file
+    views not moved after copies, a thaw command for what only the watchdog can thaw."""
+    problems = []
+    for stage in profile.stages:
+        for app in profile.applications:
+            kind = stage.component.snapshot_kind
+            if stage.role == Role.SNAPSHOT and kind not in app.component.consistent_on:
+                fits = sorted(
+                    b.kind
+                    for b in registry.backends.values()
+                    if b.cls.role == Role.SNAPSHOT
+                    and b.cls.snapshot_kind in app.component.consistent_on
+                )
+                wanted = " or ".join(sorted(str(k) for k in app.component.consistent_on))
+                problems.append(
+                    f"application {app.name!r} ({app.info.kind}) is not consistent on {kind} "
+                    f"snapshots such as stage {stage.name!r} ({stage.info.kind}); use a "
+                    f"snapshot backend that is {wanted}"
+                    + (f" ({', '.join(fits)})" if fits else " (none is installed)")
+                )
+    problems += frozen_write_problems(profile)
+    per_file = [
+        s.name
+        for s in profile.stages
+        if s.role == Role.SNAPSHOT and s.component.snapshot_kind == SnapshotKind.PER_FILE
+    ]
+    if profile.thaw == "after-backup" and per_file:
+        for app in profile.applications:
+            if app.component.completes_view_on_thaw:
+                problems.append(
+                    f"application {app.name!r} ({app.info.kind}) completes per-file "
+                    f"snapshots (stage {per_file[0]!r}) when it thaws, so copies cannot "
+                    'be made before the thaw: use thaw = "after-snapshot"'
+                )
+    for app in profile.applications:
+        c = app.component
+        if c.crash_safety == CrashSafety.WATCHDOG and not c.watchdog_thaw_command():
+            problems.append(
+                f"application {app.name!r} ({app.info.kind}) needs the watchdog "
+                "but gives no thaw command (a bug of its plug-in)"
+            )
+    return problems
+
+
+def frozen_write_problems(profile: Profile) -> list[str]:
+    """A filesystem frozen whole must not be one we write to inside the window."""
+    places = [("the state dir", profile.home)]
+    places += [
+        (f"the output of stage {s.name!r}", p)
+        for s in windowed_stages(profile)
+        for p in s.component.writes_to()
+    ]
+    problems = []
+    for app in profile.applications:
+        for mount in app.component.frozen_mounts():
+            dev = _device(Path(mount))
+            for what, place in places:
+                if dev is not None and _device(place) == dev:
+                    problems.append(
+                        f"application {app.name!r} freezes {mount}, which holds {what} "
+                        f"({place}); freezeframe must write there while it is frozen: "
+                        "move it to another filesystem"
+                    )
+    return problems
+
+
+def plan(session: Session) -> dict[str, Any]:
+    """What a backup would do, step by step, without doing it."""
+    profile = session.profile
+    apps = profile.applications
+    try:
+        paths: list[str] | str = [str(p) for p in data_paths(session)]
+    except Exception as e:
+        paths = f"unknown until the applications are reachable: {one_line(e)}"
+    windowed = windowed_stages(profile)
+    return {
+        "profile": profile.name,
+        "freeze_timeout_s": profile.freeze_timeout,
+        "thaw": profile.thaw,
+        "state_dir": str(profile.home),
+        "data_paths": paths,
+        "quiesce_order": quiesce_levels({a.name: a.after for a in apps}),
+        "applications": [
+            {
+                "name": a.name,
+                "plugin": a.info.kind,
+                "on_quiesce_failure": a.on_quiesce_failure,
+                "crash_safety": str(a.component.crash_safety),
+            }
+            for a in apps
+        ],
+        "stages": [
+            {
+                "name": s.name,
+                "backend": s.info.kind,
+                "role": str(s.role),
+                "source": s.source,
+                "in_freeze_window": s in windowed,
+                "keep": s.keep.to_json() if s.keep else None,
+                "released_after_run": profile.released_after_run(s),
+            }
+            for s in profile.stages
+        ],
+    }
+
+
+def _device(path: Path) -> int | None:
+    """The device of ``path`` or of its nearest existing parent."""
+    for p in (path, *path.parents):
+        try:
+            return p.stat().st_dev
+        except OSError:
+            continue
+    return None
+
+
+def quiesce_levels(after: dict[str, tuple[str, ...]]) -> list[list[str]]:
+    """Applications grouped by when they may quiesce: each group after the ones before it."""
+    levels: list[list[str]] = []
+    placed: set[str] = set()
+    while len(placed) < len(after):
+        level = [
+            n for n, deps in after.items() if n not in placed and all(d in placed for d in deps)
+        ]
+        if not level:
+            break
+        levels.append(level)
+        placed.update(level)
+    return levels

@@ -1,0 +1,278 @@
+"""What each verb of the ``freezeframe`` command does with a loaded profile, and how it
+prints: the human form, or ``--json``; progress bars on a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from freezeframe.engine import Engine
+from freezeframe.records import ApplicationRecord, RunRecord, RunStatus
+
+__all__ = ["VERBS", "all_on_one_line", "out", "print_run", "progress_bars"]
+
+
+def all_on_one_line(problems: Sequence[str]) -> str:
+    """Every problem on one line: the first, then the others after it."""
+    first, *more = problems
+    return first if not more else f"{first} (and {len(more)} more: {'; '.join(more)})"
+
+
+@contextmanager
+def progress_bars(args: argparse.Namespace) -> Iterator[Callable[[str], Any]]:
+    """Progress bars on a terminal; nothing extra otherwise (the log lines say enough)."""
+    if args.quiet or args.json or not sys.stderr.isatty():
+        yield lambda stage: None
+        return
+    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        DownloadColumn(),
+        TextColumn("{task.fields[files]} files"),
+        transient=True,
+    ) as bar:
+
+        def factory(stage: str) -> Callable[[int, int], None]:
+            task = bar.add_task(stage, total=None, files=0)
+            return lambda done, files: bar.update(task, completed=done, files=files)
+
+        yield factory
+
+
+def out(args: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        human()
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _frozen(apps: Sequence[ApplicationRecord]) -> str:
+    """The longest freeze window; ``?`` when a quiesce began and no thaw was recorded
+    (the run was killed while frozen), ``-`` when nothing was quiesced."""
+    windows = [a.frozen_ms for a in apps if a.quiesce_start is not None]
+    if not windows:
+        return "-"
+    if any(w is None for w in windows):
+        return "?"
+    return f"{max(w for w in windows if w is not None):.1f}"
+
+
+def print_run(run: RunRecord, *, detail: bool = False) -> None:
+    took = f" in {run.finished_at - run.started_at:.1f} s" if run.finished_at else ""
+    print(f"run {run.run_id} {run.status}{took}" + (f": {run.error}" if run.error else ""))
+    for a in run.applications:
+        frozen = "not frozen" if a.quiesce_start is None else f"frozen {_frozen([a])} ms"
+        line = f"  application {a.name:<16} {a.plugin:<12} {a.mode:<16} {frozen}"
+        print(line + (f"  ({a.error})" if a.error else ""))
+        if detail and a.facts:
+            for k, v in a.facts.items():
+                print(f"      {k}: {v}")
+    for s in run.stages:
+        art = s.artifact
+        what = f"{art.id}  {art.files} files, {_size(art.bytes)}" if art else "-"
+        gone = "  (deleted)" if s.deleted_at else ""
+        method = f"  [{art.metadata['method']}]" if art and "method" in art.metadata else ""
+        print(
+            f"  stage       {s.name:<16} {s.backend:<12} {s.status:<16} {what}{method}{gone}"
+            + (f"  ({s.error})" if s.error else "")
+        )
+
+
+def _cmd_check(args: argparse.Namespace, engine: Engine) -> int:
+    problems = engine.check()
+    data = {"profile": engine.profile.name, "ok": not problems, "problems": problems}
+
+    def human() -> None:
+        if problems:
+            for p in problems:
+                print(f"problem: {p}")
+        else:
+            print(
+                f"profile {engine.profile.name!r}: {len(engine.profile.applications)} "
+                f"application(s), {len(engine.profile.stages)} stage(s): ready"
+            )
+
+    out(args, data, human)
+    if problems:
+        sys.stderr.write(f"freezeframe: error: {all_on_one_line(problems)}\n")
+    return 1 if problems else 0
+
+
+def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:
+    plan = engine.plan()
+
+    def human() -> None:
+        print(
+            f"profile {plan['profile']}: freeze_timeout {plan['freeze_timeout_s']:g}s, "
+            f"thaw {plan['thaw']}"
+        )
+        print("1. check every application and stage")
+        print("2. prepare each application, then syncfs the filesystems of its data:")
+        paths = plan["data_paths"]
+        for p in paths if isinstance(paths, list) else [paths]:
+            print(f"     {p}")
+        for i, level in enumerate(plan["quiesce_order"]):
+            print(f"3.{i + 1} quiesce in parallel: {', '.join(level)}")
+        for s in plan["stages"]:
+            if s["in_freeze_window"]:
+                print(f"4. stage {s['name']} ({s['backend']}, {s['role']}) while frozen")
+        print("5. unquiesce every application (reverse order)")
+        for s in plan["stages"]:
+            if not s["in_freeze_window"]:
+                print(f"6. stage {s['name']} ({s['backend']}) from the view of {s['source']}")
+        for s in plan["stages"]:
+            if s["keep"]:
+                rules = ", ".join(f"{k} = {v}" for k, v in s["keep"].items())
+                print(f"7. retention of {s['name']}: keep {rules}")
+            elif s["released_after_run"]:
+                print(f"7. release the snapshot of {s['name']} once its copies are made")
+
+    out(args, plan, human)
+    return 0
+
+
+def _cmd_backup(args: argparse.Namespace, engine: Engine) -> int:
+    with progress_bars(args) as factory:
+        result = engine.backup(progress=factory)
+    run, signum = result.record, result.interrupted_by
+    out(args, run.to_json(), lambda: print_run(run))
+    if run.status == RunStatus.SUCCEEDED and signum:
+        sys.stderr.write(
+            f"freezeframe: error: interrupted by {signal.Signals(signum).name} "
+            f"after run {run.run_id} succeeded: retention stopped (it finishes at the next "
+            "command); the backup is kept\n"
+        )
+        return 128 + signum
+    if run.status == RunStatus.SUCCEEDED:
+        return 0
+    sys.stderr.write(f"freezeframe: error: run {run.run_id} failed: {run.error}\n")
+    return 128 + signum if signum else 1
+
+
+def _cmd_list(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.catalog(read_only=True) as catalog:
+        runs = catalog.runs()
+
+    def human() -> None:
+        if not runs:
+            print(f"profile {engine.profile.name!r} has no runs yet")
+        for r in runs:
+            size = sum(s.artifact.bytes for s in r.stages if s.artifact and not s.deleted_at)
+            print(
+                f"{r.run_id}  {r.status:<9}  frozen {_frozen(r.applications):>8} ms  "
+                f"{_size(size):>10}" + (f"  {r.error}" if r.error else "")
+            )
+
+    out(args, [r.to_json() for r in runs], human)
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.catalog(read_only=True) as catalog:
+        run = engine.find_run(catalog, args.run)
+        errors = catalog.errors(run.run_id)
+    data = {**run.to_json(), "errors": errors}
+
+    def human() -> None:
+        print_run(run, detail=True)
+        for e in errors:
+            print(f"  error: {e['source']}: {e['message']}")
+
+    out(args, data, human)
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace, engine: Engine) -> int:
+    run, stage, paths = engine.restore(
+        args.run,
+        args.to,
+        stage=args.stage,
+        verify=args.verify,
+        preserve_special=args.preserve_special,
+    )
+    data = {
+        "run_id": run.run_id,
+        "stage": stage,
+        "to": str(args.to),
+        "paths": [str(p) for p in paths],
+        "verified": args.verify,
+        "preserve_special": args.preserve_special,
+    }
+
+    def human() -> None:
+        print(f"restored run {run.run_id} from stage {stage} under {args.to}:")
+        for p in paths:
+            print(f"  {p}")
+
+    out(args, data, human)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace, engine: Engine) -> int:
+    run, stages, problems, notes = engine.verify(args.run, stage=args.stage)
+    data = {
+        "run_id": run.run_id,
+        "ok": not problems,
+        "stages": [s.to_json() for s in stages],
+        "problems": problems,
+        "notes": notes,
+    }
+
+    def human() -> None:
+        for s in stages:
+            if s.name in notes:
+                status = f"ok, but {notes[s.name]}"
+            else:
+                status = "ok" if s.verified_at else "FAILED"
+            print(f"{run.run_id}  stage {s.name:<16} {status}")
+        for p in problems:
+            print(f"problem: {p}")
+
+    out(args, data, human)
+    if problems:
+        sys.stderr.write(f"freezeframe: error: verify failed: {all_on_one_line(problems)}\n")
+    return 1 if problems else 0
+
+
+def _cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
+    deletions = engine.prune(dry_run=args.dry_run)
+    data = {"dry_run": args.dry_run, "deleted": [d.to_json() for d in deletions]}
+
+    def human() -> None:
+        verb = "would delete" if args.dry_run else "deleted"
+        if not deletions:
+            print("nothing to prune")
+        for d in deletions:
+            print(f"{verb} {d.artifact} (stage {d.stage}, run {d.run_id}): {d.reason}")
+
+    out(args, data, human)
+    return 0
+
+
+VERBS: dict[str, Callable[[argparse.Namespace, Engine], int]] = {
+    "check": _cmd_check,
+    "plan": _cmd_plan,
+    "backup": _cmd_backup,
+    "list": _cmd_list,
+    "show": _cmd_show,
+    "restore": _cmd_restore,
+    "verify": _cmd_verify,
+    "prune": _cmd_prune,
+}

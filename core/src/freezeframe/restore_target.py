@@ -102,23 +102,27 @@ class Target:
 
     # -- folders ---------------------------------------------------------------------
     def _folder(self, parts: Parts, *, create: bool = False) -> int:
-        """The open folder ``parts`` (never through a symlink); made (0755) if missing."""
-        if not parts:
-            return self._root
-        fd = self._open.get(parts)
-        if fd is not None:
-            self._open.move_to_end(parts)
-            return fd
-        parent = self._folder(parts[:-1], create=create)
-        try:
-            fd = os.open(parts[-1], DIR, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                raise FreezeframeError(f"{show(parts)}: missing from the restored tree") from None
-            fd = self._made_folder(parent, parts)
-        except OSError as e:
-            raise refused(show(parts), e) from None
-        self._open[parts] = fd
+        """The open folder ``parts`` (never through a symlink); made (0755) if missing. Opened
+        level by level from the nearest folder above it that is held open (a loop, not
+        recursion: a tree of any depth)."""
+        held = len(parts)
+        while held and parts[:held] not in self._open:
+            held -= 1
+        fd = self._root
+        if held:
+            fd = self._open[parts[:held]]
+            self._open.move_to_end(parts[:held])
+        for k in range(held + 1, len(parts) + 1):
+            sub = parts[:k]
+            try:
+                new = os.open(sub[-1], DIR, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise FreezeframeError(f"{show(sub)}: missing from the restored tree") from None
+                new = self._made_folder(fd, sub)
+            except OSError as e:
+                raise refused(show(sub), e) from None
+            self._open[sub] = fd = new
         return fd
 
     def _made_folder(self, parent: int, parts: Parts) -> int:

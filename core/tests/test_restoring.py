@@ -3,8 +3,10 @@ meanwhile becomes; fix-ups and clean-ups never follow a symlink inside it."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,42 @@ def test_a_special_file_swapped_before_finish_is_not_chmodded(tmp_path: Path) ->
         with pytest.raises(FreezeframeError, match="changed while it was restored"):
             target.finish()
     assert stat.S_IMODE(mine.stat().st_mode) != 0o4755
+
+
+def test_replace_below_leaves_no_new_file_behind_when_the_rename_fails(tmp_path: Path) -> None:
+    root = tmp_path / "target"
+    (root / "srv" / "data").mkdir(parents=True)
+    (root / "srv" / "data" / "kept").write_bytes(b"k")
+    with pytest.raises(IsADirectoryError):  # a file cannot be renamed over a folder
+        replace_below(root, root / "srv" / "data", b"new")
+    assert sorted(os.listdir(root / "srv")) == ["data"]
+    assert os.listdir(root / "srv" / "data") == ["kept"]
+
+
+def test_a_deep_tree_copies_in_with_no_recursion_and_few_folders_open(tmp_path: Path) -> None:
+    depth = 300
+    view = tmp_path / "view"
+    deep = view.joinpath("top", *["d"] * depth)
+    deep.mkdir(parents=True)
+    for i in range(0, depth + 1, 50):
+        view.joinpath("top", *["d"] * i, "f").write_bytes(b"x")
+    (view / "top" / "z").write_bytes(b"z")  # copied after the deep branch is climbed out of
+    held: list[int] = []
+
+    def count(_bytes: int, _files: int) -> None:  # the view's folders this process holds open
+        fds = Path("/proc/self/fd")
+        held.append(sum(str(view) in os.readlink(fd) for fd in fds.iterdir() if fd.exists()))
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 100)  # no frame per level, here or in Target
+    try:
+        with Target(tmp_path / "target") as target:
+            copy_in(target, view, "top", "top", progress=count)
+            target.finish()
+    finally:
+        sys.setrecursionlimit(limit)
+    assert held and max(held) <= 64 + 4  # not one per level of the 300
+    out = tmp_path / "target" / "top"
+    assert out.joinpath(*["d"] * depth, "f").read_bytes() == b"x"
+    assert (out / "z").read_bytes() == b"z"
+    assert len(list(out.rglob("f"))) == depth // 50 + 1

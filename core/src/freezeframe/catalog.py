@@ -1,25 +1,20 @@
 """The catalog: one SQLite file per profile (mode 0600, WAL) holding every run's record.
 
-Each :meth:`Catalog.save` writes a whole :class:`RunRecord` in one transaction,
-so a crash at any point leaves the previous complete state of that run.
+:class:`Catalog` saves and queries run records, the processes working for a
+run (owners), verified marks and the journal of deletes. Each
+:meth:`Catalog.save` writes a whole :class:`RunRecord` in one transaction, so
+a crash at any point leaves the previous complete state of that run.
 
-A new catalog is built under a temporary name and linked into place, so a
-catalog of 0 bytes is never one of ours being born: it is one that held runs
-and was truncated. Such a catalog is used again (backups go on), but a marker
-beside it (``catalog.sqlite.lost``) turns retention and ``prune`` off until a
-person removes it, so the artifacts of the runs it no longer lists are not
-lost track of. A damaged catalog is refused as it is, never rebuilt.
+The file itself (schema, creating and opening it, a truncated or damaged
+catalog, SQLite's errors as one line) is :mod:`freezeframe.catalog_file`'s job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
-import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -27,9 +22,16 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from freezeframe._faults import point
+from freezeframe.catalog_file import (
+    CatalogError,
+    CatalogReadOnly,
+    catalog_error,
+    lost_marker,
+    open_read_only,
+    open_writable,
+)
 from freezeframe.components import Artifact
 from freezeframe.errors import FreezeframeError
-from freezeframe.fsutil import fsync_dir, sqlite_uri
 from freezeframe.lock import Owner
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord, iso
 
@@ -38,50 +40,6 @@ __all__ = ["Catalog", "CatalogError", "CatalogReadOnly"]
 log = logging.getLogger("freezeframe")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-
-
-class CatalogError(FreezeframeError):
-    """The catalog cannot be read or written as asked: damaged, read-only, or its history lost."""
-
-
-class CatalogReadOnly(CatalogError):
-    """A write to a catalog opened read-only (its folder cannot be written)."""
-
-
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, profile TEXT NOT NULL, status TEXT NOT NULL,
-    started_at REAL NOT NULL, finished_at REAL, thaw TEXT NOT NULL,
-    pid INTEGER, error TEXT, manifest TEXT
-);
-CREATE TABLE IF NOT EXISTS applications (
-    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, position INTEGER NOT NULL,
-    name TEXT NOT NULL, plugin TEXT NOT NULL, distribution TEXT NOT NULL, version TEXT NOT NULL,
-    mode TEXT NOT NULL, quiesce_start REAL, quiesce_end REAL, thaw_start REAL, thaw_end REAL,
-    facts TEXT NOT NULL, error TEXT, PRIMARY KEY (run_id, name)
-);
-CREATE TABLE IF NOT EXISTS stages (
-    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, position INTEGER NOT NULL,
-    name TEXT NOT NULL, backend TEXT NOT NULL, role TEXT NOT NULL, source TEXT,
-    status TEXT NOT NULL, started_at REAL, finished_at REAL,
-    artifact_id TEXT, bytes INTEGER, files INTEGER, view TEXT, metadata TEXT,
-    error TEXT, deleted_at REAL, verified_at REAL, PRIMARY KEY (run_id, name)
-);
-CREATE TABLE IF NOT EXISTS errors (
-    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-    at REAL NOT NULL, source TEXT NOT NULL, message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_started ON runs(started_at);
-CREATE TABLE IF NOT EXISTS pending_deletes (
-    run_id TEXT NOT NULL, stage TEXT NOT NULL, PRIMARY KEY (run_id, stage)
-);
-CREATE TABLE IF NOT EXISTS owners (
-    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, role TEXT NOT NULL,
-    pid INTEGER NOT NULL, boot_id TEXT NOT NULL, start_ticks INTEGER NOT NULL, until REAL,
-    PRIMARY KEY (run_id, role)
-);
-"""
 
 
 def _guarded(
@@ -94,7 +52,7 @@ def _guarded(
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as e:
-            raise self._error(e) from None
+            raise catalog_error(self.path, e) from None
 
     functools.update_wrapper(guarded, method)
     return guarded
@@ -114,150 +72,15 @@ class Catalog:
         #: When this catalog was found empty (so the runs before then are not in it), or None.
         self.history_lost: str | None = None
         try:
-            self._db = self._open_read_only() if read_only else self._open()
+            opened = open_read_only(path) if read_only else open_writable(path)
         except sqlite3.DatabaseError as e:
-            raise self._error(e, "open") from None
+            raise catalog_error(path, e, "open") from None
+        self._db, self.history_lost = opened
 
     @property
     def lost_marker(self) -> Path:
         """The file whose presence says the catalog was found empty (see the module's doc)."""
-        return self.path.with_name(self.path.name + ".lost")
-
-    def _open(self) -> sqlite3.Connection:
-        path = self.path
-        if not path.exists():
-            self._create()
-        elif path.stat().st_size == 0:
-            self._mark_history_lost()
-        self._read_lost_marker()
-        db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            self._check_version(db)
-            problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
-            if problem != "ok":  # refuse before anything is written into it
-                where = " ".join(str(problem).replace("*** in database main ***", "").split())
-                raise sqlite3.DatabaseError(f"database disk image is malformed ({where})")
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except BaseException:
-            db.close()
-            raise
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(f"{path}{suffix}")
-            if p.exists() and p.stat().st_mode & 0o077:
-                p.chmod(0o600)
-        return db
-
-    def _create(self) -> None:
-        """Build the empty catalog under another name, then link it into place whole."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()  # left by a crashed process that had our pid
-        os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-        try:
-            with closing(sqlite3.connect(tmp, isolation_level=None)) as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            with contextlib.suppress(FileExistsError):  # another process made it meanwhile
-                os.link(tmp, self.path)
-        finally:
-            tmp.unlink()
-        fsync_dir(self.path.parent)
-
-    def _mark_history_lost(self) -> None:
-        marker = self.lost_marker
-        text = (
-            f"{self.path} was found empty (0 bytes) at {iso(time.time())}\n"
-            "The runs recorded before then are not in it. Retention and prune are off while\n"
-            "this file exists, so the artifacts of those runs are not lost track of. Put the\n"
-            "catalog back from a copy if you have one, or deal with the old artifacts (their\n"
-            "names carry their run ids), then remove this file.\n"
-        )
-        try:
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return  # found empty before: the first finding stands
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(marker.parent)
-
-    def _read_lost_marker(self) -> None:
-        try:
-            text = self.lost_marker.read_text(encoding="utf-8", errors="replace").strip()
-            self.history_lost = text.splitlines()[0] if text else f"{self.path} was found empty"
-        except FileNotFoundError:
-            self.history_lost = None
-
-    def _open_read_only(self) -> sqlite3.Connection:
-        path = self.path
-        if not path.exists() or path.stat().st_size == 0:
-            if path.exists():
-                self.history_lost = f"{path} is empty (0 bytes)"
-            return self._empty()
-        self._read_lost_marker()
-        uri = sqlite_uri(path, mode="ro")
-        db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        try:
-            self._check_version(db)
-        except sqlite3.OperationalError as e:
-            db.close()
-            if e.sqlite_errorname != "SQLITE_CANTOPEN":
-                raise
-            # WAL mode wants an index (-shm) it cannot make in a read-only folder;
-            # without one only the main file can be read, which is all there is
-            # unless a write-ahead log holds runs not yet copied into it.
-            wal = Path(f"{path}-wal")
-            if wal.exists() and wal.stat().st_size > 0:
-                raise CatalogError(
-                    f"{path}: cannot read the catalog in a read-only folder: its write-ahead "
-                    f"log {wal} holds recent runs; copy the state folder somewhere writable"
-                ) from None
-            db = sqlite3.connect(f"{uri}&immutable=1", uri=True, check_same_thread=False)
-            self._check_version(db)
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE name='runs'").fetchone():
-            db.close()
-            return self._empty()
-        return db
-
-    @staticmethod
-    def _empty() -> sqlite3.Connection:
-        """An empty catalog in memory: the answer of a read-only catalog with nothing in it."""
-        db = sqlite3.connect(":memory:", check_same_thread=False)
-        db.executescript(_SCHEMA)
-        return db
-
-    def _check_version(self, db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise CatalogError(
-                f"{self.path}: catalog schema {version} is newer than this "
-                f"freezeframe understands ({SCHEMA_VERSION}); upgrade it"
-            )
-
-    def _error(self, e: sqlite3.DatabaseError, doing: str = "use") -> CatalogError:
-        """One line naming the catalog, what failed and what to do about it."""
-        name = getattr(e, "sqlite_errorname", "")
-        text = f"{self.path}: cannot {doing} the catalog: {' '.join(str(e).split())}"
-        if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in str(e):
-            return CatalogError(
-                f"{text} (it is damaged and was left as it is: put it back from a copy, "
-                "or move it aside and its folder's catalog starts anew)"
-            )
-        if name == "SQLITE_READONLY":
-            return CatalogReadOnly(f"{text} (it is read-only here)")
-        return CatalogError(text)
+        return lost_marker(self.path)
 
     def _writable(self) -> None:
         if self.read_only:

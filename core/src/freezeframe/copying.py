@@ -3,7 +3,7 @@
 :func:`copy_tree` reflinks regular files where the filesystem can (FICLONE)
 and otherwise copies only their data extents, so a sparse file stays sparse.
 The clone backend snapshots with it; a third-party backend may use it too.
-Restores copy with :func:`freezeframe.restoring.copy_in`, which reads and
+Restores copy with :func:`freezeframe.restore_copy.copy_in`, which reads and
 writes the way an untrusted snapshot must be read (no symlink followed).
 """
 

@@ -64,17 +64,6 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
-def _takes_an_argument(method: Callable[..., Any]) -> bool:
-    """Whether a bound method accepts one positional argument."""
-    try:
-        inspect.signature(method).bind(None)
-        return True
-    except TypeError:
-        return False
-    except ValueError:  # no signature to read (a builtin): call it as the API says
-        return True
-
-
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().replace("\n", "; ") or type(e).__name__
     return text if isinstance(e, FreezeframeError) else f"{type(e).__name__}: {text}"
@@ -589,13 +578,9 @@ class Engine:
     def _prepare_one(self, run: _Run, name: str, kinds: frozenset[SnapshotKind]) -> None:
         point(f"prepare.{name}")
         component = self._app(name).component
-        prepare = component.prepare
         with self._alone(component):
             _not_thawing(run)
-            if _takes_an_argument(prepare):
-                prepare(kinds)
-            else:  # an older prepare() that takes no kinds: still called
-                prepare()  # type: ignore[call-arg]
+            component.prepare(kinds)
 
     def _app(self, name: str) -> ApplicationSpec:
         return next(a for a in self.profile.applications if a.name == name)

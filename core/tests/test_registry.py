@@ -249,7 +249,7 @@ def test_two_modules_registering_one_kind_are_a_conflict_only_a_pin_resolves(
         "application kind 'ff-echo' is registered by both <ff_alpha> and <ff_beta>; "
         'a profile must pin one to use it: pin with distribution = "<ff_alpha>" or '
         'distribution = "<ff_beta>" in the [[application]] table, '
-        "or uninstall <ff_alpha> or <ff_beta>"
+        "or uninstall all but one of <ff_alpha>, <ff_beta>"
     )
     assert registry.application("ff-echo", "<ff_alpha>").cls is EchoApp
     assert registry.application("ff-echo", "<ff_beta>").cls is OtherEchoApp

@@ -140,10 +140,14 @@ class Conflict:
 
     def hint(self) -> str:
         """How to resolve it: pin one in the profile, or uninstall the others."""
+        dists = [c.distribution for c in self.candidates]
         default = self.unpinned
-        others = [c.distribution for c in self.candidates if c is not default]
-        pins = " or ".join(f'distribution = "{c.distribution}"' for c in self.candidates)
-        return f"pin with {pins} in the {self.table} table, or uninstall {' or '.join(others)}"
+        pins = " or ".join(f'distribution = "{d}"' for d in dists)
+        if default is None:
+            drop = f"all but one of {', '.join(dists)}"
+        else:
+            drop = " and ".join(d for d in dists if d != default.distribution)
+        return f"pin with {pins} in the {self.table} table, or uninstall {drop}"
 
     def to_json(self) -> dict[str, Any]:
         """The ``plugins --json`` form."""

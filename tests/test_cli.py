@@ -1,16 +1,21 @@
-"""The CLI end to end, as a subprocess: every verb, --json, and every error a user can cause."""
+"""The CLI end to end, as a subprocess (in-process plug-ins through its entry function, `main`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from freezeframe.cli import main
+from freezeframe.plugin import Artifact, Backend, Role, StageContext, hookimpl
+from freezeframe.registry import build_registry
 from freezeframe_testing.plugin import make_counter_db, read_counter, restored, run_cli
 
 GOOD = """
@@ -462,3 +467,53 @@ def test_a_full_state_disk_is_one_line_not_an_internal_error(tmp_path: Path, sho
         assert "No space left on device" in line and str(state / "shop" / "lock") in line
     finally:
         subprocess.run(["umount", str(state)], check=True)
+
+
+# -- the plug-in contract, enforced at registration --------------------------------------
+
+
+class HalfBackend(Backend):
+    """Implements only ``run``: no restore, verify or delete."""
+
+    kind = "ff-half"
+    role = Role.COPY
+
+    def run(self, context: StageContext) -> Artifact:
+        """An empty artifact."""
+        return Artifact(context.run_id)
+
+
+@hookimpl
+def freezeframe_register_backends(register: Callable[[type[Backend]], None]) -> None:
+    """Registers the half-made backend (this test module is its plug-in module)."""
+    register(HalfBackend)
+
+
+def test_a_backend_missing_abstract_methods_is_broken_and_fails_check(
+    shop: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = build_registry(modules=[sys.modules[__name__]])
+    missing = "HalfBackend: abstract methods not implemented: delete, restore, verify"
+
+    assert main(["plugins", "--json"], registry=registry) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "ff-half" not in {c["kind"] for c in data["components"]}
+    assert {
+        "name": "HalfBackend",
+        "distribution": f"<{__name__}>",
+        "kind": "ff-half",
+        "error": missing,
+    } in data["broken"]
+    assert main(["plugins"], registry=registry) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["BROKEN", "HalfBackend", f"<{__name__}>:", *missing.split()] in lines
+
+    profile, _ = shop
+    profile.write_text(profile.read_text() + '[[backup]]\nbackend = "ff-half"\nname = "copy"\n')
+    assert main(["check", str(profile)], registry=registry) == 2
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [
+        f"freezeframe: error: {profile}: [[backup]] 'copy': field \"backend\": "
+        f"backend 'ff-half' is broken (<{__name__}>): {missing}"
+    ]
+    assert "Traceback" not in out.err

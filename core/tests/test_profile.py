@@ -645,3 +645,45 @@ def test_two_bad_core_fields_of_one_table_are_both_reported(
 ) -> None:
     path = write_profile(body.replace("{db}", str(db)))
     assert len(problems_of(path, registry)) == 2
+
+
+# -- pinning a distribution ------------------------------------------------------------
+
+
+def test_a_table_may_pin_the_distribution_that_provides_its_kind(
+    write_profile: WriteProfile, registry: Registry, db: Path
+) -> None:
+    path = write_profile(
+        HEAD
+        + app(db, extra='distribution = "freezeframe-sqlite"')
+        + SNAP
+        + 'distribution = "freezeframe_Clone"\n'  # compared as pip compares names
+    )
+    profile = load_profile(path, registry)
+    assert isinstance(profile.applications[0].component, SqlitePlugin)
+    assert isinstance(profile.stages[0].component, CloneBackend)
+
+
+def test_a_pin_that_does_not_provide_the_kind_is_one_line_per_table(
+    write_profile: WriteProfile, registry: Registry, db: Path
+) -> None:
+    path = write_profile(
+        HEAD
+        + app(db, extra='distribution = "freezeframe-redis"')
+        + SNAP
+        + 'distribution = "freezeframe-archive"\n'
+    )
+    assert problems_of(path, registry) == [
+        f"{path}: [[application]] 'orders': field \"distribution\": 'freezeframe-redis' does "
+        "not provide application plug-in 'sqlite' (provided by freezeframe-sqlite)",
+        f"{path}: [[backup]] 'snap': field \"distribution\": 'freezeframe-archive' does "
+        "not provide backend 'clone' (provided by freezeframe-clone)",
+    ]
+
+
+def test_a_pin_must_be_a_string(write_profile: WriteProfile, registry: Registry, db: Path) -> None:
+    path = write_profile(HEAD + app(db, extra="distribution = 1") + SNAP)
+    assert one_problem(path, registry) == (
+        f"{path}: [[application]] 'orders': field \"distribution\": expected a string, "
+        "got an integer"
+    )

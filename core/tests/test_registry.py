@@ -16,10 +16,24 @@ from typing import Any
 import pytest
 
 from freezeframe import API_VERSION, hookimpl
-from freezeframe.components import ApplicationPlugin, Artifact, Backend, Deadline, Role
-from freezeframe.errors import PluginError, ProfileError
+from freezeframe.components import (
+    ApplicationPlugin,
+    Artifact,
+    Backend,
+    Deadline,
+    Role,
+    StageContext,
+)
+from freezeframe.errors import ConfigError, PluginError, ProfileError
 from freezeframe.profile import load_profile
-from freezeframe.registry import Broken, Registry, build_registry, default_registry
+from freezeframe.registry import (
+    Broken,
+    Registry,
+    build_registry,
+    default_registry,
+    normalized,
+    owner_of,
+)
 from freezeframe_testing.plugin import make_counter_db, run_cli
 
 RegistryWith = Callable[..., Registry]
@@ -48,6 +62,40 @@ class NullSnapshot(Backend):
 
     kind = "ff-null"
     role = Role.SNAPSHOT
+
+    def run(self, context: StageContext) -> Artifact:
+        """An empty artifact."""
+        return Artifact(context.run_id)
+
+    def restore(self, artifact: Artifact, target: Path) -> list[Path]:
+        """Nothing to put back."""
+        return []
+
+    def verify(self, artifact: Artifact) -> None:
+        """Nothing can be wrong with nothing."""
+
+    def delete(self, artifact: Artifact) -> None:
+        """Nothing to remove."""
+
+
+class HalfBackend(Backend):
+    """Implements only ``run``: the contract refuses it at registration."""
+
+    kind = "ff-half"
+    role = Role.COPY
+
+    def run(self, context: StageContext) -> Artifact:
+        """An empty artifact."""
+        return Artifact(context.run_id)
+
+
+class QuiesceOnlyApp(ApplicationPlugin):
+    """Holds, but never lets go: the contract refuses it at registration."""
+
+    kind = "ff-holder"
+
+    def quiesce(self, deadline: Deadline) -> None:
+        """Nothing to hold."""
 
 
 class FutureApp(EchoApp):
@@ -183,23 +231,30 @@ def test_wrong_api_version_is_broken_naming_both_versions(registry_with: Registr
         registry.application("ff-future")
 
 
-def test_two_modules_registering_one_kind_are_broken_naming_both(
+def test_two_modules_registering_one_kind_are_a_conflict_only_a_pin_resolves(
     registry_with: RegistryWith,
 ) -> None:
     registry = registry_with(
         plugin_module("ff_alpha", applications=[EchoApp]),
         plugin_module("ff_beta", applications=[OtherEchoApp]),
     )
-    assert "ff-echo" not in registry.applications  # neither wins
-    (broken,) = ours(registry)
-    assert broken.kind == "ff-echo"
-    assert "<ff_alpha>" in broken.distribution
-    assert "<ff_beta>" in broken.distribution
-    assert "<ff_alpha>" in broken.error
-    assert "<ff_beta>" in broken.error
-    assert "'ff-echo' is registered by both" in broken.error
-    with pytest.raises(PluginError, match="is broken"):
+    assert "ff-echo" not in registry.applications  # neither is named for the kind
+    assert ours(registry) == []  # each class is sound: a conflict, not a broken plug-in
+    (conflict,) = registry.conflicts
+    assert (conflict.kind, conflict.category, conflict.unpinned) == ("ff-echo", "application", None)
+    assert [c.distribution for c in conflict.candidates] == ["<ff_alpha>", "<ff_beta>"]
+    with pytest.raises(PluginError) as info:
         registry.application("ff-echo")
+    assert str(info.value) == (
+        "application kind 'ff-echo' is registered by both <ff_alpha> and <ff_beta>; "
+        'a profile must pin one to use it: pin with distribution = "<ff_alpha>" or '
+        'distribution = "<ff_beta>" in the [[application]] table, '
+        "or uninstall all but one of <ff_alpha>, <ff_beta>"
+    )
+    assert registry.application("ff-echo", "<ff_alpha>").cls is EchoApp
+    assert registry.application("ff-echo", "<ff_beta>").cls is OtherEchoApp
+    with pytest.raises(ConfigError, match=r"^field \"distribution\": '<ff_gamma>' does not "):
+        registry.application("ff-echo", "<ff_gamma>")
 
 
 def test_a_third_registration_of_a_conflicting_kind_does_not_win(
@@ -211,20 +266,47 @@ def test_a_third_registration_of_a_conflicting_kind_does_not_win(
         plugin_module("ff_gamma", applications=[OtherEchoApp]),
     )
     assert "ff-echo" not in registry.applications
-    assert [b.kind for b in ours(registry)] == ["ff-echo"]
+    (conflict,) = registry.conflicts
+    assert "registered by <ff_alpha>, <ff_beta> and <ff_gamma>" in conflict.problem()
+    assert registry.application("ff-echo", "<ff_gamma>").cls is OtherEchoApp
 
 
-def test_taking_an_installed_kind_names_the_installed_distribution(
+def test_taking_an_installed_kind_leaves_the_distribution_named_for_it_in_use(
     registry_with: RegistryWith,
 ) -> None:
     class FakeSqlite(EchoApp):
         kind = "sqlite"
 
     registry = registry_with(plugin_module("ff_copycat", applications=[FakeSqlite]))
-    (broken,) = ours(registry)
-    assert "freezeframe-sqlite" in broken.error
-    assert "<ff_copycat>" in broken.error
-    assert "sqlite" not in registry.applications
+    assert ours(registry) == []
+    (conflict,) = registry.conflicts
+    assert conflict.problem() == (
+        "application kind 'sqlite' is registered by both freezeframe-sqlite and <ff_copycat>; "
+        "a profile that pins no distribution gets freezeframe-sqlite"
+    )
+    assert conflict.hint() == (
+        'pin with distribution = "freezeframe-sqlite" or distribution = "<ff_copycat>" '
+        "in the [[application]] table, or uninstall <ff_copycat>"
+    )
+    assert registry.application("sqlite").distribution == "freezeframe-sqlite"
+    assert registry.application("sqlite", "Freezeframe_SQLite").distribution == (
+        "freezeframe-sqlite"
+    )  # compared as pip compares names
+    assert registry.application("sqlite", "<ff_copycat>").cls is FakeSqlite
+
+
+@pytest.mark.parametrize(
+    ("kind", "distribution", "named"),
+    [
+        ("sqlite", "freezeframe-sqlite", True),
+        ("sqlite", "freezeframe_SQLite", True),
+        ("my_db", "freezeframe-my-db", True),
+        ("sqlite", "freezeframe-sqlite-plus", False),
+        ("sqlite", "acme-sqlite", False),
+    ],
+)
+def test_the_distribution_named_for_a_kind(kind: str, distribution: str, named: bool) -> None:
+    assert (normalized(distribution) == owner_of(kind)) is named
 
 
 def test_registration_hook_that_raises_is_broken_and_others_still_load(
@@ -250,6 +332,18 @@ def test_registration_hook_that_raises_is_broken_and_others_still_load(
         (["sqlite"], [], "?", "not a subclass"),
         ([NoKindApp], [], "NoKindApp", "has no kind name"),
         ([], [NoRoleBackend], "NoRoleBackend", "has no role"),
+        (
+            [],
+            [HalfBackend],
+            "HalfBackend",
+            "HalfBackend: abstract methods not implemented: delete, restore, verify",
+        ),
+        (
+            [QuiesceOnlyApp],
+            [],
+            "QuiesceOnlyApp",
+            "QuiesceOnlyApp: abstract methods not implemented: unquiesce",
+        ),
     ],
 )
 def test_class_that_is_not_a_valid_component_is_broken(
@@ -499,3 +593,96 @@ def test_cli_check_works_with_a_broken_plugin_installed(
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"is broken (freezeframe-ffbroken): {BROKEN_ERROR}" in result.stderr
+
+
+# -- a real vendor distribution that takes a shipped kind ------------------------------------
+
+HIJACKER = """
+from freezeframe.plugin import ApplicationPlugin, hookimpl
+
+
+class AcmeSqlite(ApplicationPlugin):
+    kind = "sqlite"
+
+    def __init__(self, name, table):
+        super().__init__(name, table)
+        self.path = table.get_path("path")
+
+    def quiesce(self, deadline):
+        pass
+
+    def unquiesce(self, snapshots):
+        pass
+
+
+@hookimpl
+def freezeframe_register_applications(register):
+    register(AcmeSqlite)
+"""
+
+
+@pytest.fixture
+def hijack_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder on sys.path holding an installed vendor distribution that registers ``sqlite``."""
+    site = tmp_path / "site"
+    install_distribution(
+        site, "acme-sqlite", "acmesqlite = ff_acme_sqlite\n", {"ff_acme_sqlite": HIJACKER}
+    )
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def sqlite_profile(write_profile: Callable[..., Path], tmp_path: Path, pin: str = "") -> Path:
+    """A profile of one SQLite database and a clone stage; ``pin`` is more of the application."""
+    db = make_counter_db(tmp_path / "shop.db")
+    return write_profile(
+        f'[profile]\nname = "p"\n[[application]]\nplugin = "sqlite"\nname = "shop"\n'
+        f'path = "{db}"\n{pin}'
+        f'[[backup]]\nbackend = "clone"\nname = "snap"\ndir = "{tmp_path / "snaps"}"\n'
+    )
+
+
+def test_an_unrelated_install_does_not_take_a_shipped_kind(
+    hijack_site: Path, write_profile: Callable[..., Path], tmp_path: Path
+) -> None:
+    registry = build_registry()
+    (conflict,) = registry.conflicts
+    assert [c.distribution for c in conflict.candidates] == ["freezeframe-sqlite", "acme-sqlite"]
+    assert conflict.unpinned is not None
+    assert conflict.unpinned.distribution == "freezeframe-sqlite"
+    profile = load_profile(sqlite_profile(write_profile, tmp_path), registry)
+    assert type(profile.applications[0].component).__module__ == "freezeframe_sqlite"
+
+
+def test_a_profile_pins_the_vendors_class(
+    hijack_site: Path, write_profile: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = sqlite_profile(write_profile, tmp_path, 'distribution = "acme-sqlite"\n')
+    (app,) = load_profile(path, build_registry()).applications
+    assert type(app.component).__name__ == "AcmeSqlite"
+    assert app.info.distribution == "acme-sqlite"
+
+
+def test_a_pin_the_kind_does_not_come_from_is_one_line(
+    hijack_site: Path, write_profile: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = sqlite_profile(write_profile, tmp_path, 'distribution = "freezeframe-redis"\n')
+    with pytest.raises(ProfileError) as info:
+        load_profile(path, build_registry())
+    assert info.value.problems == [
+        f"{path}: [[application]] 'shop': field \"distribution\": 'freezeframe-redis' does not "
+        "provide application plug-in 'sqlite' (provided by freezeframe-sqlite, acme-sqlite)"
+    ]
+
+
+def test_cli_plugins_shows_the_conflict_and_how_to_resolve_it(hijack_site: Path) -> None:
+    result = run_cli("plugins", "--json", env=cli_env(hijack_site), timeout=60)
+    assert result.returncode == 1, result.stderr
+    (conflict,) = result.json()["conflicts"]
+    assert conflict["distributions"] == ["freezeframe-sqlite", "acme-sqlite"]
+    assert conflict["unpinned"] == "freezeframe-sqlite"
+    human = run_cli("plugins", env=cli_env(hijack_site), timeout=60)
+    assert human.returncode == 1
+    assert "CONFLICT sqlite" in human.stdout
+    assert "a profile that pins no distribution gets freezeframe-sqlite" in human.stdout
+    assert "or uninstall acme-sqlite" in human.stdout

@@ -50,12 +50,12 @@ class Recorder(ApplicationPlugin):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        self.quiesce_ms: int = table.get_int("quiesce_ms", 0, minimum=0, maximum=3_600_000)
+        self.quiesce_ms = table.get_int("quiesce_ms", 0, minimum=0, maximum=3_600_000)
         self.fail: str = table.get_choice("fail", ("never", "quiesce", "unquiesce"), "never")
-        self.data: Path | None = table.get_path("data", None)
+        self.data = table.get_path("data", None)
         self.frozen = False
 
-    def prepare(self) -> None:  # type: ignore[override]  # the older form: no kinds
+    def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
         record("prepare", self.name)
 
     def data_paths(self) -> Sequence[Path]:
@@ -87,9 +87,9 @@ class _TestSnapshot(Backend):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        self.dir: Path = table.get_path("dir")
-        self.seconds: float = table.get_duration("seconds", 0.001)
-        self.marker: Path | None = table.get_path("marker", None)
+        self.dir = table.get_path("dir")
+        self.seconds = table.get_duration("seconds", 0.001)
+        self.marker = table.get_path("marker", None)
 
     def _view(self, run_id: str) -> Path:
         return self.dir / run_id

@@ -1,8 +1,9 @@
 """The ``freezeframe`` command: one verb per task, each taking the profile, each with ``--json``.
 
-Exit codes: 0 success; 1 a run, restore or verify failed; 2 bad profile or
-usage; 3 the profile is busy (another run holds its lock); 128+N interrupted
-by signal N; 70 an internal error (a bug of ours: ``--debug`` shows its traceback).
+Exit codes: 0 success; 1 a run, restore or verify failed (or ``plugins`` found a
+kind registered twice); 2 bad profile or usage; 3 the profile is busy (another run
+holds its lock); 128+N interrupted by signal N; 70 an internal error (a bug of ours:
+``--debug`` shows its traceback).
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ def _cmd_plugins(args: argparse.Namespace, registry: Registry) -> int:
     data = {
         "components": [c.to_json() for c in comps],
         "broken": [b.to_json() for b in registry.broken],
+        "conflicts": [c.to_json() for c in registry.conflicts],
     }
 
     def human() -> None:
@@ -145,9 +147,11 @@ def _cmd_plugins(args: argparse.Namespace, registry: Registry) -> int:
             print(f"{c.kind:<14} {extra:<16} {c.distribution} {c.version}")
         for b in registry.broken:
             print(f"BROKEN {b.name:<14} {b.distribution}: {b.error}")
+        for k in registry.conflicts:
+            print(f"CONFLICT {k.kind:<12} {k.problem()}\n  hint: {k.hint()}")
 
     out(args, data, human)
-    return 0
+    return 1 if registry.conflicts else 0
 
 
 def main(argv: Sequence[str] | None = None, registry: Registry | None = None) -> int:

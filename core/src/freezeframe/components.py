@@ -2,7 +2,9 @@
 
 A third party writes a plug-in exactly as we do: subclass
 :class:`ApplicationPlugin` or :class:`Backend`, give it a ``kind`` name, and
-register the class from a ``freezeframe_register_*`` hook.
+register the class from a ``freezeframe_register_*`` hook. Both bases are
+abstract: the core refuses to register a class that leaves one of their
+abstract methods out, and names the missing ones.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -194,7 +197,7 @@ class StageContext:
         self.check()
 
 
-class _Component:
+class _Component(ABC):
     kind: ClassVar[str]
     api_version: ClassVar[int] = API_VERSION
 
@@ -210,7 +213,8 @@ class ApplicationPlugin(_Component):
 
     The constructor reads its fields from ``table`` (raising
     :class:`~freezeframe.errors.ConfigError`, which names the field) and does no I/O
-    beyond cheap checks such as "does this path exist".
+    beyond cheap checks such as "does this path exist". ``quiesce`` and ``unquiesce``
+    are abstract; every other method has a default that does nothing.
     """
 
     #: Snapshot kinds this plug-in is consistent on; ``check`` refuses other pairings.
@@ -234,17 +238,17 @@ class ApplicationPlugin(_Component):
         """Absolute paths of the files and trees that hold the application's data."""
         return ()
 
+    @abstractmethod
     def quiesce(self, deadline: Deadline) -> None:
         """Put the application in a state ready for backup, by ``deadline``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
         """Let the application go on. Idempotent; safe after a quiesce that half-failed.
 
         ``snapshots`` are the snapshot stages' artifacts (empty when none was
         taken), so a plug-in can add to a writable view what recovery needs.
         """
-        raise NotImplementedError
 
     def interrupt(self) -> None:
         """Make a ``prepare`` or ``quiesce`` under way (or about to begin) give up soon,
@@ -288,20 +292,24 @@ class ApplicationPlugin(_Component):
 
 
 class Backend(_Component):
-    """A backup application. One instance per ``[[backup]]`` table."""
+    """A backup application. One instance per ``[[backup]]`` table.
+
+    ``run``, ``restore``, ``verify`` and ``delete`` are abstract; the others have defaults.
+    """
 
     role: ClassVar[Role]
     #: For snapshot backends: which kind of snapshot this is.
     snapshot_kind: ClassVar[SnapshotKind] = SnapshotKind.PER_FILE
 
+    @abstractmethod
     def run(self, context: StageContext) -> Artifact:
         """Do the stage's work and return what it made.
 
         On any failure, and on :class:`~freezeframe.errors.Cancelled`, leave
         nothing half-written behind.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def restore(self, artifact: Artifact, target: Path) -> list[Path]:
         """Put every file of ``artifact`` at ``target`` + its original absolute path.
 
@@ -315,7 +323,6 @@ class Backend(_Component):
         RestoreOptions()`` gets what the user asked (``--preserve-special``); one
         that does not is called without it, as before.
         """
-        raise NotImplementedError
 
     def seal(self, artifact: Artifact) -> Artifact:
         """Finish ``artifact`` once the applications have thawed; returns it as the catalog
@@ -330,6 +337,7 @@ class Backend(_Component):
         """
         return artifact
 
+    @abstractmethod
     def verify(self, artifact: Artifact) -> str | None:
         """Check that ``artifact`` is complete and readable; raise a FreezeframeError if not.
 
@@ -337,11 +345,10 @@ class Backend(_Component):
         made before the backend recorded what it needs): the check passes, but the
         artifact is not recorded as verified.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def delete(self, artifact: Artifact) -> None:
         """Remove ``artifact``. Deleting what is already gone is not an error."""
-        raise NotImplementedError
 
     def delete_many(self, artifacts: Sequence[Artifact]) -> dict[str, str]:
         """Remove several artifacts (retention); returns ``{artifact id: error}`` for those

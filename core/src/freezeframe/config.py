@@ -15,7 +15,7 @@ import shlex
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar, overload
 
 from freezeframe.errors import ConfigError
 
@@ -35,6 +35,8 @@ __all__ = [
 SECRET_ENV_NAMES: set[str] = set()
 
 _REQUIRED: Final = object()
+#: The type of a getter's ``default``: ``get_str("x", None)`` is ``str | None``.
+_D = TypeVar("_D")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _LONGEST = 365 * 86400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -201,6 +203,10 @@ class Table:
         }.get(type(value), type(value).__name__)
 
     # -- getters -----------------------------------------------------------
+    @overload
+    def get_str(self, key: str) -> str: ...
+    @overload
+    def get_str(self, key: str, default: _D) -> str | _D: ...
     def get_str(self, key: str, default: Any = _REQUIRED) -> Any:
         """A non-empty string (or ``default`` when the field is absent)."""
         value = self._get(key, default)
@@ -214,13 +220,19 @@ class Table:
 
     def get_choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         """One of ``choices``."""
-        value: str = self.get_str(key, default)
+        value = self.get_str(key, default)
         if value not in choices:
             raise ConfigError(
                 key, f"expected one of {', '.join(map(repr, choices))}, got {brief(value)}"
             )
         return value
 
+    @overload
+    def get_int(self, key: str, *, minimum: int | None = None, maximum: int = INT_MAX) -> int: ...
+    @overload
+    def get_int(
+        self, key: str, default: _D, *, minimum: int | None = None, maximum: int = INT_MAX
+    ) -> int | _D: ...
     def get_int(
         self,
         key: str,
@@ -252,6 +264,10 @@ class Table:
             raise ConfigError(key, f"expected true or false, got {self._kind(value)}")
         return value
 
+    @overload
+    def get_duration(self, key: str, *, maximum: float = _LONGEST) -> float: ...
+    @overload
+    def get_duration(self, key: str, default: _D, *, maximum: float = _LONGEST) -> float | _D: ...
     def get_duration(self, key: str, default: Any = _REQUIRED, *, maximum: float = _LONGEST) -> Any:
         """Seconds, from ``"10s"``/``"500ms"``/``"2m"`` or a number of seconds; at most
         ``maximum`` (a year unless the field knows better)."""
@@ -263,6 +279,10 @@ class Table:
         except ValueError as e:
             raise ConfigError(key, str(e)) from None
 
+    @overload
+    def get_path(self, key: str, *, must_exist: bool = False) -> Path: ...
+    @overload
+    def get_path(self, key: str, default: _D, *, must_exist: bool = False) -> Path | _D: ...
     def get_path(self, key: str, default: Any = _REQUIRED, *, must_exist: bool = False) -> Any:
         """An absolute path; relative ones are taken from the profile's folder; ``~`` expands."""
         value = self._get(key, default)
@@ -293,6 +313,10 @@ class Table:
             raise ConfigError(key, "expected a list of strings")
         return list(value)
 
+    @overload
+    def get_argv(self, key: str) -> list[str]: ...
+    @overload
+    def get_argv(self, key: str, default: _D) -> list[str] | _D: ...
     def get_argv(self, key: str, default: Any = _REQUIRED) -> Any:
         """A command to run without a shell: a non-empty list of strings (or ``default``)."""
         value = self._get(key, default)

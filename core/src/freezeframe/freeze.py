@@ -7,12 +7,9 @@ signals shielded; nothing here may leave an application frozen.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from freezeframe import _ordered
 from freezeframe._faults import point
@@ -31,17 +28,6 @@ log = logging.getLogger("freezeframe")
 THAW_TIMEOUT = 60.0
 
 
-def _takes_an_argument(method: Callable[..., Any]) -> bool:
-    """Whether a bound method accepts one positional argument."""
-    try:
-        inspect.signature(method).bind(None)
-        return True
-    except TypeError:
-        return False
-    except ValueError:  # no signature to read (a builtin): call it as the API says
-        return True
-
-
 def prepare_all(session: Session, run: Run) -> tuple[Path, ...]:
     """Slow work before the window: each plug-in's prepare(), then syncfs; returns the
     applications' data paths."""
@@ -53,10 +39,7 @@ def prepare_all(session: Session, run: Run) -> tuple[Path, ...]:
         component = session.app(name).component
         with session.alone(component):
             run.not_thawing()
-            if _takes_an_argument(component.prepare):
-                component.prepare(kinds)
-            else:  # an older prepare() that takes no kinds: still called
-                component.prepare()  # type: ignore[call-arg]
+            component.prepare(kinds)
 
     preparing = _ordered.Ordered(
         [a.name for a in profile.applications],

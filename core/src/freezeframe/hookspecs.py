@@ -13,11 +13,12 @@ register the module under the ``freezeframe`` entry-point group::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
+    from freezeframe.components import ApplicationPlugin, Backend
     from freezeframe.records import RunRecord, StageRecord
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -28,23 +29,31 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
+def freezeframe_register_applications(
+    register: Callable[[type[ApplicationPlugin]], None],
+) -> None:
     """Register application plug-in classes.
 
     Call ``register(cls)`` once per class. ``cls`` subclasses
-    ``freezeframe.ApplicationPlugin``, names its profile ``plugin =`` value in
-    ``kind`` and the plug-in API it was written for in ``api_version``. Two
-    classes with one ``kind`` are an error that names both distributions.
+    ``freezeframe.ApplicationPlugin`` and implements its abstract methods
+    (``quiesce``, ``unquiesce``), names its profile ``plugin =`` value in
+    ``kind`` and the plug-in API it was written for in ``api_version``. A class
+    that falls short is shown as broken, with what it lacks. Name your
+    distribution for the kind (``freezeframe-<kind>``): when two distributions
+    register one ``kind``, a profile that pins no ``distribution`` gets the one
+    so named, and ``freezeframe plugins`` reports the conflict.
     """
 
 
 @hookspec
-def freezeframe_register_backends(register: Callable[[type[Any]], None]) -> None:
+def freezeframe_register_backends(register: Callable[[type[Backend]], None]) -> None:
     """Register backend (backup application) classes.
 
     Call ``register(cls)`` once per class. ``cls`` subclasses
-    ``freezeframe.Backend``, names its profile ``backend =`` value in ``kind``,
-    its ``role`` (``snapshot`` or ``copy``) and ``api_version``.
+    ``freezeframe.Backend`` and implements its abstract methods (``run``,
+    ``restore``, ``verify``, ``delete``), names its profile ``backend =`` value
+    in ``kind``, its ``role`` (``snapshot`` or ``copy``) and ``api_version``.
+    Kinds and distributions are named as for application plug-ins.
     """
 
 

@@ -210,6 +210,24 @@ class _Loader:
             kind = None
         return where, name, kind
 
+    def _lookup(
+        self,
+        where: str,
+        type_field: str,
+        find: Callable[[str, str | None], ComponentInfo],
+        kind: str,
+        core: Table,
+    ) -> ComponentInfo | None:
+        """The component class for ``kind``, from the distribution the table pins if any."""
+        pin = self._field(where, None, core.get_str, "distribution", None)
+        try:
+            return find(kind, pin)
+        except ConfigError as e:  # the pinned distribution does not provide the kind
+            self.problem(where, str(e))
+        except PluginError as e:
+            self.problem(where, f'field "{type_field}": {e}')
+        return None
+
     def _build(self, where: str, info: ComponentInfo, name: str, table: Table) -> Any:
         try:
             component = info.cls(name, table)
@@ -235,7 +253,11 @@ class _Loader:
                 seen.add(name)
             rest = {k: v for k, v in raw.items() if k not in ("name", "plugin")}
             core = Table(
-                {k: rest.pop(k) for k in ("after", "on_quiesce_failure") if k in rest},
+                {
+                    k: rest.pop(k)
+                    for k in ("after", "on_quiesce_failure", "distribution")
+                    if k in rest
+                },
                 base_dir=self.base_dir,
             )
             after = tuple(self._field(where, [], core.get_str_list, "after"))
@@ -245,10 +267,8 @@ class _Loader:
             if name is None or kind is None:
                 continue
             afters[name] = after
-            try:
-                info = self.registry.application(kind)
-            except PluginError as e:
-                self.problem(where, f'field "plugin": {e}')
+            info = self._lookup(where, "plugin", self.registry.application, kind, core)
+            if info is None:
                 continue
             component = self._build(where, info, name, Table(rest, base_dir=self.base_dir))
             if component is not None:
@@ -293,7 +313,8 @@ class _Loader:
             where, name, kind = self._head(raw, "backup", i, "backend")
             rest = {k: v for k, v in raw.items() if k not in ("name", "backend")}
             core = Table(
-                {k: rest.pop(k) for k in ("source", "keep") if k in rest}, base_dir=self.base_dir
+                {k: rest.pop(k) for k in ("source", "keep", "distribution") if k in rest},
+                base_dir=self.base_dir,
             )
             source: str | None = self._field(where, None, core.get_str, "source", None)
             keep_table = self._field(where, None, core.get_table, "keep")
@@ -303,11 +324,8 @@ class _Loader:
             role: Role | None = None
             info: ComponentInfo | None = None
             if kind is not None:
-                try:
-                    info = self.registry.backend(kind)
-                    role = info.cls.role
-                except PluginError as e:
-                    self.problem(where, f'field "backend": {e}')
+                info = self._lookup(where, "backend", self.registry.backend, kind, core)
+                role = info.cls.role if info is not None else None
             if role == Role.COPY:
                 source = self._resolve_source(where, source, seen)
             elif source is not None and role == Role.SNAPSHOT:

@@ -14,6 +14,7 @@ import functools
 import importlib.metadata as md
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -23,9 +24,18 @@ import pluggy
 
 from freezeframe import hookspecs
 from freezeframe.components import API_VERSION, ApplicationPlugin, Backend, Role
-from freezeframe.errors import PluginError
+from freezeframe.errors import ConfigError, PluginError
 
-__all__ = ["Broken", "ComponentInfo", "Registry", "build_registry", "default_registry"]
+__all__ = [
+    "Broken",
+    "ComponentInfo",
+    "Conflict",
+    "Registry",
+    "build_registry",
+    "default_registry",
+    "normalized",
+    "owner_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,28 +90,128 @@ class Broken:
         }
 
 
+def normalized(distribution: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``Freezeframe_SQLite`` is
+    ``freezeframe-sqlite``."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def owner_of(kind: str) -> str:
+    """The distribution a kind is named for, by the project's naming convention."""
+    return normalized(f"freezeframe-{kind}")
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """One kind registered by more than one distribution.
+
+    A profile table that pins ``distribution`` gets that distribution's class; one
+    that pins none gets the class of the distribution named for the kind
+    (``freezeframe-<kind>``) when it is one of them, and an error otherwise. So a
+    vendor's package that takes a kind already in use never breaks a working profile.
+    """
+
+    kind: str
+    category: ComponentType
+    candidates: tuple[ComponentInfo, ...]
+
+    @property
+    def table(self) -> str:
+        """The profile table that names a component of this category."""
+        return "[[application]]" if self.category == "application" else "[[backup]]"
+
+    @property
+    def unpinned(self) -> ComponentInfo | None:
+        """What a profile table that pins no distribution gets, if anything."""
+        named = [c for c in self.candidates if normalized(c.distribution) == owner_of(self.kind)]
+        return named[0] if len(named) == 1 else None
+
+    def problem(self) -> str:
+        """One line: who registered the kind, and what an unpinned profile gets."""
+        dists = [c.distribution for c in self.candidates]
+        names = ("both " if len(dists) == 2 else "") + ", ".join(dists[:-1]) + " and " + dists[-1]
+        default = self.unpinned
+        gets = (
+            f"a profile that pins no distribution gets {default.distribution}"
+            if default
+            else "a profile must pin one to use it"
+        )
+        return f"{self.category} kind {self.kind!r} is registered by {names}; {gets}"
+
+    def hint(self) -> str:
+        """How to resolve it: pin one in the profile, or uninstall the others."""
+        dists = [c.distribution for c in self.candidates]
+        default = self.unpinned
+        pins = " or ".join(f'distribution = "{d}"' for d in dists)
+        if default is None:
+            drop = f"all but one of {', '.join(dists)}"
+        else:
+            drop = " and ".join(d for d in dists if d != default.distribution)
+        return f"pin with {pins} in the {self.table} table, or uninstall {drop}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``plugins --json`` form."""
+        default = self.unpinned
+        return {
+            "kind": self.kind,
+            "type": self.category,
+            "distributions": [c.distribution for c in self.candidates],
+            "unpinned": default.distribution if default else None,
+            "error": self.problem(),
+            "hint": self.hint(),
+        }
+
+
 @dataclass
 class Registry:
     """Every component class known to this process, and every plug-in that broke."""
 
     pm: pluggy.PluginManager
+    #: By kind, what a profile gets without pinning a distribution (a conflicting kind
+    #: is here only when one of its distributions is named for it).
     applications: dict[str, ComponentInfo] = field(default_factory=dict)
     backends: dict[str, ComponentInfo] = field(default_factory=dict)
     broken: list[Broken] = field(default_factory=list)
+    #: Kinds registered by more than one distribution.
+    conflicts: list[Conflict] = field(default_factory=list)
     #: Which distribution brought each plug-in module (by plug-in name), from its entry point.
     origins: dict[str, tuple[str, str]] = field(default_factory=dict)
 
-    def application(self, kind: str) -> ComponentInfo:
-        """The application plug-in ``kind``; :class:`PluginError` explains a missing one."""
-        return self._find(kind, self.applications, "application plug-in")
+    def application(self, kind: str, distribution: str | None = None) -> ComponentInfo:
+        """The application plug-in ``kind`` (from ``distribution`` when given).
 
-    def backend(self, kind: str) -> ComponentInfo:
-        """The backend ``kind``; :class:`PluginError` explains a missing one."""
-        return self._find(kind, self.backends, "backend")
+        :class:`PluginError` explains a missing, broken or ambiguous kind,
+        :class:`ConfigError` (field ``distribution``) a distribution that does not provide it.
+        """
+        return self._find(kind, distribution, "application", "application plug-in")
 
-    def _find(self, kind: str, table: dict[str, ComponentInfo], what: str) -> ComponentInfo:
+    def backend(self, kind: str, distribution: str | None = None) -> ComponentInfo:
+        """The backend ``kind`` (from ``distribution`` when given), as :meth:`application`."""
+        return self._find(kind, distribution, "backend", "backend")
+
+    def _find(
+        self, kind: str, distribution: str | None, category: ComponentType, what: str
+    ) -> ComponentInfo:
+        table = self.applications if category == "application" else self.backends
+        conflict = next(
+            (c for c in self.conflicts if c.kind == kind and c.category == category), None
+        )
+        candidates = conflict.candidates if conflict else (table[kind],) if kind in table else ()
+        if distribution is not None and candidates:
+            pinned = [
+                c for c in candidates if normalized(c.distribution) == normalized(distribution)
+            ]
+            if len(pinned) == 1:
+                return pinned[0]
+            given = ", ".join(c.distribution for c in candidates)
+            why = "registers it more than once" if pinned else f"provided by {given}"
+            raise ConfigError(
+                "distribution", f"{distribution!r} does not provide {what} {kind!r} ({why})"
+            )
         if kind in table:
             return table[kind]
+        if conflict is not None:
+            raise PluginError(f"{conflict.problem()}: {conflict.hint()}")
         for b in self.broken:
             if b.kind == kind or b.name == kind:
                 raise PluginError(f"{what} {kind!r} is broken ({b.distribution}): {b.error}")
@@ -186,7 +296,7 @@ def each_implementation(
 
 
 def _collect(registry: Registry, ctype: ComponentType, hook_name: str, base: type[Any]) -> None:
-    table = registry.applications if ctype == "application" else registry.backends
+    found: dict[str, list[ComponentInfo]] = {}
     for impl, call in each_implementation(registry.pm, hook_name):
         dist, version = registry.origins.get(impl.plugin_name) or _distribution_of(impl.plugin)
 
@@ -196,27 +306,24 @@ def _collect(registry: Registry, ctype: ComponentType, hook_name: str, base: typ
             if problem:
                 registry.broken.append(Broken(getattr(cls, "__name__", "?"), _dist, problem, kind))
                 return
-            if kind in table:
-                other = table.pop(kind)
-                registry.broken.append(
-                    Broken(
-                        kind,
-                        f"{other.distribution} and {_dist}",
-                        f"{ctype} kind {kind!r} is registered by both "
-                        f"{other.distribution} and {_dist}",
-                        kind,
-                    )
-                )
-                return
-            if any(b.kind == kind and " and " in b.distribution for b in registry.broken):
-                return  # already a conflict: a third registration does not win
-            table[kind] = ComponentInfo(kind, ctype, cls, _dist, _version)
+            found.setdefault(kind, []).append(ComponentInfo(kind, ctype, cls, _dist, _version))
 
         try:
             call(register=register)
         except Exception as e:
             registry.broken.append(Broken(impl.plugin_name, dist, f"{type(e).__name__}: {e}"))
             log.debug("plug-in %s failed to register", impl.plugin_name, exc_info=True)
+    table = registry.applications if ctype == "application" else registry.backends
+    for kind, infos in found.items():
+        if len(infos) == 1:
+            table[kind] = infos[0]
+            continue
+        # The one named for the kind first, then the others by name: the same text every time.
+        infos.sort(key=lambda c: (normalized(c.distribution) != owner_of(kind), c.distribution))
+        conflict = Conflict(kind, ctype, tuple(infos))
+        registry.conflicts.append(conflict)
+        if conflict.unpinned is not None:
+            table[kind] = conflict.unpinned
 
 
 def _class_problem(cls: Any, base: type[Any], ctype: ComponentType) -> str | None:
@@ -233,4 +340,7 @@ def _class_problem(cls: Any, base: type[Any], ctype: ComponentType) -> str | Non
         )
     if ctype == "backend" and getattr(cls, "role", None) not in tuple(Role):
         return f"{cls.__name__} has no role (snapshot or copy)"
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        return f"{cls.__name__}: abstract methods not implemented: {', '.join(missing)}"
     return None

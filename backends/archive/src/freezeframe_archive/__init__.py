@@ -375,10 +375,10 @@ class ArchiveBackend(Backend):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        self.dir: Path = table.get_path("dir")
-        self.level: int = table.get_int("level", 3, minimum=1, maximum=22)
+        self.dir = table.get_path("dir")
+        self.level = table.get_int("level", 3, minimum=1, maximum=22)
         #: zstd worker threads; 0 means one per CPU. zstd uses at most 256.
-        self.threads: int = table.get_int("threads", 0, minimum=0, maximum=256)
+        self.threads = table.get_int("threads", 0, minimum=0, maximum=256)
         self._tar: str | None = None  # GNU tar, found by check()
 
     def writes_to(self) -> list[Path]:

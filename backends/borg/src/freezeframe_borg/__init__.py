@@ -95,7 +95,7 @@ class BorgBackend(Backend):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        raw: str = table.get_str("repository")
+        raw = table.get_str("repository")
         if _CREDENTIALS.search(raw):
             raise ConfigError(
                 "repository",
@@ -122,16 +122,16 @@ class BorgBackend(Backend):
             raise ConfigError("password_env", f"the passphrase from {secret.source} is empty")
         self._secret: Secret = secret
         self.init: bool = table.get_bool("init", False)
-        self.ssh: list[str] = table.get_argv("ssh_command", ["ssh"])
+        self.ssh = table.get_argv("ssh_command", ["ssh"])
         if "ssh_command" in table and self.local is not None:
             raise ConfigError("ssh_command", "only remote (ssh://) repositories are reached by ssh")
-        self.remote_path: str | None = table.get_str("remote_path", None)
+        self.remote_path = table.get_str("remote_path", None)
         self.verify_data: str = table.get_choice("verify_data", ("all", "none"), "all")
-        self.compression: str = table.get_str("compression", "lz4")
+        self.compression = table.get_str("compression", "lz4")
         #: Seconds to wait for a lock another borg holds (``--lock-wait``; whole seconds).
         self.lock_wait: float = float(max(1, round(table.get_duration("lock_wait", LOCK_WAIT))))
         #: Longest a create, extract, check or compact may run (None: no limit).
-        self.timeout: float | None = table.get_duration("timeout", None)
+        self.timeout = table.get_duration("timeout", None)
         self._ready = False
         self.version = ""
 

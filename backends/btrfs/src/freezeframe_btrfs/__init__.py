@@ -79,7 +79,7 @@ class BtrfsBackend(Backend):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        self.dir: Path = table.get_path("dir")
+        self.dir = table.get_path("dir")
         self.paths: list[Path] = table.get_paths("paths", must_exist=True)
         for p in self.paths:
             if p.is_relative_to(self.dir) or self.dir.is_relative_to(p):

@@ -179,7 +179,7 @@ class ResticBackend(Backend):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        raw: str | None = table.get_str("repository", None)
+        raw = table.get_str("repository", None)
         #: The repository itself as a secret (``repository_env``/``repository_file``): a URL
         #: that holds the credentials of a REST server, say.
         self._repository_secret: Secret | None = table.get_secret("repository")
@@ -220,7 +220,7 @@ class ResticBackend(Backend):
             raise ConfigError("password_env", f"the password from {secret.source} is empty")
         self._secret: Secret = secret
         self.init: bool = table.get_bool("init", False)
-        self.ssh: list[str] = table.get_argv("ssh_command", ["ssh"])
+        self.ssh = table.get_argv("ssh_command", ["ssh"])
         #: For sftp: the ssh command restic runs (``sftp.command``).
         self.sftp_argv: list[str] = []
         if self.repository.startswith("sftp:"):
@@ -229,18 +229,18 @@ class ResticBackend(Backend):
                 _quote(arg)
         elif "ssh_command" in table:
             raise ConfigError("ssh_command", "only sftp: repositories are reached through ssh")
-        self.verify_data: str = table.get_str("verify_data", "all")
+        self.verify_data = table.get_str("verify_data", "all")
         if not _VERIFY_DATA.match(self.verify_data):
             raise ConfigError(
                 "verify_data",
                 f'expected "all", "none", a percentage ("10%"), "n/t" or a size ("2G"), '
                 f"got {self.verify_data!r}",
             )
-        self.cache_dir: Path | None = table.get_path("cache_dir", None)
+        self.cache_dir = table.get_path("cache_dir", None)
         #: Longest a backup, restore, check or prune may run (None: no limit).
-        self.timeout: float | None = table.get_duration("timeout", None)
+        self.timeout = table.get_duration("timeout", None)
         #: Longest a backup may go without progress before it is stopped.
-        self.stall_timeout: float = table.get_duration("stall_timeout", 600.0)
+        self.stall_timeout = table.get_duration("stall_timeout", 600.0)
         self._ready = False
         #: This stage's snapshots as :meth:`check` found them (the run's parent is among them).
         self._listed: list[dict[str, Any]] | None = None

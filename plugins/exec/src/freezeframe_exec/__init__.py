@@ -55,7 +55,7 @@ class ExecPlugin(ApplicationPlugin):
         self.prepare_argv: list[str] | None = self._argv(table, "prepare", None)
         self.describe_argv: list[str] | None = self._argv(table, "describe", None)
         #: Longest check, prepare, unquiesce or describe may take (quiesce: the deadline).
-        self.timeout: float = table.get_duration("timeout", 30.0)
+        self.timeout = table.get_duration("timeout", 30.0)
         self.paths: list[Path] = table.get_paths("data_paths")
         self.freezes: list[Path] = table.get_paths("freezes")
         kinds = table.get_str_list("consistent_on") or [str(k) for k in self.consistent_on]

@@ -44,7 +44,7 @@ class FsfreezePlugin(ApplicationPlugin):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        self.mountpoint: Path = table.get_path("mountpoint", must_exist=True)
+        self.mountpoint = table.get_path("mountpoint", must_exist=True)
         if not os.path.ismount(self.mountpoint):
             raise ConfigError("mountpoint", f"{self.mountpoint} is not a mount point")
         if self.mountpoint == Path("/"):

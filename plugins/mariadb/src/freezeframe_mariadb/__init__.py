@@ -113,9 +113,9 @@ class MariadbPlugin(ApplicationPlugin):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        self.unix_socket: Path | None = table.get_path("unix_socket", None)
-        self.host: str | None = table.get_str("host", None)
-        port: int | None = table.get_int("port", None, minimum=1, maximum=65535)
+        self.unix_socket = table.get_path("unix_socket", None)
+        self.host = table.get_str("host", None)
+        port = table.get_int("port", None, minimum=1, maximum=65535)
         if self.unix_socket is not None and self.host is not None:
             raise ConfigError("host", 'give either "unix_socket" or "host", not both')
         if self.unix_socket is None and self.host is None:
@@ -125,9 +125,9 @@ class MariadbPlugin(ApplicationPlugin):
         if port is not None and self.host is None:
             raise ConfigError("port", 'goes with "host"; a unix socket has no port')
         self.port: int = port or 3306
-        self.user: str = table.get_str("user")
+        self.user = table.get_str("user")
         self._password = table.get_secret("password")
-        self.datadir: Path | None = table.get_path("datadir", None)
+        self.datadir = table.get_path("datadir", None)
         self.lock: str = table.get_choice("lock", ("auto", "backup-stage", "flush-tables"), "auto")
         where = f"socket {self.unix_socket}" if self.unix_socket else f"{self.host}:{self.port}"
         #: How messages name this application and its server (never with a secret).

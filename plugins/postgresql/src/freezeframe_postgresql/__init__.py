@@ -116,12 +116,12 @@ class PostgresqlPlugin(ApplicationPlugin):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        self.dsn: str = table.get_str("dsn")
+        self.dsn = table.get_str("dsn")
         self._params = self._parse_dsn(self.dsn)
-        self.data_dir: Path | None = table.get_path("data_dir", None)
-        self.bin_dir: Path | None = table.get_path("bin_dir", None)
+        self.data_dir = table.get_path("data_dir", None)
+        self.bin_dir = table.get_path("bin_dir", None)
         self._secret = table.get_secret("password")
-        self._secret_env: str | None = table.get_str("password_env", None)
+        self._secret_env = table.get_str("password_env", None)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._in_backup = False

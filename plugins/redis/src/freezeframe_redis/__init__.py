@@ -80,7 +80,7 @@ class RedisPlugin(ApplicationPlugin):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        url: str = table.get_str("url")
+        url = table.get_str("url")
         try:
             self.endpoint = parse_url(url)
         except ValueError as e:
@@ -90,7 +90,7 @@ class RedisPlugin(ApplicationPlugin):
             field = "password_env" if "password_env" in table else "password_file"
             raise ConfigError(field, "the password is empty")
         #: The server's data folder as this machine sees it (default: ``CONFIG GET dir``).
-        self.dir: Path | None = table.get_path("dir", None)
+        self.dir = table.get_path("dir", None)
         self._server = Server(self.endpoint, secret)
         self._lock = threading.Lock()
         self._layout: Layout | None = None

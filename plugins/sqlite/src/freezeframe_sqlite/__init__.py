@@ -46,7 +46,7 @@ class SqlitePlugin(ApplicationPlugin):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        self.path: Path = table.get_path("path", must_exist=True)
+        self.path = table.get_path("path", must_exist=True)
         if not self.path.is_file():
             raise ConfigError("path", f"{self.path} is not a file")
         self._lock: sqlite3.Connection | None = None

@@ -3,7 +3,7 @@
 Implement a hook in your plug-in module with the ``hookimpl`` marker and
 register the module under the ``freezeframe`` entry-point group::
 
-    from freezeframe import hookimpl
+    from freezeframe.plugin import hookimpl
 
     @hookimpl
     def freezeframe_register_applications(register):
@@ -32,7 +32,7 @@ def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> 
     """Register application plug-in classes.
 
     Call ``register(cls)`` once per class. ``cls`` subclasses
-    ``freezeframe.ApplicationPlugin``, names its profile ``plugin =`` value in
+    ``freezeframe.plugin.ApplicationPlugin``, names its profile ``plugin =`` value in
     ``kind`` and the plug-in API it was written for in ``api_version``. Two
     classes with one ``kind`` are an error that names both distributions.
     """
@@ -43,7 +43,7 @@ def freezeframe_register_backends(register: Callable[[type[Any]], None]) -> None
     """Register backend (backup application) classes.
 
     Call ``register(cls)`` once per class. ``cls`` subclasses
-    ``freezeframe.Backend``, names its profile ``backend =`` value in ``kind``,
+    ``freezeframe.plugin.Backend``, names its profile ``backend =`` value in ``kind``,
     its ``role`` (``snapshot`` or ``copy``) and ``api_version``.
     """
 

@@ -1,6 +1,8 @@
 """freezeframe: application-consistent backups of many applications at once.
 
-The public API for plug-in and backend authors is re-exported here.
+The plug-in API is :mod:`freezeframe.plugin`: plug-ins and backends import from there
+only. The names below are re-exported for code written before that module existed and
+for the project's own tests; new code imports from :mod:`freezeframe.plugin`.
 """
 
 from freezeframe.components import (

@@ -3,7 +3,7 @@
 Implement a hook in your plug-in module with the ``hookimpl`` marker and
 register the module under the ``freezeframe`` entry-point group::
 
-    from freezeframe import hookimpl
+    from freezeframe.plugin import hookimpl
 
     @hookimpl
     def freezeframe_register_applications(register):
@@ -35,7 +35,7 @@ def freezeframe_register_applications(
     """Register application plug-in classes.
 
     Call ``register(cls)`` once per class. ``cls`` subclasses
-    ``freezeframe.ApplicationPlugin`` and implements its abstract methods
+    ``freezeframe.plugin.ApplicationPlugin`` and implements its abstract methods
     (``quiesce``, ``unquiesce``), names its profile ``plugin =`` value in
     ``kind`` and the plug-in API it was written for in ``api_version``. A class
     that falls short is shown as broken, with what it lacks. Name your
@@ -50,7 +50,7 @@ def freezeframe_register_backends(register: Callable[[type[Backend]], None]) -> 
     """Register backend (backup application) classes.
 
     Call ``register(cls)`` once per class. ``cls`` subclasses
-    ``freezeframe.Backend`` and implements its abstract methods (``run``,
+    ``freezeframe.plugin.Backend`` and implements its abstract methods (``run``,
     ``restore``, ``verify``, ``delete``), names its profile ``backend =`` value
     in ``kind``, its ``role`` (``snapshot`` or ``copy``) and ``api_version``.
     Kinds and distributions are named as for application plug-ins.

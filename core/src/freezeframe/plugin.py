@@ -2,14 +2,42 @@
 
 ``API_VERSION`` names this surface. A name here keeps its meaning for as long
 as ``API_VERSION`` stays the same; every other module of the ``freezeframe``
-package is private to the core and may change in any release. A vendor's
-package imports from here only::
+package is private to the core and may change in any release (the names the
+package itself re-exports, ``from freezeframe import Table``, are kept working
+but are not the documented API). A vendor's package imports from here only::
 
     from freezeframe.plugin import ApplicationPlugin, Deadline, Table, hookimpl
+
+What ``API_VERSION`` covers, by job:
+
+- components and hooks: ``ApplicationPlugin``, ``Backend``, ``hookimpl``,
+  ``API_VERSION``, ``Role``, ``SnapshotKind``, ``CrashSafety``;
+- records passed to and returned by components: ``Artifact``, ``StageContext``,
+  ``Deadline``, ``RestoreOptions``, ``ProgressCallback``;
+- configuration: ``Table``, ``Secret``, ``parse_duration``;
+- errors: ``FreezeframeError``, ``ConfigError``, ``QuiesceError``, ``StageError``,
+  ``Cancelled``, ``ToolError``;
+- running tools: ``find_tool``, ``run_tool``, ``streaming_tool``;
+- files: ``under`` (an original absolute path below another root), ``fsync_dir``,
+  ``syncfs``, ``sqlite_uri``;
+- copying a tree (snapshot backends): ``copy_tree``, ``CopyStats``, ``make_parents``,
+  ``outermost``;
+- content digests of a folder-tree view (snapshot backends): the ``digests`` module,
+  its ``seal``, ``sealed``, ``check``, ``remove`` and ``UNSEALED``;
+- running a backup tool on a view at the original paths (copy backends): ``laid_out``,
+  ``Layout``;
+- a repository tool's backend (restic, borg): ``Repository``, ``read_repository``,
+  ``read_password``, ``hide_credentials``, ``tool_version``, ``dotted``,
+  ``ssh_address``, ``ssh_argv``, ``ssh_trouble``;
+- writing a restore (backends): ``Target``, ``Meta``, ``copy_in``, ``strip_special``;
+- fixing up restored data without following a symlink (``prepare_restored``):
+  ``open_folder``, ``is_folder_below``, ``exists_below``, ``read_below``,
+  ``replace_below``, ``unlink_below``.
 """
 
 from __future__ import annotations
 
+from freezeframe import digests
 from freezeframe.components import (
     API_VERSION,
     ApplicationPlugin,
@@ -24,11 +52,34 @@ from freezeframe.components import (
     StageContext,
 )
 from freezeframe.config import Secret, Table, parse_duration
-from freezeframe.copying import CopyStats, copy_tree
+from freezeframe.copying import CopyStats, copy_tree, make_parents, outermost
 from freezeframe.errors import Cancelled, ConfigError, FreezeframeError, QuiesceError, StageError
-from freezeframe.fsutil import fsync_dir, syncfs, under
+from freezeframe.fsutil import fsync_dir, sqlite_uri, syncfs, under
 from freezeframe.hookspecs import hookimpl
-from freezeframe.restoring import Target, copy_in
+from freezeframe.layout import Layout, laid_out
+from freezeframe.repository import (
+    Repository,
+    dotted,
+    hide_credentials,
+    read_password,
+    read_repository,
+    ssh_address,
+    ssh_argv,
+    ssh_trouble,
+    tool_version,
+)
+from freezeframe.restoring import (
+    Meta,
+    Target,
+    copy_in,
+    exists_below,
+    is_folder_below,
+    open_folder,
+    read_below,
+    replace_below,
+    strip_special,
+    unlink_below,
+)
 from freezeframe.tools import ToolError, find_tool, run_tool, streaming_tool
 
 __all__ = [
@@ -42,8 +93,11 @@ __all__ = [
     "CrashSafety",
     "Deadline",
     "FreezeframeError",
+    "Layout",
+    "Meta",
     "ProgressCallback",
     "QuiesceError",
+    "Repository",
     "RestoreOptions",
     "Role",
     "Secret",
@@ -55,14 +109,34 @@ __all__ = [
     "ToolError",
     "copy_in",
     "copy_tree",
+    "digests",
+    "dotted",
+    "exists_below",
     "find_tool",
     "fsync_dir",
+    "hide_credentials",
     "hookimpl",
+    "is_folder_below",
+    "laid_out",
+    "make_parents",
+    "open_folder",
+    "outermost",
     "parse_duration",
+    "read_below",
+    "read_password",
+    "read_repository",
+    "replace_below",
     "run_tool",
+    "sqlite_uri",
+    "ssh_address",
+    "ssh_argv",
+    "ssh_trouble",
     "streaming_tool",
+    "strip_special",
     "syncfs",
+    "tool_version",
     "under",
+    "unlink_below",
 ]
 
 if __name__ == "__main__":  # ``python -m freezeframe.plugin`` lists the API

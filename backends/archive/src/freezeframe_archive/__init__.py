@@ -30,19 +30,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, cast
 
-from freezeframe import (
+from freezeframe.plugin import (
     Artifact,
     Backend,
     FreezeframeError,
+    Meta,
     RestoreOptions,
     Role,
     StageContext,
     Table,
+    Target,
+    ToolError,
+    find_tool,
+    fsync_dir,
     hookimpl,
+    run_tool,
+    streaming_tool,
+    under,
 )
-from freezeframe.fsutil import fsync_dir
-from freezeframe.restoring import Meta, Target
-from freezeframe.tools import ToolError, find_tool, run_tool, streaming_tool
 
 __all__ = ["ArchiveBackend"]
 
@@ -212,7 +217,7 @@ def _tar_names(source: Artifact) -> tuple[Path, list[str], list[str]]:
             if {"\n", _MARK, _DELIM} & set(str(path)):
                 raise FreezeframeError(f"{str(path)!r}: a control character in a path to archive")
     view = source.view
-    if view is not None and all(image == view / o.relative_to("/") for o, image in roots):
+    if view is not None and all(image == under(view, o) for o, image in roots):
         return view, [str(o.relative_to("/")) for o, _ in roots], []
     images = [os.path.abspath(image)[1:] for _, image in roots]
     d, m = _DELIM, _MARK
@@ -473,7 +478,7 @@ class ArchiveBackend(Backend):
     ) -> list[Path]:
         """Check the checksum, then extract under ``target``, both from one open descriptor.
 
-        Entries are written by :class:`freezeframe.restoring.Target` (nothing outside
+        Entries are written by :class:`freezeframe.plugin.Target` (nothing outside
         ``target``, no symlink followed); the bytes extracted are hashed again as they
         are read, and special files (with ``options.preserve_special``) are made only
         once that second hash matches too.
@@ -506,9 +511,7 @@ class ArchiveBackend(Backend):
                         "(its SHA-256 differs from the one recorded)"
                     )
                 out.finish()
-        return [
-            target / Path(p).relative_to(Path(p).anchor) for p in artifact.metadata.get("paths", [])
-        ]
+        return [under(target, p) for p in artifact.metadata.get("paths", [])]
 
     def _check_sum(self, artifact: Artifact, path: Path, digest: str) -> None:
         if digest != artifact.metadata.get("sha256"):

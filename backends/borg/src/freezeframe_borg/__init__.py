@@ -3,7 +3,7 @@
 The real ``borg`` (1.2) does the work. Each run becomes the archive
 ``<profile>-<stage>-<run id>`` in a local or ``ssh://`` repository, recording
 every file under its *original* path (borg drops the leading ``/``: see
-:mod:`freezeframe.layout`), so ``cd / && borg extract REPO::ARCHIVE``
+:func:`freezeframe.plugin.laid_out`), so ``cd / && borg extract REPO::ARCHIVE``
 alone puts every file back where it was.
 
 The passphrase is read once by the core (``password_env`` / ``password_file``)
@@ -13,7 +13,6 @@ logs, the catalog or an error message.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
@@ -22,9 +21,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from freezeframe import (
+from freezeframe.plugin import (
     Artifact,
     Backend,
     ConfigError,
@@ -34,11 +32,21 @@ from freezeframe import (
     Secret,
     StageContext,
     Table,
+    ToolError,
+    dotted,
+    find_tool,
     hookimpl,
-    restoring,
+    laid_out,
+    read_password,
+    read_repository,
+    run_tool,
+    ssh_address,
+    ssh_argv,
+    ssh_trouble,
+    strip_special,
+    tool_version,
+    under,
 )
-from freezeframe.layout import laid_out
-from freezeframe.tools import ToolError, find_tool, run_tool
 
 __all__ = ["BorgBackend"]
 
@@ -53,8 +61,6 @@ SHORT_TIMEOUT = 300.0
 #: a stale lock: a long wait makes recovering from a killed borg slow.
 LOCK_WAIT = 10.0
 _REMOTE = re.compile(r"^(ssh://|[^/]*:)")
-#: A password in a URL's authority (``ssh://user:PW@host/``).
-_CREDENTIALS = re.compile(r"://[^/@:]*:[^/]*@")
 #: The repository (``BORG_REPO``) where borg wants a repository; ``::NAME`` for an archive.
 _REPO = "::"
 
@@ -72,19 +78,14 @@ def _why(e: ToolError) -> str:
     return "; ".join(p[:300] for p in parts)
 
 
-@functools.cache
 def _version(borg: str) -> str:
-    """borg's version, once per process (starting borg takes a good part of a second)."""
-    out = run_tool([borg, "--version"], timeout=SHORT_TIMEOUT).stdout
-    m = re.search(r"borg (\d+)\.(\d+)\.(\d+)", out)
-    if not m:
-        raise FreezeframeError(f"cannot tell borg's version from {out.strip()[:80]!r}")
-    version = tuple(map(int, m.groups()[:2]))
-    if not SUPPORTED[0] <= version < SUPPORTED[1]:
+    """borg's version (asked once per process: starting borg takes a good part of a second)."""
+    version = tool_version("borg", borg, "--version")
+    if not SUPPORTED[0] <= version[:2] < SUPPORTED[1]:
         raise FreezeframeError(
-            f"borg {'.'.join(m.groups())} is not supported: this backend speaks borg 1.2.x"
+            f"borg {dotted(version)} is not supported: this backend speaks borg 1.2.x"
         )
-    return ".".join(m.groups())
+    return dotted(version)
 
 
 class BorgBackend(Backend):
@@ -95,32 +96,19 @@ class BorgBackend(Backend):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        raw = table.get_str("repository")
-        if _CREDENTIALS.search(raw):
-            raise ConfigError(
-                "repository",
-                "holds a password, and secrets never sit in a profile (ssh takes none from a "
-                "URL): let ssh log in with a key (ssh_command, an ssh config); the passphrase "
-                "goes in password_env or password_file",
-            )
-        self.local: Path | None = None
-        if _REMOTE.match(raw) and not raw.startswith(("/", "./", "../", "~")):
-            self.repository = raw
-        else:
-            path = Path(raw).expanduser()
-            self.local = path if path.is_absolute() else (table.base_dir / path).resolve()
-            self.repository = str(self.local)
+        repo = read_repository(
+            table,
+            remote=lambda raw: (
+                bool(_REMOTE.match(raw)) and not raw.startswith(("/", "./", "../", "~"))
+            ),
+            advice=" (ssh takes none from a URL): let ssh log in with a key (ssh_command, an "
+            "ssh config); the passphrase goes in password_env or password_file",
+        )
+        self.repository: str = repo.location
+        self.local: Path | None = repo.local
         if "::" in self.repository:  # borg splits REPOSITORY::ARCHIVE there, BORG_REPO too
             raise ConfigError("repository", "borg cannot use a repository whose path holds '::'")
-        secret = table.get_secret("password")
-        if secret is None:
-            raise ConfigError(
-                "password_env",
-                'missing: give "password_env" or "password_file" (borg encrypts: repokey)',
-            )
-        if not secret.reveal():
-            raise ConfigError("password_env", f"the passphrase from {secret.source} is empty")
-        self._secret: Secret = secret
+        self._secret: Secret = read_password(table, why="borg encrypts: repokey", word="passphrase")
         self.init: bool = table.get_bool("init", False)
         self.ssh = table.get_argv("ssh_command", ["ssh"])
         if "ssh_command" in table and self.local is not None:
@@ -146,7 +134,7 @@ class BorgBackend(Backend):
         env = {
             "BORG_REPO": self.repository,
             "BORG_PASSPHRASE": self._secret.reveal(),
-            "BORG_RSH": shlex.join([*self.ssh, "-o", "BatchMode=yes"]),
+            "BORG_RSH": shlex.join(ssh_argv(self.ssh)),
             "BORG_RELOCATED_REPO_ACCESS_IS_OK": "no",
             "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "no",
             "BORG_DELETE_I_KNOW_WHAT_I_AM_DOING": "NO",
@@ -187,21 +175,11 @@ class BorgBackend(Backend):
 
     def _ssh_trouble(self) -> str:
         """What ssh says when it runs by itself (borg may exit before it passes that on)."""
-        if self.repository.startswith("ssh://"):
-            url = urlsplit(self.repository)
-            user, host, port = url.username, url.hostname, url.port
-        else:
-            user, _, host = self.repository.split(":", 1)[0].rpartition("@")
-            port = None
-        argv = [*self.ssh, "-o", "BatchMode=yes"]
-        argv += ["-p", str(port)] if port else []
-        argv += [f"{user}@{host}" if user else str(host), "true"]
-        try:
-            run_tool(argv, timeout=SHORT_TIMEOUT)
-        except ToolError as e:
-            lines = [line.strip() for line in e.stderr.splitlines() if line.strip()]
-            return lines[-1] if lines else str(e)
-        return "ssh connects, but borg does not answer there (is it installed? see remote_path)"
+        user, host, port = ssh_address(self.repository, "ssh")
+        return ssh_trouble(
+            [*ssh_argv(self.ssh, user, str(host), port), "true"],
+            "ssh connects, but borg does not answer there (is it installed? see remote_path)",
+        )
 
     def _archives(self) -> list[dict[str, Any]]:
         """The repository's archives (name, id, time)."""
@@ -345,7 +323,7 @@ class BorgBackend(Backend):
         """
         for p in artifact.metadata.get("paths", []):
             missing = []
-            parent = target / Path(p).relative_to("/").parent
+            parent = under(target, p).parent
             while not parent.exists():
                 missing.append(parent)
                 parent = parent.parent
@@ -359,8 +337,8 @@ class BorgBackend(Backend):
             cwd=target,
         )
         if not options.preserve_special:  # the tool makes them: take them out again at once
-            restoring.strip_special(target)
-        return [target / Path(p).relative_to("/") for p in artifact.metadata.get("paths", [])]
+            strip_special(target)
+        return [under(target, p) for p in artifact.metadata.get("paths", [])]
 
     def verify(self, artifact: Artifact) -> None:
         """The archive is there (the same one), then ``borg check [--verify-data]``."""

@@ -12,7 +12,7 @@ The view is ``<dir>/<run id>``; a path's image is inside its subvolume's
 snapshot, which ``metadata["locations"]`` records (see
 :meth:`freezeframe.Artifact.roots`). After the thaw the run is sealed: a
 SHA-256 of every file of every path goes into ``<dir>/<run id>.manifest``
-(:mod:`freezeframe.digests`), which ``verify`` reads every byte against.
+(:mod:`freezeframe.plugin.digests`), which ``verify`` reads every byte against.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from freezeframe import (
+from freezeframe.plugin import (
     Artifact,
     Backend,
     ConfigError,
@@ -34,13 +34,15 @@ from freezeframe import (
     SnapshotKind,
     StageContext,
     Table,
+    Target,
+    copy_in,
     digests,
+    find_tool,
+    fsync_dir,
     hookimpl,
+    outermost,
+    run_tool,
 )
-from freezeframe.copying import outermost
-from freezeframe.fsutil import fsync_dir
-from freezeframe.restoring import Target, copy_in
-from freezeframe.tools import find_tool, run_tool
 from freezeframe_btrfs._fs import (
     SUBVOLUME_ROOT_INO,
     Location,
@@ -221,7 +223,7 @@ class BtrfsBackend(Backend):
     ) -> list[Path]:
         """Copy every path out of the snapshots to ``target`` + its original absolute path.
 
-        Read and written without following a symlink (:func:`freezeframe.restoring.copy_in`);
+        Read and written without following a symlink (:func:`freezeframe.plugin.copy_in`);
         folders above a path inside its snapshot get the snapshot's owner and mode, those
         above the subvolume 0755. With ``options.preserve_special`` the snapshots are
         verified first.

@@ -15,7 +15,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from freezeframe import FreezeframeError
+from freezeframe.plugin import (
+    FreezeframeError,
+)
 
 __all__ = ["SUBVOLUME_ROOT_INO", "Location", "foreign_below", "fs_type", "fs_uuid", "locate"]
 

@@ -4,7 +4,7 @@ The view is ``<dir>/<run id>/`` with each path at its original absolute
 location below it (``<dir>/<run id>/srv/shop/orders.db``). The copy is made
 in ``<dir>/.<run id>.partial`` and renamed when complete, so a view never
 holds half a snapshot. After the thaw the view is sealed: a SHA-256 of every
-file goes into ``<dir>/<run id>.manifest`` (:mod:`freezeframe.digests`), which
+file goes into ``<dir>/<run id>.manifest`` (:mod:`freezeframe.plugin.digests`), which
 ``verify`` reads every byte against.
 """
 
@@ -19,21 +19,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from freezeframe import (
+from freezeframe.plugin import (
     Artifact,
     Backend,
     ConfigError,
+    CopyStats,
     FreezeframeError,
     RestoreOptions,
     Role,
     SnapshotKind,
     StageContext,
     Table,
+    Target,
+    copy_in,
+    copy_tree,
     digests,
     hookimpl,
+    make_parents,
+    outermost,
+    under,
 )
-from freezeframe.copying import CopyStats, copy_tree, make_parents, outermost
-from freezeframe.restoring import Target, copy_in
 
 __all__ = ["CloneBackend"]
 
@@ -130,7 +135,7 @@ class CloneBackend(Backend):
         """Copy the view's paths to ``target`` + their original absolute paths.
 
         The view is read and ``target`` written without following a symlink
-        (:func:`freezeframe.restoring.copy_in`); with ``options.preserve_special``
+        (:func:`freezeframe.plugin.copy_in`); with ``options.preserve_special``
         the snapshot is verified first.
         """
         view = self._view(artifact)
@@ -173,7 +178,7 @@ class CloneBackend(Backend):
         files = size = 0
         inodes: set[tuple[int, int]] = set()
         for original in (Path(p) for p in artifact.metadata.get("paths", [])):
-            top = view / original.relative_to(original.anchor)
+            top = under(view, original)
             if not top.exists() and not top.is_symlink():
                 raise FreezeframeError(f"{top} is missing")
             walk = top.is_dir() and not top.is_symlink()  # a linked folder is kept as a link

@@ -3,7 +3,7 @@
 The real ``restic`` binary does the work. Each run becomes one snapshot of
 the source stage's view, tagged ``freezeframe``, ``profile:<name>``,
 ``stage:<name>`` and ``run:<run id>``, recording every file under its
-*original* absolute path (see :mod:`freezeframe.layout`), so
+*original* absolute path (see :func:`freezeframe.plugin.laid_out`), so
 ``restic restore <id> --target /`` alone puts every file back where it was.
 
 The password is read once by the core (``password_env`` / ``password_file``)
@@ -13,7 +13,6 @@ argv, logs, the catalog or an error message.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -23,9 +22,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from freezeframe import (
+from freezeframe.plugin import (
     Artifact,
     Backend,
     ConfigError,
@@ -35,11 +33,22 @@ from freezeframe import (
     Secret,
     StageContext,
     Table,
+    ToolError,
+    dotted,
+    find_tool,
+    hide_credentials,
     hookimpl,
-    restoring,
+    laid_out,
+    read_password,
+    read_repository,
+    run_tool,
+    ssh_address,
+    ssh_argv,
+    ssh_trouble,
+    strip_special,
+    tool_version,
+    under,
 )
-from freezeframe.layout import laid_out
-from freezeframe.tools import ToolError, find_tool, run_tool
 
 __all__ = ["ResticBackend"]
 
@@ -51,8 +60,6 @@ MIN_VERSION = (0, 14)
 SHORT_TIMEOUT = 300.0
 _VERIFY_DATA = re.compile(r"^(all|none|\d+(\.\d+)?%|\d+/\d+|\d+[kKmMgGtT]?)$")
 _REMOTE = re.compile(r"^(sftp|rest|s3|b2|azure|gs|swift|rclone):")
-#: A password in a URL's authority (``rest:https://user:PW@host/``), up to its last "@".
-_CREDENTIALS = re.compile(r"(://[^/@:]*:)[^/]*@")
 
 
 class _Stall:
@@ -86,18 +93,13 @@ FULL_DISK_GRACE = 5.0
 _FATAL = ("no space left on device", "disk quota exceeded")
 
 
-def _display(repository: str) -> str:
-    """The repository for messages: any password in a URL (``rest:https://u:p@h/``) hidden."""
-    return _CREDENTIALS.sub(r"\1***@", repository)
-
-
 def _why(e: ToolError) -> str:
     """One line from what restic said on stderr: ssh's complaint, the first error, the fatal one.
 
     restic repeats the repository in some errors (``create repository at … failed``):
     a password in it is hidden.
     """
-    lines = [_display(line.strip()) for line in e.stderr.splitlines() if line.strip()]
+    lines = [hide_credentials(line.strip()) for line in e.stderr.splitlines() if line.strip()]
     ssh = [line for line in lines if line.startswith("subprocess ssh:")]
     fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal:")), None)
     parts = []
@@ -124,22 +126,12 @@ def _quote(arg: str) -> str:
 
 def _sftp_command(repository: str, ssh: Sequence[str]) -> list[str]:
     """The ``sftp.command`` restic runs for an ``sftp:`` repository: ssh, batch mode, host."""
-    if repository.startswith("sftp://"):
-        url = urlsplit(repository)
-        user, host, port = url.username, url.hostname, url.port
-    else:
-        where = repository.removeprefix("sftp:").split(":", 1)[0]
-        user, _, host = where.rpartition("@")
-        port = None
+    user, host, port = ssh_address(repository, "sftp", "sftp:")
     if not host:
-        raise ConfigError("repository", f"{_display(repository)}: no host in this sftp address")
-    # BatchMode: never ask for a password or a host key on a terminal, fail instead.
-    argv = [*ssh, "-o", "BatchMode=yes"]
-    if port:
-        argv += ["-p", str(port)]
-    if user:
-        argv += ["-l", user]
-    return [*argv, host, "-s", "sftp"]
+        raise ConfigError(
+            "repository", f"{hide_credentials(repository)}: no host in this sftp address"
+        )
+    return [*ssh_argv(ssh, user, host, port), "-s", "sftp"]
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
@@ -156,19 +148,15 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
     return out
 
 
-@functools.cache
 def _version(restic: str) -> str:
-    """restic's version (once per process), refused when older than :data:`MIN_VERSION`."""
-    out = run_tool([restic, "version"], timeout=SHORT_TIMEOUT).stdout
-    m = re.search(r"restic (\d+)\.(\d+)\.(\d+)", out)
-    if not m:
-        raise FreezeframeError(f"cannot tell restic's version from {out.strip()[:80]!r}")
-    if tuple(map(int, m.groups()[:2])) < MIN_VERSION:
+    """restic's version (asked once per process), refused when older than :data:`MIN_VERSION`."""
+    version = tool_version("restic", restic, "version")
+    if version[:2] < MIN_VERSION:
         raise FreezeframeError(
-            f"restic {'.'.join(m.groups())} is too old: this backend needs "
-            f"{'.'.join(map(str, MIN_VERSION))} or newer"
+            f"restic {dotted(version)} is too old: this backend needs "
+            f"{dotted(MIN_VERSION)} or newer"
         )
-    return ".".join(m.groups())
+    return dotted(version)
 
 
 class ResticBackend(Backend):
@@ -179,46 +167,14 @@ class ResticBackend(Backend):
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        raw = table.get_str("repository", None)
-        #: The repository itself as a secret (``repository_env``/``repository_file``): a URL
-        #: that holds the credentials of a REST server, say.
-        self._repository_secret: Secret | None = table.get_secret("repository")
-        if raw is not None and self._repository_secret is not None:
-            field = "repository_env" if "repository_env" in table else "repository_file"
-            raise ConfigError(field, 'give either "repository" or this, not both')
-        if raw is None:
-            if self._repository_secret is None:
-                raise ConfigError(
-                    "repository", 'missing (required; or "repository_env"/"repository_file")'
-                )
-            raw = self._repository_secret.reveal().strip()
-            if not raw:
-                raise ConfigError(
-                    "repository_env" if "repository_env" in table else "repository_file",
-                    f"the repository from {self._repository_secret.source} is empty",
-                )
-        elif _CREDENTIALS.search(raw):
-            raise ConfigError(
-                "repository",
-                "holds a password, and secrets never sit in a profile: put the whole "
-                "repository in a file named by repository_file (mode 0600) or in a variable "
-                "named by repository_env",
-            )
-        self.local: Path | None = None
-        if _REMOTE.match(raw):
-            self.repository = raw
-        else:
-            path = Path(raw.removeprefix("local:")).expanduser()
-            self.local = path if path.is_absolute() else (table.base_dir / path).resolve()
-            self.repository = str(self.local)
-        secret = table.get_secret("password")
-        if secret is None:
-            raise ConfigError(
-                "password_env", 'missing: give "password_env" or "password_file" (restic encrypts)'
-            )
-        if not secret.reveal():
-            raise ConfigError("password_env", f"the password from {secret.source} is empty")
-        self._secret: Secret = secret
+        # The repository may be a secret itself (``repository_env``/``repository_file``):
+        # a URL that holds the credentials of a REST server, say.
+        self._repo = read_repository(
+            table, remote=lambda raw: bool(_REMOTE.match(raw)), from_secret=True
+        )
+        self.repository: str = self._repo.location
+        self.local: Path | None = self._repo.local
+        self._secret: Secret = read_password(table, why="restic encrypts")
         self.init: bool = table.get_bool("init", False)
         self.ssh = table.get_argv("ssh_command", ["ssh"])
         #: For sftp: the ssh command restic runs (``sftp.command``).
@@ -247,7 +203,7 @@ class ResticBackend(Backend):
         self.version = ""
 
     def __repr__(self) -> str:
-        return f"ResticBackend({self.name!r}, {_display(self.repository)!r})"
+        return f"ResticBackend({self.name!r}, {self._repo.shown!r})"
 
     # -- running restic ------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -255,10 +211,7 @@ class ResticBackend(Backend):
         # goes in RESTIC_PASSWORD. The repository goes in the environment too, never argv,
         # where every user sees it (`ps`); a remote one from repository_file is read by
         # restic itself. Empty values switch off what the caller's environment might set.
-        file = self._secret.file
-        where = self._repository_secret.file if self._repository_secret else None
-        if self.local is not None:
-            where = None  # resolved here from the profile's folder: restic gets the result
+        file, where = self._secret.file, self._repo.file
         return {
             "RESTIC_PASSWORD": "" if file else self._secret.reveal(),
             "RESTIC_PASSWORD_FILE": str(file) if file else "",
@@ -309,9 +262,9 @@ class ResticBackend(Backend):
             if self.sftp_argv and "sftp session" in e.stderr and "subprocess ssh:" not in e.stderr:
                 why = f"{self._ssh_trouble()}; {why}"
             raise ToolError(
-                f"restic {what} ({_display(self.repository)}): {why}",
+                f"restic {what} ({self._repo.shown}): {why}",
                 e.returncode,
-                _display(e.stderr),
+                hide_credentials(e.stderr),
             ) from None
 
     def _full_disk_watch(self) -> Callable[[], str | None] | None:
@@ -341,12 +294,7 @@ class ResticBackend(Backend):
     def _ssh_trouble(self) -> str:
         """What ssh says when it runs restic's sftp command by itself (restic may exit
         before it passes ssh's complaint on)."""
-        try:
-            run_tool(self.sftp_argv, timeout=SHORT_TIMEOUT)
-        except ToolError as e:
-            lines = [line.strip() for line in e.stderr.splitlines() if line.strip()]
-            return lines[-1] if lines else str(e)
-        return "ssh connects, but no sftp session starts"
+        return ssh_trouble(self.sftp_argv, "ssh connects, but no sftp session starts")
 
     def _snapshots(self, *tags: str, what: str = "snapshots") -> list[dict[str, Any]]:
         """The repository's snapshots (with every tag of ``tags``, when given), oldest first."""
@@ -358,7 +306,7 @@ class ResticBackend(Backend):
             found = json.loads(out or "[]")
         except ValueError:
             raise FreezeframeError(
-                f"restic snapshots ({_display(self.repository)}): output is not JSON"
+                f"restic snapshots ({self._repo.shown}): output is not JSON"
             ) from None
         return list(found or [])
 
@@ -414,7 +362,7 @@ class ResticBackend(Backend):
 
     def _init(self) -> None:
         self._restic("init", self._argv("init"))
-        log.info("stage %s: created restic repository %s", self.name, _display(self.repository))
+        log.info("stage %s: created restic repository %s", self.name, self._repo.shown)
         self._listed = []
         self._ready = True
 
@@ -465,7 +413,7 @@ class ResticBackend(Backend):
             )
             if full is None:
                 raise FreezeframeError(
-                    f"restic backup ({_display(self.repository)}): snapshot {short} "
+                    f"restic backup ({self._repo.shown}): snapshot {short} "
                     "is not in the repository after restic made it"
                 )
             # inside: a cancel that lands after restic finished must remove the snapshot too
@@ -482,7 +430,7 @@ class ResticBackend(Backend):
             bytes=int(summary.get("total_bytes_processed", 0)),
             files=int(summary.get("total_files_processed", 0)),
             metadata={
-                "repository": _display(self.repository),
+                "repository": self._repo.shown,
                 "snapshot": short,
                 "tags": tags,
                 "paths": [str(original) for original, _ in source.roots()],
@@ -514,7 +462,7 @@ class ResticBackend(Backend):
     def _backup_failed(
         self, result: subprocess.CompletedProcess[str], errors: list[str]
     ) -> FreezeframeError:
-        where = f"restic backup ({_display(self.repository)})"
+        where = f"restic backup ({self._repo.shown})"
         if result.returncode == 3:
             first = errors[0] if errors else "see restic's output"
             return FreezeframeError(
@@ -526,7 +474,7 @@ class ResticBackend(Backend):
         return ToolError(
             f"{where} failed (exit {result.returncode}): {why}",
             result.returncode,
-            _display(result.stderr),
+            hide_credentials(result.stderr),
         )
 
     def _clean_up(self, run_id: str) -> None:
@@ -550,14 +498,14 @@ class ResticBackend(Backend):
             args.append("--sparse")
         self._restic("restore", self._argv(*args), timeout=self.timeout)
         if not options.preserve_special:  # the tool makes them: take them out again at once
-            restoring.strip_special(target)
-        return [target / Path(p).relative_to("/") for p in artifact.metadata.get("paths", [])]
+            strip_special(target)
+        return [under(target, p) for p in artifact.metadata.get("paths", [])]
 
     def verify(self, artifact: Artifact) -> None:
         """The snapshot is there, then ``restic check`` reading ``verify_data`` of the packs."""
         if not any(s["id"] == artifact.id for s in self._snapshots()):
             raise FreezeframeError(
-                f"restic snapshot {artifact.id[:8]} is gone from {_display(self.repository)}"
+                f"restic snapshot {artifact.id[:8]} is gone from {self._repo.shown}"
             )
         args = ["check"]
         if self.verify_data == "all":

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from freezeframe import (
+from freezeframe.plugin import (
     ApplicationPlugin,
     Artifact,
     ConfigError,
@@ -29,9 +29,10 @@ from freezeframe import (
     QuiesceError,
     SnapshotKind,
     Table,
+    ToolError,
     hookimpl,
+    run_tool,
 )
-from freezeframe.tools import ToolError, run_tool
 
 __all__ = ["ExecPlugin"]
 

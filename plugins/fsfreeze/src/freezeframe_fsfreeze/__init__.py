@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from freezeframe import (
+from freezeframe.plugin import (
     ApplicationPlugin,
     Artifact,
     ConfigError,
@@ -26,9 +26,11 @@ from freezeframe import (
     QuiesceError,
     SnapshotKind,
     Table,
+    ToolError,
+    find_tool,
     hookimpl,
+    run_tool,
 )
-from freezeframe.tools import ToolError, find_tool, run_tool
 
 __all__ = ["FsfreezePlugin"]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from freezeframe import (
+from freezeframe.plugin import (
     ApplicationPlugin,
     Artifact,
     ConfigError,
@@ -36,9 +36,10 @@ from freezeframe import (
     SnapshotKind,
     Table,
     hookimpl,
+    under,
 )
 from freezeframe_mariadb import _restored
-from freezeframe_mariadb._layout import VARIABLES, Layout, restored
+from freezeframe_mariadb._layout import VARIABLES, Layout
 
 __all__ = ["MariadbPlugin"]
 
@@ -423,7 +424,7 @@ class MariadbPlugin(ApplicationPlugin):
             return self._layout or self._query_layout()
         except FreezeframeError as e:
             if self.datadir is not None:
-                return Layout.default(self.datadir, restored(root, self.datadir))
+                return Layout.default(self.datadir, under(root, self.datadir))
             raise FreezeframeError(
                 f"{e}; to restore without the server, set datadir in the profile"
             ) from None

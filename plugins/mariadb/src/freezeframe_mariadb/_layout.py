@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["VARIABLES", "Layout", "restored"]
+__all__ = ["VARIABLES", "Layout"]
 
 #: Server variables that place files or must match when a copy of the datadir starts.
 VARIABLES = (
@@ -48,11 +48,6 @@ DIRECTORIES = {
     "innodb_undo_directory": "the InnoDB undo tablespaces",
     "aria_log_dir_path": "the Aria log",
 }
-
-
-def restored(root: Path, original: Path) -> Path:
-    """Where ``original`` lands under a restore root."""
-    return root / original.relative_to(original.anchor)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from freezeframe import FreezeframeError, restoring
-from freezeframe.tools import ToolError, find_tool
-from freezeframe_mariadb._layout import Layout, restored
+from freezeframe.plugin import (
+    FreezeframeError,
+    ToolError,
+    exists_below,
+    find_tool,
+    is_folder_below,
+    read_below,
+    replace_below,
+    under,
+    unlink_below,
+)
+from freezeframe_mariadb._layout import Layout
 
 __all__ = ["check_tables", "prepare", "temporary_server"]
 
@@ -44,20 +53,20 @@ def prepare(layout: Layout, root: Path, who: str) -> Path:
     binary-log index entries that name the original's absolute paths relative
     to the datadir, so the copy never reads the original's logs.
     """
-    datadir = restored(root, layout.datadir)
+    datadir = under(root, layout.datadir)
     try:
-        if not restoring.is_folder_below(root, datadir):
+        if not is_folder_below(root, datadir):
             raise FreezeframeError(f"{datadir} was not restored")
-        stale = [restored(root, p) for p in layout.runtime_files if layout.is_data(p)]
+        stale = [under(root, p) for p in layout.runtime_files if layout.is_data(p)]
         for entry in datadir.iterdir():
             if entry.suffix == ".pid" or _is_socket(entry):
                 stale.append(entry)
         for p in stale:  # never through a symlinked folder; a folder itself stays
             if _is_socket(p) or p.is_symlink() or p.is_file():
-                restoring.unlink_below(root, p)
+                unlink_below(root, p)
         if layout.log_bin_basename is not None:
             index = Path(f"{layout.log_bin_basename}.index")
-            _relocate_index(layout, root, restored(root, index))
+            _relocate_index(layout, root, under(root, index))
     except FreezeframeError as e:
         raise FreezeframeError(f"{who}: {e}") from None
     return datadir
@@ -77,9 +86,9 @@ def _relocate_index(layout: Layout, root: Path, index: Path) -> None:
     relative entry works in the restored tree and again once it is moved back.
     Read and replaced without following a symlink inside ``root``.
     """
-    if not restoring.exists_below(root, index):
+    if not exists_below(root, index):
         return
-    lines = restoring.read_below(root, index).decode().splitlines()
+    lines = read_below(root, index).decode().splitlines()
     changed = []
     for line in lines:
         p = Path(line)
@@ -88,7 +97,7 @@ def _relocate_index(layout: Layout, root: Path, index: Path) -> None:
             line = line if line.startswith(".") else f"./{line}"
         changed.append(line)
     if changed != lines:
-        restoring.replace_below(root, index, "".join(f"{line}\n" for line in changed).encode())
+        replace_below(root, index, "".join(f"{line}\n" for line in changed).encode())
 
 
 def _server_binary() -> str:
@@ -121,7 +130,7 @@ def temporary_server(layout: Layout, root: Path, who: str) -> Iterator[Any]:
     """
     import pymysql  # type: ignore[import-untyped]
 
-    datadir = restored(root, layout.datadir)
+    datadir = under(root, layout.datadir)
     owner = datadir.stat().st_uid
     binary = _server_binary()
     run_dir = Path(tempfile.mkdtemp(prefix="freezeframe-mariadb-"))
@@ -184,9 +193,9 @@ def _start_options(layout: Layout, root: Path) -> list[str]:
     """The options that place the copy's files and match the settings it was made with."""
     opts = [f"--{k.replace('_', '-')}={v}" for k, v in layout.settings.items()]
     for name, p in layout.directories.items():
-        opts.append(f"--{name.replace('_', '-')}={restored(root, p)}")
+        opts.append(f"--{name.replace('_', '-')}={under(root, p)}")
     # The redo log's size is that of its file: another size would make the copy rebuild it.
-    log_dir = restored(root, layout.directories.get("innodb_log_group_home_dir", layout.datadir))
+    log_dir = under(root, layout.directories.get("innodb_log_group_home_dir", layout.datadir))
     redo = log_dir / "ib_logfile0"
     if redo.is_file():
         opts.append(f"--innodb-log-file-size={redo.stat().st_size}")

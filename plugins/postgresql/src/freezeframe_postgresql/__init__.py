@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from freezeframe import (
+from freezeframe.plugin import (
     ApplicationPlugin,
     Artifact,
     ConfigError,
@@ -45,6 +45,7 @@ from freezeframe import (
     SnapshotKind,
     Table,
     hookimpl,
+    under,
 )
 from freezeframe_postgresql import _restored
 from freezeframe_postgresql._wal import WalRange, complete_copy, parse_lsn
@@ -544,7 +545,7 @@ class PostgresqlPlugin(ApplicationPlugin):
                         f"{len(found)} data directories: set data_dir in the profile"
                     ) from None
                 return found[0]
-        restored = root / data_dir.relative_to(data_dir.anchor)
+        restored = under(root, data_dir)
         if not (restored / "PG_VERSION").is_file():
             raise self._error(f"{restored} was not restored (no PG_VERSION there)")
         return restored

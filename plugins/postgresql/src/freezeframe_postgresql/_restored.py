@@ -26,8 +26,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from freezeframe import FreezeframeError, restoring
-from freezeframe.tools import ToolError, find_tool, run_tool
+from freezeframe.plugin import (
+    FreezeframeError,
+    ToolError,
+    exists_below,
+    find_tool,
+    is_folder_below,
+    open_folder,
+    read_below,
+    replace_below,
+    run_tool,
+    under,
+    unlink_below,
+)
 
 __all__ = ["data_dirs_below", "find_pg_ctl", "make_startable", "start_and_query"]
 
@@ -56,7 +67,7 @@ def _relocated(root: Path, target: str) -> Path | None:
     path = Path(target)
     if not path.is_absolute() or path.is_relative_to(root):
         return None
-    return root / path.relative_to(path.anchor)
+    return under(root, path)
 
 
 def _relink(link: Path, root: Path, what: str) -> str | None:
@@ -64,12 +75,12 @@ def _relink(link: Path, root: Path, what: str) -> str | None:
     new = _relocated(root, old)
     if new is None:
         return None
-    if not restoring.is_folder_below(root, new):
+    if not is_folder_below(root, new):
         raise FreezeframeError(
             f"{what} {link} points to {old}, which was not restored (expected at {new}); "
             "a server started on this copy would use the original's files"
         )
-    folder = restoring.open_folder(root, link.parent)
+    folder = open_folder(root, link.parent)
     try:
         tmp = f".{link.name}.freezeframe"
         with contextlib.suppress(FileNotFoundError):
@@ -87,7 +98,7 @@ def _relink(link: Path, root: Path, what: str) -> str | None:
 def _private(root: Path, path: Path) -> None:
     """PostgreSQL starts only on a data directory of mode 0700 (or 0750 with group access).
     Changed through a descriptor: never through a symlink inside the restored tree."""
-    fd = restoring.open_folder(root, path)
+    fd = open_folder(root, path)
     try:
         if stat.S_IMODE(os.fstat(fd).st_mode) not in (0o700, 0o750):
             os.fchmod(fd, 0o700)
@@ -102,10 +113,10 @@ def make_startable(data_dir: Path, root: Path) -> list[str]:
     the way that is one is refused. Returns what was changed, one line each.
     """
     changed = []
-    if not restoring.is_folder_below(root, data_dir):
+    if not is_folder_below(root, data_dir):
         raise FreezeframeError(f"{data_dir} was not restored")
     for name in ("postmaster.pid", "postmaster.opts"):
-        if restoring.unlink_below(root, data_dir / name):
+        if unlink_below(root, data_dir / name):
             changed.append(f"removed {name}")
     wal = data_dir / "pg_wal"
     if wal.is_symlink():
@@ -113,23 +124,23 @@ def make_startable(data_dir: Path, root: Path) -> list[str]:
         if line:
             changed.append(line)
     tblspc = data_dir / "pg_tblspc"
-    for link in sorted(tblspc.iterdir()) if restoring.is_folder_below(root, tblspc) else []:
+    for link in sorted(tblspc.iterdir()) if is_folder_below(root, tblspc) else []:
         if link.is_symlink():
             line = _relink(link, root, "tablespace link")
             if line:
                 changed.append(f"pg_tblspc/{line}")
     spcmap = data_dir / "tablespace_map"
-    if restoring.exists_below(root, spcmap):
-        old = restoring.read_below(root, spcmap).decode("utf-8")
+    if exists_below(root, spcmap):
+        old = read_below(root, spcmap).decode("utf-8")
         lines = []
         for line in old.splitlines():
             oid, sep, location = line.partition(" ")
             new = _relocated(root, location) if sep else None
-            moved = new is not None and restoring.is_folder_below(root, new)
+            moved = new is not None and is_folder_below(root, new)
             lines.append(f"{oid} {new}" if moved else line)
         text = "".join(f"{line}\n" for line in lines)
         if text != old:
-            restoring.replace_below(root, spcmap, text.encode("utf-8"))
+            replace_below(root, spcmap, text.encode("utf-8"))
             changed.append("tablespace_map points at the restored tablespaces")
     for path in [data_dir, *_link_targets(data_dir, root)]:
         _private(root, path)
@@ -139,11 +150,11 @@ def make_startable(data_dir: Path, root: Path) -> list[str]:
 def _link_targets(data_dir: Path, root: Path) -> Iterator[Path]:
     """The restored folders pg_wal and the tablespace links point to (none outside ``root``)."""
     tblspc = data_dir / "pg_tblspc"
-    links = sorted(tblspc.iterdir()) if restoring.is_folder_below(root, tblspc) else []
+    links = sorted(tblspc.iterdir()) if is_folder_below(root, tblspc) else []
     for link in [data_dir / "pg_wal", *links]:
         if link.is_symlink():
             to = Path(os.path.normpath(link.parent / os.readlink(link)))
-            if to.is_relative_to(root) and restoring.is_folder_below(root, to):
+            if to.is_relative_to(root) and is_folder_below(root, to):
                 yield to
 
 

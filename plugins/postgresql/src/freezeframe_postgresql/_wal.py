@@ -16,8 +16,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from freezeframe import Artifact, FreezeframeError
-from freezeframe.fsutil import fsync_dir
+from freezeframe.plugin import (
+    Artifact,
+    FreezeframeError,
+    fsync_dir,
+)
 
 __all__ = [
     "Completion",

@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from freezeframe import (
+from freezeframe.plugin import (
     ApplicationPlugin,
     Artifact,
     ConfigError,
@@ -43,10 +43,13 @@ from freezeframe import (
     QuiesceError,
     SnapshotKind,
     Table,
+    ToolError,
+    find_tool,
     hookimpl,
-    restoring,
+    is_folder_below,
+    replace_below,
+    unlink_below,
 )
-from freezeframe.tools import ToolError, find_tool
 from freezeframe_redis._layout import Layout, read_manifest
 from freezeframe_redis._persist import (
     complete_aof,
@@ -355,11 +358,11 @@ class RedisPlugin(ApplicationPlugin):
             return
         try:  # nothing through a symlink inside the restored tree
             for folder in {layout.dir, layout.aof_dir} if layout.aof else {layout.dir}:
-                restoring.is_folder_below(root, folder)
+                is_folder_below(root, folder)
             for pattern in ("temp-*.rdb", "temp-*.aof"):
                 for leftover in layout.dir.glob(pattern):  # a save or rewrite cut short
                     if leftover.is_symlink() or leftover.is_file():
-                        restoring.unlink_below(root, leftover)
+                        unlink_below(root, leftover)
             if not layout.aof:
                 return
             if layout.manifest.is_symlink():
@@ -373,9 +376,9 @@ class RedisPlugin(ApplicationPlugin):
                 return
             # Redis deletes them at its next start: do it now, so that it writes nothing then.
             for f in history:
-                restoring.unlink_below(root, layout.aof_dir / f.name)
+                unlink_below(root, layout.aof_dir / f.name)
             kept = "".join(f"{f.line}\n" for f in entries if f.type != "h")
-            restoring.replace_below(root, layout.manifest, kept.encode("utf-8", "surrogateescape"))
+            replace_below(root, layout.manifest, kept.encode("utf-8", "surrogateescape"))
         except FreezeframeError as e:
             raise FreezeframeError(f"application {self.name!r}: {e}") from None
 

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from freezeframe.plugin import under
+
 __all__ = ["AofFile", "Layout", "fsync_path", "read_manifest", "split_args"]
 
 
@@ -159,7 +161,7 @@ class Layout:
 
     def under(self, root: Path) -> Layout:
         """The same layout restored below ``root`` (original absolute paths under it)."""
-        return replace(self, dir=root / self.dir.relative_to(self.dir.anchor))
+        return replace(self, dir=under(root, self.dir))
 
     def find_manifest(self) -> Layout:
         """With unknown names: the layout that points at the one AOF manifest found in ``dir``."""

@@ -15,7 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from freezeframe import Artifact, Deadline, QuiesceError
+from freezeframe.plugin import (
+    Artifact,
+    Deadline,
+    QuiesceError,
+)
 from freezeframe_redis._layout import Layout, fsync_path
 from freezeframe_redis._server import Server, ServerError
 

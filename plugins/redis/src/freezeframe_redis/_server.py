@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from freezeframe import Deadline, FreezeframeError, Secret
+from freezeframe.plugin import (
+    Deadline,
+    FreezeframeError,
+    Secret,
+)
 
 if TYPE_CHECKING:
     import redis

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from freezeframe import FreezeframeError
+from freezeframe.plugin import (
+    FreezeframeError,
+)
 from freezeframe_redis._layout import Layout
 
 __all__ = ["VERIFY_DATABASES", "load_in_temporary_server"]

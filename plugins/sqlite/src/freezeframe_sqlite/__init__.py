@@ -19,7 +19,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from freezeframe import (
+from freezeframe.plugin import (
     ApplicationPlugin,
     Artifact,
     ConfigError,
@@ -30,9 +30,10 @@ from freezeframe import (
     SnapshotKind,
     Table,
     hookimpl,
-    restoring,
+    sqlite_uri,
+    under,
+    unlink_below,
 )
-from freezeframe.fsutil import sqlite_uri
 
 __all__ = ["SqlitePlugin"]
 
@@ -181,14 +182,14 @@ class SqlitePlugin(ApplicationPlugin):
 
     def restored_path(self, root: Path) -> Path:
         """Where this database lands under a restore root."""
-        return root / self.path.relative_to(self.path.anchor)
+        return under(root, self.path)
 
     def prepare_restored(self, root: Path) -> None:
         """A restored database must not meet a stale WAL or shared-memory file beside it."""
         restored = self.restored_path(root)
         for suffix in ("-wal", "-shm"):
             try:  # never through a symlinked folder of the restored tree
-                restoring.unlink_below(root, Path(f"{restored}{suffix}"))
+                unlink_below(root, Path(f"{restored}{suffix}"))
             except FreezeframeError as e:
                 raise FreezeframeError(f"application {self.name!r}: {e}") from None
 

@@ -36,6 +36,7 @@ pytest_plugins = [
     "freezeframe_testing.mariadb_server",
     "freezeframe_testing.redis_server",
     "freezeframe_testing.sshd",
+    "freezeframe_testing.repositories",
 ]
 
 

@@ -1,9 +1,9 @@
 """A component driven in a process of its own, which a contract test kills as a crash would.
 
-``python -m freezeframe_testing.child SPEC`` builds the component that the JSON
+:func:`start_child` runs :func:`main` in a new process; it builds the component that the JSON
 ``SPEC`` names (``class``: ``"module:QualName"``, ``name``, ``table``, ``base_dir``)
-and then, for ``"do": "quiesce"``, prepares and quiesces it (``seconds``: the
-deadline) and prints ``quiesced``; for ``"do": "run"``, runs the stage
+and then, for ``"do": "quiesce"``, prepares (``kinds``: the snapshot kinds) and
+quiesces it (``seconds``: the deadline) and prints ``quiesced``; for ``"do": "run"``, runs the stage
 (``run_id``, ``data_paths``, ``source``) and prints ``progress`` at its first
 progress report. Either way it then waits to be killed. Output is one line
 each, flushed, so :func:`start_child` can wait for it.
@@ -71,7 +71,7 @@ def main(spec: Mapping[str, Any]) -> None:
     if spec["do"] == "quiesce":
         assert isinstance(component, ApplicationPlugin)
         component.check()
-        component.prepare(frozenset(SnapshotKind))
+        component.prepare(frozenset(SnapshotKind(k) for k in spec["kinds"]))
         component.quiesce(Deadline.after(float(spec["seconds"])))
         _say("quiesced")
         _hang()
@@ -102,11 +102,16 @@ def main(spec: Mapping[str, Any]) -> None:
     _hang()
 
 
+CHILD = (
+    "import json, sys; from freezeframe_testing.child import main; main(json.loads(sys.argv[1]))"
+)
+
+
 def start_child(spec: Mapping[str, Any], timeout: float = 60) -> tuple[subprocess.Popen[str], str]:
     """Start the child in a session of its own; returns it and the first line it printed
     (``""`` when it ended without one: its stderr is in the assertion that follows)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "freezeframe_testing.child", json.dumps(spec)],
+        [sys.executable, "-c", CHILD, json.dumps(spec)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -128,7 +133,3 @@ def kill_child(proc: subprocess.Popen[str]) -> str:
         os.killpg(proc.pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=30)
     return err
-
-
-if __name__ == "__main__":
-    main(json.loads(sys.argv[1]))

@@ -172,6 +172,10 @@ class ApplicationPluginContract(_Contract):
     def crash_seconds(self) -> float:
         return 3.0
 
+    @pytest.fixture
+    def kinds(self, plugin: ApplicationPlugin) -> frozenset[SnapshotKind]:
+        return frozenset(plugin.consistent_on)
+
     # -- helpers -----------------------------------------------------------------------
 
     @staticmethod
@@ -206,29 +210,30 @@ class ApplicationPluginContract(_Contract):
         _check_config_errors(plugin_class, "contract", plugin_table, base_dir, bad_tables)
 
     def test_unquiesce_is_idempotent(
-        self, plugin: ApplicationPlugin, resumed: Probe | None
+        self, plugin: ApplicationPlugin, resumed: Probe | None, kinds: frozenset[SnapshotKind]
     ) -> None:
-        plugin.prepare(frozenset(SnapshotKind))
+        plugin.prepare(kinds)
         plugin.quiesce(Deadline.after(30))
         plugin.unquiesce(())
         plugin.unquiesce(())
         self._assert_resumed(resumed, "two unquiesces")
-        plugin.quiesce(Deadline.after(30))  # and it can be quiesced again
+        plugin.prepare(kinds)  # and the next run can quiesce it again
+        plugin.quiesce(Deadline.after(30))
         plugin.unquiesce(())
         self._assert_resumed(resumed, "a second quiesce")
 
     def test_unquiesce_without_a_quiesce(
-        self, plugin: ApplicationPlugin, resumed: Probe | None
+        self, plugin: ApplicationPlugin, resumed: Probe | None, kinds: frozenset[SnapshotKind]
     ) -> None:
         """The core unquiesces every prepared application, also when its quiesce never began."""
-        plugin.prepare(frozenset(SnapshotKind))
+        plugin.prepare(kinds)
         plugin.unquiesce(())
         self._assert_resumed(resumed, "an unquiesce without a quiesce")
 
     def test_quiesce_with_an_expired_deadline_returns_and_unquiesce_resumes(
-        self, plugin: ApplicationPlugin, resumed: Probe | None
+        self, plugin: ApplicationPlugin, resumed: Probe | None, kinds: frozenset[SnapshotKind]
     ) -> None:
-        plugin.prepare(frozenset(SnapshotKind))
+        plugin.prepare(kinds)
         took = self._quiesce_may_fail(plugin, Deadline(time.monotonic() - 1))
         assert took < GRACE, f"a quiesce with an expired deadline took {took:.1f}s"
         plugin.unquiesce(())
@@ -239,10 +244,11 @@ class ApplicationPluginContract(_Contract):
         plugin: ApplicationPlugin,
         resumed: Probe | None,
         blocker: Callable[[], AbstractContextManager[Any]] | None,
+        kinds: frozenset[SnapshotKind],
     ) -> None:
         if blocker is None:
             pytest.skip("no blocker fixture: nothing here keeps this quiesce from finishing")
-        plugin.prepare(frozenset(SnapshotKind))
+        plugin.prepare(kinds)
         with blocker():
             start = time.monotonic()
             with pytest.raises(FreezeframeError):
@@ -257,10 +263,11 @@ class ApplicationPluginContract(_Contract):
         plugin: ApplicationPlugin,
         resumed: Probe | None,
         blocker: Callable[[], AbstractContextManager[Any]] | None,
+        kinds: frozenset[SnapshotKind],
     ) -> None:
         """``interrupt`` from another thread, during a quiesce (held back by the blocker
         when there is one), returns at once; the quiesce ends; unquiesce resumes."""
-        plugin.prepare(frozenset(SnapshotKind))
+        plugin.prepare(kinds)
         overrides = type(plugin).interrupt is not ApplicationPlugin.interrupt
         seconds = 20.0 if overrides else 1.0  # the default waits for the deadline
         with blocker() if blocker is not None else _nothing():
@@ -286,6 +293,7 @@ class ApplicationPluginContract(_Contract):
         resumed: Probe | None,
         crash_seconds: float,
         secrets: Sequence[str],
+        kinds: frozenset[SnapshotKind],
     ) -> None:
         """A process that quiesced is killed: the application resumes by itself
         (``process-exit``, ``server-timeout``) or by the watchdog's command (``watchdog``)."""
@@ -297,7 +305,7 @@ class ApplicationPluginContract(_Contract):
         if resumed is None:
             pytest.skip("no resumed fixture: cannot tell whether the application came back")
         spec = {**spec_of(plugin_class, "contract", plugin_table, base_dir), "do": "quiesce"}
-        proc, said = start_child({**spec, "seconds": crash_seconds})
+        proc, said = start_child({**spec, "seconds": crash_seconds, "kinds": sorted(kinds)})
         err = kill_child(proc)
         assert said == "quiesced", f"the child did not quiesce: {err}"
         if safety == CrashSafety.WATCHDOG:
@@ -310,9 +318,9 @@ class ApplicationPluginContract(_Contract):
         plugin.unquiesce(())  # after the watchdog thawed it: still no error
 
     def test_no_secret_in_describe_or_paths(
-        self, plugin: ApplicationPlugin, secrets: Sequence[str]
+        self, plugin: ApplicationPlugin, secrets: Sequence[str], kinds: frozenset[SnapshotKind]
     ) -> None:
-        plugin.prepare(frozenset(SnapshotKind))
+        plugin.prepare(kinds)
         plugin.quiesce(Deadline.after(30))
         plugin.unquiesce(())
         described = json.dumps(dict(plugin.describe()))  # JSON-serialisable, too

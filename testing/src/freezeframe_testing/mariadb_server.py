@@ -259,6 +259,20 @@ def mariadb_factory(
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def mariadb_module(
+    mariadb_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MariaDB]:
+    """A private server (binary log on) shared by the tests of one module: started once,
+    stopped after the module's last test."""
+    run_dir = tmp_path_factory.mktemp("mariadb-module")
+    server = start_mariadb(init_datadir(run_dir / "data", mariadb_template), run_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def mariadb(mariadb_factory: Callable[..., MariaDB]) -> MariaDB:
     """A private server with the binary log on, its datadir in a temp folder."""

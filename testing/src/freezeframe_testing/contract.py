@@ -83,6 +83,7 @@ from freezeframe.plugin import (
     under,
 )
 from freezeframe_testing.child import kill_child, spec_of, start_child
+from freezeframe_testing.components import run_freezeframe
 from freezeframe_testing.plugin import wait_until
 from freezeframe_testing.trees import build_tree, contents, walk
 
@@ -91,13 +92,28 @@ __all__ = ["ApplicationPluginContract", "BackendContract", "snapshot_view"]
 #: How long a call that must not block (interrupt, a quiesce past its deadline) may take.
 GRACE = 5.0
 #: How long an application may take to resume once its quiesce has ended.
-RESUME_WITHIN = 15.0
+RESUME_WITHIN = 10.0
 RUN_ID = "20260101T000000Z-c0de"
 #: The original path of the tree a copy backend is given.
 ORIGINAL = Path("/srv/contract")
 
 AppFactory = Callable[[], ApplicationPlugin]
 Probe = Callable[[], bool]
+
+
+def toml_value(value: Any) -> str:
+    """``value`` (a string, number, boolean, list or table) written as TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, Mapping):
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+        )
+    return "[" + ", ".join(toml_value(v) for v in value) + "]"
 
 
 def _no_secret_in(what: str, text: str, secrets: Sequence[str]) -> None:
@@ -158,7 +174,8 @@ class ApplicationPluginContract(_Contract):
     def plugin(self, make_plugin: AppFactory) -> Iterator[ApplicationPlugin]:
         app = make_plugin()
         yield app
-        app.unquiesce(())  # never leave the application quiesced, whatever the test did
+        with suppress(Exception):  # a test that checks unquiesce reports its failure itself
+            app.unquiesce(())  # never leave the application quiesced, whatever the test did
 
     @pytest.fixture
     def resumed(self) -> Probe | None:
@@ -313,9 +330,41 @@ class ApplicationPluginContract(_Contract):
 
             assert command is not None
             subprocess.run(list(command), check=True, timeout=60)
-        within = RESUME_WITHIN + (crash_seconds if safety == CrashSafety.SERVER_TIMEOUT else 0)
+        within = GRACE + (crash_seconds if safety == CrashSafety.SERVER_TIMEOUT else 0)
         assert wait_until(resumed, within), f"{safety}: the application stayed quiesced"
         plugin.unquiesce(())  # after the watchdog thawed it: still no error
+
+    def test_a_backup_through_the_cli_succeeds_and_shows_no_secret(
+        self,
+        plugin_class: type[ApplicationPlugin],
+        plugin_table: Mapping[str, Any],
+        base_dir: Path,
+        kinds: frozenset[SnapshotKind],
+        secrets: Sequence[str],
+        tmp_path: Path,
+        resumed: Probe | None,
+    ) -> None:
+        """A real ``freezeframe backup --json`` of the application (the plug-in found through
+        its entry point; a copy of its data paths as the snapshot), then ``list --json``:
+        it succeeds, the application goes on, and no output holds a secret."""
+        atomic = SnapshotKind.PER_FILE not in kinds
+        snapshot = "copy-snapshot-atomic" if atomic else "copy-snapshot"
+        fields = "\n".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in plugin_table.items())
+        profile = base_dir / "contract-profile.toml"
+        profile.write_text(
+            f'[profile]\nname = "contract"\nfreeze_timeout = "30s"\n'
+            f"state_dir = {json.dumps(str(tmp_path / 'state'))}\n\n"
+            f'[[application]]\nplugin = "{plugin_class.kind}"\nname = "contract"\n{fields}\n\n'
+            f'[[backup]]\nbackend = "{snapshot}"\nname = "snap"\n'
+            f"dir = {json.dumps(str(tmp_path / 'snaps'))}\n"
+        )
+        backup = run_freezeframe("backup", profile, "--json")
+        listed = run_freezeframe("list", profile, "--json")
+        for what, done in (("backup --json", backup), ("list --json", listed)):
+            _no_secret_in(what, done.stdout + done.stderr, secrets)
+        assert backup.returncode == 0, f"the backup failed: {backup.stderr}"
+        assert json.loads(listed.stdout), "the backup is not listed"
+        self._assert_resumed(resumed, "a backup")
 
     def test_no_secret_in_describe_or_paths(
         self, plugin: ApplicationPlugin, secrets: Sequence[str], kinds: frozenset[SnapshotKind]

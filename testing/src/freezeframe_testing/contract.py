@@ -63,7 +63,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -121,29 +121,11 @@ def _no_secret_in(what: str, text: str, secrets: Sequence[str]) -> None:
     assert not leaked, f"{what} holds a secret: {text!r}"
 
 
-def _check_config_errors(
-    component: type[Any],
-    name: str,
-    table: Mapping[str, Any],
-    base_dir: Path,
-    bad_tables: Sequence[tuple[Mapping[str, Any], str]],
-) -> None:
-    """Each bad table refused with a ConfigError naming its field; a field of the good table
-    given a value of no type any getter accepts (a table) is refused naming that field."""
-    for bad, field in bad_tables:
-        with pytest.raises(ConfigError) as e:
-            component(name, Table(dict(bad), base_dir=base_dir))
-        assert e.value.field == field, f"{bad}: the error names {e.value.field!r}: {e.value}"
-    for key in table:
-        try:
-            component(name, Table({**table, key: {"not": "this"}}, base_dir=base_dir))
-        except ConfigError as e:
-            assert e.field == key, f"a bad {key!r} was reported as field {e.field!r}: {e}"
-        # anything else is a bug in the constructor (and fails the test by itself)
-
-
 class _Contract:
     """What both contracts share: where the profile is, bad tables, secrets."""
+
+    #: The prefix of the subclass's fixtures: ``plugin_class``, ``backend_table``.
+    role: ClassVar[str]
 
     @pytest.fixture
     def base_dir(self, tmp_path: Path) -> Path:
@@ -157,9 +139,32 @@ class _Contract:
     def secrets(self) -> Sequence[str]:
         return ()
 
+    def test_config_errors_name_the_field(
+        self,
+        request: pytest.FixtureRequest,
+        base_dir: Path,
+        bad_tables: Sequence[tuple[Mapping[str, Any], str]],
+    ) -> None:
+        """Each bad table refused with a ConfigError naming its field; a field of the good
+        table given a value of no type any getter accepts (a table) is refused naming that
+        field, or accepted: never another exception."""
+        component = request.getfixturevalue(f"{self.role}_class")
+        table = request.getfixturevalue(f"{self.role}_table")
+        for bad, field in bad_tables:
+            with pytest.raises(ConfigError) as e:
+                component("contract", Table(dict(bad), base_dir=base_dir))
+            assert e.value.field == field, f"{bad}: the error names {e.value.field!r}: {e.value}"
+        for key in table:
+            try:
+                component("contract", Table({**table, key: {"not": "this"}}, base_dir=base_dir))
+            except ConfigError as e:
+                assert e.field == key, f"a bad {key!r} was reported as field {e.field!r}: {e}"
+
 
 class ApplicationPluginContract(_Contract):
     """The rules an application plug-in must keep; subclass it with the fixtures above."""
+
+    role = "plugin"
 
     # -- fixtures the subclass may override ---------------------------------------------
 
@@ -216,15 +221,6 @@ class ApplicationPluginContract(_Contract):
         plugin.check()
         paths = list(plugin.data_paths())
         assert all(Path(p).is_absolute() for p in paths), paths
-
-    def test_config_errors_name_the_field(
-        self,
-        plugin_class: type[ApplicationPlugin],
-        plugin_table: Mapping[str, Any],
-        base_dir: Path,
-        bad_tables: Sequence[tuple[Mapping[str, Any], str]],
-    ) -> None:
-        _check_config_errors(plugin_class, "contract", plugin_table, base_dir, bad_tables)
 
     def test_unquiesce_is_idempotent(
         self, plugin: ApplicationPlugin, resumed: Probe | None, kinds: frozenset[SnapshotKind]
@@ -395,6 +391,8 @@ def snapshot_view(view: Path, original: Path = ORIGINAL) -> tuple[Artifact, Path
 class BackendContract(_Contract):
     """The rules a backend must keep; subclass it with the fixtures above."""
 
+    role = "backend"
+
     # -- fixtures the subclass may override ---------------------------------------------
 
     @pytest.fixture
@@ -444,15 +442,6 @@ class BackendContract(_Contract):
         return backend.seal(artifact) if backend.role == Role.SNAPSHOT else artifact
 
     # -- the rules ---------------------------------------------------------------------
-
-    def test_config_errors_name_the_field(
-        self,
-        backend_class: type[Backend],
-        backend_table: Mapping[str, Any],
-        base_dir: Path,
-        bad_tables: Sequence[tuple[Mapping[str, Any], str]],
-    ) -> None:
-        _check_config_errors(backend_class, "contract", backend_table, base_dir, bad_tables)
 
     def test_restore_puts_every_file_at_its_original_path(
         self,

@@ -17,15 +17,19 @@ nox.options.default_venv_backend = "venv"
 ROOT = Path(__file__).parent
 PACKAGES = [
     "core",
+    "testing",
     *sorted(str(p.parent.relative_to(ROOT)) for p in ROOT.glob("plugins/*/pyproject.toml")),
     *sorted(str(p.parent.relative_to(ROOT)) for p in ROOT.glob("backends/*/pyproject.toml")),
 ]
+#: Installed (editable) beside the packages where their tests or sources are checked: the
+#: vendor template is what a plug-in author copies, not a package we ship.
+TEMPLATES = ["examples/vendor-plugin"]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6"]
 
 
-def install_packages(session: nox.Session) -> None:
+def install_packages(session: nox.Session, *extra: str) -> None:
     args: list[str] = []
-    for pkg in PACKAGES:
+    for pkg in [*PACKAGES, *extra]:
         args += ["-e", pkg]
     session.install(*args)
 
@@ -33,7 +37,7 @@ def install_packages(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Every test: unit tests of each package and the cross-package suite (real components)."""
-    install_packages(session)
+    install_packages(session, *TEMPLATES)
     session.install(*TEST_DEPS)
     session.run("pytest", *session.posargs)
 
@@ -41,11 +45,11 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint and format) everywhere; mypy --strict on every package's source."""
-    install_packages(session)
+    install_packages(session, *TEMPLATES)
     session.install("ruff", "mypy", *TEST_DEPS)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy", *(f"{pkg}/src" for pkg in PACKAGES))
+    session.run("mypy", *(f"{pkg}/src" for pkg in [*PACKAGES, *TEMPLATES]))
 
 
 @nox.session

@@ -20,8 +20,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from freezeframe import RunStatus
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
@@ -42,10 +40,10 @@ from freezeframe_testing.postgres_server import (
     bank_state,
     create_bank,
 )
+from freezeframe_testing.repositories import BORG_PASSPHRASE_ENV, RESTIC_PASSWORD_ENV
 from freezeframe_testing.sshd import Sshd
 
 RUNS = 3
-PASSWORD = "e2e throwaway passphrase"  # noqa: S105 - a test's throwaway
 
 
 def btrfs_available(registry: Registry) -> bool:
@@ -67,13 +65,9 @@ def test_postgres_and_sqlite_through_a_snapshot_into_restic_over_sftp_and_borg(
     write_profile: Callable[[str], Path],
     registry: Registry,
     sshd: Sshd,
-    monkeypatch: pytest.MonkeyPatch,
+    restic_env: None,
+    borg_env: None,
 ) -> None:
-    require_tool("restic")
-    require_tool("borg")
-    monkeypatch.setenv("FF_E2E_PASSWORD", PASSWORD)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("BORG_BASE_DIR", str(tmp_path / "borg-home"))
     if btrfs_available(registry):
         snapshot = "btrfs"
         fs = loop_fs("btrfs")
@@ -123,7 +117,7 @@ def test_postgres_and_sqlite_through_a_snapshot_into_restic_over_sftp_and_borg(
         source = "snap"
         repository = "{sshd.sftp_url(restic_repo)}"
         ssh_command = {json.dumps(sshd.ssh_command)}
-        password_env = "FF_E2E_PASSWORD"
+        password_env = "{RESTIC_PASSWORD_ENV}"
         init = true
         keep = {{ last = 2 }}
 
@@ -132,7 +126,7 @@ def test_postgres_and_sqlite_through_a_snapshot_into_restic_over_sftp_and_borg(
         name = "vault"
         source = "snap"
         repository = "{borg_repo}"
-        password_env = "FF_E2E_PASSWORD"
+        password_env = "{BORG_PASSPHRASE_ENV}"
         init = true
     """)
     engine = Engine(load_profile(profile_path, registry), registry)

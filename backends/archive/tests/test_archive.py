@@ -38,7 +38,9 @@ from freezeframe_testing.plugin import require_tool
 from freezeframe_testing.trees import (
     Tree,
     build_tree,
+    flip_middle_byte,
     set_times,
+    state,
     walk,
 )
 
@@ -49,44 +51,6 @@ PLAIN_SIZES = (1 << 20, 3 << 20, 2 << 20)
 
 
 # -- a tree with every kind of entry (the same as the clone backend's tests) -------------
-
-
-def state(root: Path, *, link_times: bool = True) -> dict[str, dict[str, Any]]:
-    """What a faithful copy of ``root`` must reproduce, entry by entry.
-
-    ``same_file_as`` names the first entry sharing the inode, so a hard link that
-    became two files shows up as a difference. ``link_times=False`` leaves out the
-    mtimes of symlinks.
-    """
-    first: dict[tuple[int, int], str] = {}
-    out: dict[str, dict[str, Any]] = {}
-    for p in [root, *walk(root)]:
-        st = p.lstat()
-        rel = p.relative_to(root).as_posix()
-        entry: dict[str, Any] = {
-            "type": stat.S_IFMT(st.st_mode),
-            "mode": oct(stat.S_IMODE(st.st_mode)),
-            "uid": st.st_uid,
-            "gid": st.st_gid,
-        }
-        if link_times or not stat.S_ISLNK(st.st_mode):
-            entry["mtime_ns"] = st.st_mtime_ns
-        if stat.S_ISLNK(st.st_mode):
-            entry["target"] = os.readlink(p)
-        elif stat.S_ISREG(st.st_mode):
-            entry["size"] = st.st_size
-            entry["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
-            entry["same_file_as"] = first.setdefault((st.st_dev, st.st_ino), rel)
-        out[rel] = entry
-    return out
-
-
-def flip_middle_byte(path: Path) -> None:
-    with open(path, "r+b") as f:
-        f.seek(path.stat().st_size // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 # -- fixtures ----------------------------------------------------------------------------

@@ -7,7 +7,6 @@ This machine's ``/`` is ext4, which cannot reflink, so every test here takes the
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import itertools
 import os
 import shutil
@@ -43,7 +42,7 @@ from freezeframe_testing.trees import (
     Tree,
     build_tree,
     set_times,
-    walk,
+    state,
 )
 
 #: Sub-second mtimes in the tree, so a copy that drops nanoseconds shows it.
@@ -53,34 +52,6 @@ RUN = "20261129T093012Z-3fa2"
 
 
 # -- a tree with every kind of entry -----------------------------------------------------
-
-
-def state(root: Path) -> dict[str, dict[str, Any]]:
-    """What a faithful copy of ``root`` must reproduce, entry by entry.
-
-    ``same_file_as`` names the first entry sharing the inode, so a hard link that
-    became two files shows up as a difference.
-    """
-    first: dict[tuple[int, int], str] = {}
-    out: dict[str, dict[str, Any]] = {}
-    for p in [root, *walk(root)]:
-        st = p.lstat()
-        rel = p.relative_to(root).as_posix()
-        entry: dict[str, Any] = {
-            "type": stat.S_IFMT(st.st_mode),
-            "mode": oct(stat.S_IMODE(st.st_mode)),
-            "uid": st.st_uid,
-            "gid": st.st_gid,
-            "mtime_ns": st.st_mtime_ns,
-        }
-        if stat.S_ISLNK(st.st_mode):
-            entry["target"] = os.readlink(p)
-        elif stat.S_ISREG(st.st_mode):
-            entry["size"] = st.st_size
-            entry["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
-            entry["same_file_as"] = first.setdefault((st.st_dev, st.st_ino), rel)
-        out[rel] = entry
-    return out
 
 
 def can_reflink(folder: Path) -> bool:

@@ -8,11 +8,9 @@ What restic recorded is read back with restic itself, as a user would.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
-import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -33,165 +31,50 @@ from freezeframe import (
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
-from freezeframe.tools import run_tool
 from freezeframe_restic import ResticBackend
 from freezeframe_testing.plugin import (
     make_counter_db,
     need,
     read_counter,
-    require_tool,
     restored,
     run_cli,
     writable_within,
 )
 from freezeframe_testing.procs import descendants
+from freezeframe_testing.repositories import RESTIC_PASSWORD as PASSWORD
+from freezeframe_testing.repositories import RESTIC_PASSWORD_ENV as PW_ENV
+from freezeframe_testing.repositories import copy_of, restic
 from freezeframe_testing.sshd import Sshd, closed_port
+from freezeframe_testing.trees import (
+    AS_ROOT,
+    SPARSE_HOLE,
+    Tree,
+    build_tree,
+    copy_view,
+    du,
+    flip_middle_byte,
+)
+from freezeframe_testing.trees import state as full_state
 
-PASSWORD = "correct horse battery staple 7f3a"  # noqa: S105 - a test's throwaway
-PW_ENV = "FF_TEST_RESTIC_PASSWORD"
 RUN = "20261129T093012Z-3fa2"
 PROFILE = "nightly"
-AS_ROOT = os.geteuid() == 0
-OWNER = (12345, 23456)  # ids no account has
-SPARSE_HOLE = 4 << 20
-XATTR = ("user.freezeframe", b"kept")
-
-
-# -- a tree with every kind of entry ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tree:
-    root: Path
-    bytes: int  # distinct data written (random, incompressible)
-
-
-def build_tree(root: Path, seed: int = 1) -> Tree:
-    """Files of many sizes, nested dirs, symlinks, a hard-link pair, a sparse file, odd
-    modes and owners, xattrs, distinct mtimes."""
-    rng = random.Random(seed)
-    contents = {
-        "empty.bin": b"",
-        "tiny.txt": b"abc",
-        "odd.bin": rng.randbytes(4097),
-        "one-mib.bin": rng.randbytes(1 << 20),
-        "big.bin": rng.randbytes((3 << 20) + 12345),
-        "data.db": rng.randbytes(70_000),
-        "secret.key": b"do not share\n",
-        "nested/run.sh": b"#!/bin/sh\necho hi\n",
-        "nested/a/b/deep.txt": b"deep\n" * 100,
-    }
-    for rel, data in contents.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    with open(root / "sparse.img", "wb") as f:
-        f.seek(SPARSE_HOLE)
-        f.write(b"tail")
-    os.link(root / "data.db", root / "nested" / "data-link.db")
-    os.symlink("tiny.txt", root / "link-rel")
-    os.symlink("../../tiny.txt", root / "nested/a/link-up")
-    os.symlink("/nonexistent/freezeframe-target", root / "link-abs")
-    os.setxattr(root / "data.db", *XATTR)
-    os.setxattr(root / "nested", "user.dir", b"on a folder")
-    os.chmod(root / "secret.key", 0o600)
-    os.chmod(root / "nested/run.sh", 0o750)  # noqa: S103 - odd modes are what is under test
-    os.chmod(root / "nested/a", 0o700)
-    if AS_ROOT:
-        os.chown(root / "secret.key", *OWNER)
-        os.chown(root / "nested", *OWNER)
-        os.chown(root / "link-rel", *OWNER, follow_symlinks=False)
-    for i, p in enumerate([root, *walk(root)]):
-        t = (1_600_000_000 + 1000 * i) * 10**9 + 123_456_789
-        os.utime(p, ns=(t, t), follow_symlinks=False)
-    return Tree(root, sum(map(len, contents.values())))
-
-
-def walk(root: Path) -> list[Path]:
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        out += [Path(dirpath, n) for n in (*dirnames, *filenames)]
-    return sorted(out)
-
-
-def state(root: Path) -> dict[str, dict[str, Any]]:
-    """What a faithful copy of ``root`` must reproduce, entry by entry."""
-    first: dict[tuple[int, int], str] = {}
-    out: dict[str, dict[str, Any]] = {}
-    for p in [root, *walk(root)]:
-        st = p.lstat()
-        rel = p.relative_to(root).as_posix()
-        entry: dict[str, Any] = {
-            "type": stat.S_IFMT(st.st_mode),
-            "mode": oct(stat.S_IMODE(st.st_mode)),
-            "owner": (st.st_uid, st.st_gid),
-            "mtime_ns": st.st_mtime_ns,
-        }
-        if stat.S_ISLNK(st.st_mode):
-            entry["target"] = os.readlink(p)
-        else:
-            entry["xattrs"] = {n: os.getxattr(p, n) for n in sorted(os.listxattr(p))}
-        if stat.S_ISREG(st.st_mode):
-            entry["size"] = st.st_size
-            entry["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
-            entry["same_file_as"] = first.setdefault((st.st_dev, st.st_ino), rel)
-        out[rel] = entry
-    return out
-
-
-def copy_view(src: Path, dst: Path) -> None:
-    """Another snapshot of the same data, with new inodes (``cp -a``: links, xattrs, times)."""
-    run_tool([require_tool("cp"), "-a", str(src), str(dst)], timeout=60)
-
-
-def du(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def flip_middle_byte(path: Path) -> None:
-    path.chmod(0o600)
-    with open(path, "r+b") as f:
-        f.seek(path.stat().st_size // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 # -- fixtures and helpers -----------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def tool_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """restic installed; its cache in the test's folder; the password in the environment."""
-    require_tool("restic")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv(PW_ENV, PASSWORD)
-
-
-def restic(repository: str | Path, *args: str) -> str:
-    """restic itself, as a user runs it: stdout."""
-    argv = [require_tool("restic"), "--repo", str(repository), *args]
-    return run_tool(argv, env={"RESTIC_PASSWORD": PASSWORD}, timeout=120).stdout
-
-
-@pytest.fixture(scope="session")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One empty repository made once (restic init calibrates its key derivation: seconds)."""
-    path = tmp_path_factory.mktemp("restic-template") / "repo"
-    restic(path, "init")
-    return path
-
-
-def copy_of(template: Path, dest: Path) -> Path:
-    """A repository of our own, copied from the template (the password is the same)."""
-    run_tool([require_tool("cp"), "-a", str(template), str(dest)], timeout=60)
-    return dest
+pytestmark = pytest.mark.usefixtures("restic_env")
 
 
 @pytest.fixture
-def repo(tmp_path: Path, template: Path) -> Path:
+def template(restic_template: Path) -> Path:
+    return restic_template
+
+
+@pytest.fixture
+def repo(restic_repo: Path) -> Path:
     """An empty repository at ``tmp_path / "repo"``, where :func:`make_backend` looks."""
-    return copy_of(template, tmp_path / "repo")
+    return restic_repo
 
 
 def make_backend(tmp_path: Path, **fields: Any) -> ResticBackend:
@@ -199,6 +82,16 @@ def make_backend(tmp_path: Path, **fields: Any) -> ResticBackend:
     backend = ResticBackend("offsite", Table(table, base_dir=tmp_path))
     backend.check()
     return backend
+
+
+def state(root: Path) -> dict[str, dict[str, Any]]:
+    """What a faithful copy of ``root`` must reproduce, extended attributes included."""
+    return full_state(root, xattrs=True)
+
+
+def tree_at(root: Path) -> Tree:
+    """The kit's test tree, with extended attributes."""
+    return build_tree(root, fraction_ns=123_456_789, xattrs=True)
 
 
 def context(source: Artifact, run_id: str = RUN, **kw: Any) -> StageContext:
@@ -212,7 +105,7 @@ def view(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tree(view: Path) -> Tree:
-    return build_tree(view / "srv" / "shop")
+    return tree_at(view / "srv" / "shop")
 
 
 @pytest.fixture
@@ -285,9 +178,9 @@ def test_round_trip_under_the_original_paths_then_an_unchanged_run_adds_almost_n
     assert len(first.id) == 64 and first.metadata["snapshot"] == first.id[:8]
     assert first.metadata["paths"] == ["/srv/shop"]
     # restic counts regular files, each hard-link name once, and every byte it read
-    assert first.files == 11
-    assert first.bytes == tree.bytes + SPARSE_HOLE + len(b"tail") + 70_000
-    assert first.metadata["added_bytes"] >= tree.bytes  # random data: nothing to squeeze
+    assert first.files == tree.files - tree.symlinks
+    assert first.bytes == tree.bytes + tree.linked_bytes
+    assert first.metadata["added_bytes"] >= tree.bytes - tree.hole  # random: nothing to squeeze
     # What restic itself recorded: the original paths, tags naming the run.
     out = restic(tmp_path / "repo", "ls", "--json", first.id).splitlines()
     snapshot, nodes = json.loads(out[0]), [json.loads(line) for line in out[1:]]
@@ -320,7 +213,7 @@ def test_snapshots_laid_out_elsewhere_are_recorded_under_their_original_paths(
 ) -> None:
     need(AS_ROOT, "laying images out under their original paths needs a mount namespace (root)")
     view = tmp_path / "snaps" / RUN
-    tree = build_tree(view / "subvol-0" / "shop")
+    tree = tree_at(view / "subvol-0" / "shop")
     conf = view / "subvol-1" / "shop.conf"
     conf.parent.mkdir()
     conf.write_bytes(b"[shop]\n")
@@ -351,7 +244,7 @@ def test_a_snapshot_is_recorded_as_the_live_paths_and_the_live_files_stay_untouc
     repo: Path, tmp_path: Path, target: Path
 ) -> None:
     need(AS_ROOT, "mounting images over the original paths needs a mount namespace (root)")
-    live = build_tree(tmp_path / "live" / "shop")  # the application's files: they exist here
+    live = tree_at(tmp_path / "live" / "shop")  # the application's files: they exist here
     conf = tmp_path / "live" / "shop.conf"
     conf.write_bytes(b"[live]\n")
     view = tmp_path / "snaps" / RUN  # the snapshot keeps its images elsewhere, as btrfs does

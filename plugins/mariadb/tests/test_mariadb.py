@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe_mariadb import MariadbPlugin
-from freezeframe_testing.mariadb_server import MariaDB, free_port, init_datadir, start_mariadb
+from freezeframe_testing.mariadb_server import MariaDB, free_port
 
 SECRET = "Zq8-unlikely-secret-7Wd"  # noqa: S105
 WRONG = "Wrong-pass-that-must-not-leak-4Kp"
@@ -47,14 +47,9 @@ def server(mariadb: MariaDB) -> MariaDB:
 
 
 @pytest.fixture(scope="module")
-def shared(mariadb_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
+def shared(mariadb_module: MariaDB) -> MariaDB:
     """The same, shared by the tests that change nothing on the server (they only check)."""
-    run_dir = tmp_path_factory.mktemp("mariadb-shared")
-    server = start_mariadb(init_datadir(run_dir / "data", mariadb_template), run_dir)
-    try:
-        yield _populate(server)
-    finally:
-        server.stop()
+    return _populate(mariadb_module)
 
 
 @pytest.fixture

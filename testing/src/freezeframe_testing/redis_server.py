@@ -100,6 +100,20 @@ class RedisServer:
         finally:
             c.close()
 
+    def writable_within(self, seconds: float) -> bool:
+        """Whether a write from a new connection is answered within ``seconds`` (false while
+        clients are paused)."""
+        import redis
+
+        c = self.client(socket_timeout=seconds)
+        try:
+            c.incr("probe")
+            return True
+        except redis.TimeoutError:
+            return False
+        finally:
+            c.close()
+
     def alive(self) -> bool:
         """Whether the process still runs."""
         return self.proc.poll() is None

@@ -91,7 +91,7 @@ class MariaDB:
 
     def connect(self, user: str = "root", password: str = "", **kwargs: Any) -> Any:
         """A PyMySQL connection over the socket (autocommit on unless told otherwise)."""
-        import pymysql
+        import pymysql  # type: ignore[import-untyped]
 
         kwargs.setdefault("autocommit", True)
         kwargs.setdefault("connect_timeout", 10)
@@ -256,6 +256,20 @@ def mariadb_factory(
 
     yield start
     for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def mariadb_module(
+    mariadb_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MariaDB]:
+    """A private server (binary log on) shared by the tests of one module: started once,
+    stopped after the module's last test."""
+    run_dir = tmp_path_factory.mktemp("mariadb-module")
+    server = start_mariadb(init_datadir(run_dir / "data", mariadb_template), run_dir)
+    try:
+        yield server
+    finally:
         server.stop()
 
 

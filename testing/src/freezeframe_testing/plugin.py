@@ -36,6 +36,7 @@ pytest_plugins = [
     "freezeframe_testing.mariadb_server",
     "freezeframe_testing.redis_server",
     "freezeframe_testing.sshd",
+    "freezeframe_testing.repositories",
 ]
 
 
@@ -56,6 +57,17 @@ def require_tool(name: str) -> str:
     need(path is not None, f"{name} is not installed")
     assert path is not None
     return path
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; whether it held."""
+    end = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(interval)
 
 
 def writer_process(path: Path) -> subprocess.Popen[bytes]:

@@ -9,6 +9,7 @@ not mocks of the core.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from freezeframe import (
     Table,
     hookimpl,
 )
+from freezeframe.plugin import copy_tree, under
 
 #: (what, name, time.monotonic()) for every call the test components and observers receive.
 EVENTS: list[tuple[str, str, float]] = []
@@ -138,6 +140,37 @@ class SlowSnapshot(_TestSnapshot):
         return Artifact(context.run_id, view=view)
 
 
+class CopySnapshot(_TestSnapshot):
+    """Copies every data path into its view, each under its original path (as ``clone``
+    does, without its checks): a real image for a plug-in's ``unquiesce`` to complete."""
+
+    kind = "copy-snapshot"
+
+    def run(self, context: StageContext) -> Artifact:
+        view = self._view(context.run_id)
+        view.mkdir(parents=True)
+        for path in context.data_paths:
+            image = under(view, path)
+            image.parent.mkdir(parents=True, exist_ok=True)
+            copy_tree(path, image, progress=lambda b, f: context.progress(bytes=b, files=f))
+        paths = [str(p) for p in context.data_paths]
+        return Artifact(context.run_id, view=view, metadata={"paths": paths})
+
+    def delete(self, artifact: Artifact) -> None:
+        shutil.rmtree(self._view(artifact.id), ignore_errors=True)
+
+    def discard(self, run_id: str) -> None:
+        shutil.rmtree(self._view(run_id), ignore_errors=True)
+
+
+class AtomicCopySnapshot(CopySnapshot):
+    """:class:`CopySnapshot` declared atomic: for plug-ins consistent on atomic snapshots
+    only (the copy is not one instant: it serves tests of anything but consistency)."""
+
+    kind = "copy-snapshot-atomic"
+    snapshot_kind = SnapshotKind.ATOMIC
+
+
 class FailingSnapshot(_TestSnapshot):
     """Fails after half-making its view (and cleans it up, as a backend must)."""
 
@@ -213,6 +246,8 @@ def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> 
 def freezeframe_register_backends(register: Callable[[type[Any]], None]) -> None:
     """The test backends."""
     register(SlowSnapshot)
+    register(CopySnapshot)
+    register(AtomicCopySnapshot)
     register(FailingSnapshot)
     register(SealedSnapshot)
 
@@ -222,17 +257,22 @@ def start_freezeframe(
 ) -> subprocess.Popen[str]:
     """``freezeframe ARGS`` with these components registered, as a real subprocess (a test
     may kill it); stdout and stderr are pipes."""
-    testing = str(Path(__file__).resolve().parent.parent)
     return subprocess.Popen(
         [sys.executable, "-m", "freezeframe_testing.components", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={
-            **os.environ,
-            **(env or {}),
-            "PYTHONPATH": os.pathsep.join([testing, os.environ.get("PYTHONPATH", "")]),
-        },
+        env={**os.environ, **(env or {})},
+    )
+
+
+def run_freezeframe(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``freezeframe ARGS`` with these components registered, run to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "freezeframe_testing.components", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

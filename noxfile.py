@@ -86,4 +86,5 @@ def build(session: nox.Session) -> None:
     ``freezeframe`` requirement disagrees with the core's.
     """
     dest = Path(session.posargs[0]) if session.posargs else ROOT / "dist" / "wheelhouse"
+    session.install("build")
     session.run("python", str(WHEELS_SCRIPT), "--root", str(ROOT), str(dest.resolve()))

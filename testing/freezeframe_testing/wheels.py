@@ -6,8 +6,8 @@ checkout into one folder, after checking that they agree (one version, a
 fresh virtual environment outside any checkout that installs from such a folder.
 
 ``nox -s build`` runs this file as a script (``python wheels.py --root ROOT DEST``)
-in an environment that has nothing installed yet, so it imports only the standard
-library at the top; ``packaging`` comes with ``build``, which it installs first.
+in an environment that has only ``build`` (and so ``packaging``) installed, so it
+imports only the standard library at the top.
 """
 
 from __future__ import annotations
@@ -162,10 +162,10 @@ def build_wheelhouse(root: Path, dest: Path, python: str = sys.executable) -> li
     :class:`WheelhouseError` with one line naming the offender.
     """
     dists = distributions(root)
-    install_build_tools(python, {r for d in dists for r in d.build_requires})
     problem = inconsistency(root, dists)
     if problem:
         raise WheelhouseError(problem)
+    install_build_tools(python, {r for d in dists for r in d.build_requires})
     dest.mkdir(parents=True, exist_ok=True)
     prefixes = tuple(d.stem.split("-")[0] + "-" for d in dists)
     for old in dest.iterdir():

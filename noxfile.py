@@ -20,7 +20,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
 
 ROOT = Path(__file__).parent
-WHEELS_SCRIPT = ROOT / "testing" / "freezeframe_testing" / "wheels.py"
+WHEELS_SCRIPT = ROOT / "testing" / "src" / "freezeframe_testing" / "wheels.py"
 
 
 def load_wheels() -> ModuleType:
@@ -36,12 +36,15 @@ def load_wheels() -> ModuleType:
 DISTRIBUTIONS = load_wheels().distributions(ROOT)
 PACKAGES = [str(d.folder.relative_to(ROOT)) for d in DISTRIBUTIONS]
 SOURCES = [str(p.relative_to(ROOT)) for d in DISTRIBUTIONS for p in d.packages]
+# Installed (editable) beside the packages where their tests or sources are checked: a
+# vendor template is what a plug-in author copies, not a package we ship.
+TEMPLATES = sorted(str(p.parent.relative_to(ROOT)) for p in ROOT.glob("examples/*/pyproject.toml"))
 TEST_DEPS = ["pytest>=8", "hypothesis>=6"]
 
 
-def install_packages(session: nox.Session) -> None:
+def install_packages(session: nox.Session, *extra: str) -> None:
     args: list[str] = []
-    for pkg in PACKAGES:
+    for pkg in [*PACKAGES, *extra]:
         args += ["-e", pkg]
     session.install(*args)
 
@@ -49,7 +52,7 @@ def install_packages(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Every test: unit tests of each package and the cross-package suite (real components)."""
-    install_packages(session)
+    install_packages(session, *TEMPLATES)
     session.install(*TEST_DEPS)
     session.run("pytest", *session.posargs)
 
@@ -57,11 +60,11 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint and format) everywhere; mypy --strict on every package's source."""
-    install_packages(session)
+    install_packages(session, *TEMPLATES)
     session.install("ruff", "mypy", *TEST_DEPS)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy", *SOURCES)
+    session.run("mypy", *SOURCES, *(f"{t}/src" for t in TEMPLATES))
 
 
 @nox.session

@@ -5,7 +5,10 @@ folder. These tests check what it refuses (a version, a licence or a core
 requirement that disagrees), then build the wheelhouse once, install the
 SQLite plug-in and two backends from it into a fresh virtual environment
 outside the checkout (the core comes in as their dependency), and back up,
-list and restore with that environment's own ``freezeframe`` command.
+list and restore with that environment's own ``freezeframe`` command. The
+vendor template (``examples/vendor-plugin``) is built into a wheel of its own
+and installed beside the core's and the kit's wheels, where ``freezeframe
+plugins`` lists it and its tests (the kit's contract tests and a backup) pass.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -31,6 +35,7 @@ from freezeframe_testing.wheels import (
     CORE,
     LICENSE,
     Venv,
+    build_distribution,
     build_wheelhouse,
     distributions,
     inconsistency,
@@ -38,7 +43,8 @@ from freezeframe_testing.wheels import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-WHEELS_SCRIPT = ROOT / "testing" / "freezeframe_testing" / "wheels.py"
+WHEELS_SCRIPT = ROOT / "testing" / "src" / "freezeframe_testing" / "wheels.py"
+TEMPLATE = ROOT / "examples" / "vendor-plugin"
 
 
 # -- what the build refuses (fast: nothing is built) -------------------------------
@@ -131,12 +137,17 @@ def test_the_build_script_fails_with_one_line_naming_the_offender(
 
 
 @pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every distribution's wheel and sdist, built once per session (``nox -s build``'s code)."""
+def builder(tmp_path_factory: pytest.TempPathFactory) -> Venv:
+    """The environment that builds: ``build`` and the build backend come from PyPI."""
     need(pypi_reachable(), "PyPI is unreachable: the build tools and dependencies come from it")
-    base = tmp_path_factory.mktemp("wheelhouse")
-    builder = Venv.create(base / "builder", cwd=base / "elsewhere")
-    dest = base / "wheelhouse"
+    base = tmp_path_factory.mktemp("builder")
+    return Venv.create(base / "venv", cwd=base / "elsewhere")
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(builder: Venv, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every distribution's wheel and sdist, built once per session (``nox -s build``'s code)."""
+    dest = tmp_path_factory.mktemp("wheelhouse")
     build_wheelhouse(ROOT, dest, python=builder.python)
     return dest
 
@@ -148,7 +159,7 @@ def installed(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Ven
     assert not base.is_relative_to(ROOT)
     env = Venv.create(base / "venv", cwd=base / "work")
     env.install(
-        "freezeframe-sqlite", "freezeframe-clone", "freezeframe-archive", find_links=wheelhouse
+        "freezeframe-sqlite", "freezeframe-clone", "freezeframe-archive", find_links=[wheelhouse]
     )
     return env
 
@@ -230,3 +241,54 @@ def test_the_installed_command_backs_up_lists_and_restores(installed: Venv) -> N
     assert integrity(restored(drill, db)) == ["ok"]
     assert read_counter(restored(drill, db)) == 0
     assert read_counter(db) == 41
+
+
+# -- the vendor template: its own wheel, beside the core's and the kit's -----------
+
+
+@pytest.fixture(scope="session")
+def vendor(builder: Venv, wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
+    """A fresh environment with the template's wheel, its test extra (the kit, from the
+    wheelhouse) and the clone backend; the core comes in as a dependency."""
+    base = tmp_path_factory.mktemp("vendor")
+    wheel = build_distribution(TEMPLATE, base / "wheels", python=builder.python)
+    assert wheel.name.startswith("freezeframe_example-")
+    env = Venv.create(base / "venv", cwd=base / "work")
+    env.install(
+        "freezeframe-example[test]", "freezeframe-clone", find_links=[wheelhouse, wheel.parent]
+    )
+    return env
+
+
+@pytest.mark.slow
+def test_the_installed_template_is_listed(vendor: Venv) -> None:
+    listed = vendor.freezeframe("plugins")
+    assert listed.returncode == 0, listed.stderr
+    assert "example" in listed.stdout and "freezeframe-example" in listed.stdout
+    data = vendor.freezeframe("plugins", "--json").json()
+    assert data["broken"] == []
+    [example] = [c for c in data["components"] if c["kind"] == "example"]
+    assert (example["type"], example["distribution"]) == ("application", "freezeframe-example")
+
+
+@pytest.mark.slow
+def test_the_kits_contract_tests_and_a_backup_pass_against_the_installed_template(
+    vendor: Venv,
+) -> None:
+    tests = vendor.cwd / "template-tests"
+    shutil.copytree(TEMPLATE / "tests", tests, ignore=shutil.ignore_patterns("__pycache__"))
+    report = vendor.cwd / "report.xml"
+    proc = vendor.run(
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", tests
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    suite = ElementTree.parse(report).getroot().find("testsuite")  # noqa: S314 (our pytest wrote it)
+    assert suite is not None
+    counts = {k: int(suite.get(k, "0")) for k in ("tests", "failures", "errors", "skipped")}
+    assert counts["failures"] == counts["errors"] == counts["skipped"] == 0, counts
+    cases = [c.get("classname", "") for c in suite.iter("testcase")]
+    contract = [c for c in cases if c.endswith("TestExampleContract")]
+    assert len(contract) >= 5, cases  # the kit's tests ran, not only the template's own
+    # The template's own test backs up and restores its running application through this
+    # environment's freezeframe (the clone backend installed beside it, so it did not skip).
+    assert [c for c in cases if c.endswith("test_backup")], cases

@@ -21,10 +21,8 @@ from typing import Any
 
 import pytest
 
-import freezeframe_testing.components as comps
 from freezeframe_testing.mariadb_server import MariaDB
 
-TESTING = Path(comps.__file__).parent.parent
 FREEZE_TIMEOUT = 5.0
 PASSWORD_ENV = "FF_TEST_MARIADB_CRASH_PASSWORD"  # noqa: S105
 SECRET = "crash-Secret-8Qm2"  # noqa: S105
@@ -90,7 +88,6 @@ def test_kill_9_while_quiesced_releases_the_server(
     env = {
         **os.environ,
         PASSWORD_ENV: SECRET,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTING), os.environ.get("PYTHONPATH")])),
     }
     proc = subprocess.Popen(
         [sys.executable, str(script), "backup", str(profile)],

@@ -8,7 +8,6 @@ WAL exactly while some backup mode is on, and ~100 bytes otherwise.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,15 +18,14 @@ from freezeframe import RunStatus
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
+from freezeframe_testing.plugin import wait_until
 from freezeframe_testing.postgres_server import (
     BankWriter,
     PgServer,
     PostgresFactory,
     create_bank,
-    wait_until,
 )
 
-TESTING = Path(comps.__file__).parent.parent
 FREEZE_TIMEOUT = 5.0
 
 
@@ -97,16 +95,11 @@ def test_kill_9_while_quiesced_ends_the_backup_mode(
     profile = write_profile(profile_text(server, tmp_path, stage))
     writer = BankWriter(server)
     writer.start()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTING), os.environ.get("PYTHONPATH", "")]),
-    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "freezeframe_testing.components", "backup", str(profile), "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
     )
     try:
         assert wait_until(lambda: marker.exists() or proc.poll() is not None, 60)

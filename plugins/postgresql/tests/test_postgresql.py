@@ -25,12 +25,11 @@ from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe_postgresql import PostgresqlPlugin
-from freezeframe_testing.plugin import need
+from freezeframe_testing.plugin import need, wait_until
 from freezeframe_testing.postgres_server import (
     PgServer,
     PostgresFactory,
     chown_to_postgres,
-    wait_until,
 )
 
 PASSWORD = "Tr0ub4dor-and-3-horse-staples"  # noqa: S105

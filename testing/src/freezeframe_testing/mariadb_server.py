@@ -91,7 +91,7 @@ class MariaDB:
 
     def connect(self, user: str = "root", password: str = "", **kwargs: Any) -> Any:
         """A PyMySQL connection over the socket (autocommit on unless told otherwise)."""
-        import pymysql
+        import pymysql  # type: ignore[import-untyped]
 
         kwargs.setdefault("autocommit", True)
         kwargs.setdefault("connect_timeout", 10)

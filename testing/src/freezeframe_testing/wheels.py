@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 import venv
 import zipfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,17 @@ def build_one(folder: Path, dest: Path, python: str) -> None:
     )
 
 
+def build_distribution(folder: Path, dest: Path, python: str = sys.executable) -> Path:
+    """The wheel of one distribution (a vendor's, say) built into ``dest``, with its sdist."""
+    dist = Distribution.read(folder)
+    install_build_tools(python, set(dist.build_requires))
+    build_one(folder, dest, python)
+    wheels = sorted(dest.glob(f"{dist.stem}-*.whl"))
+    if len(wheels) != 1:
+        raise WheelhouseError(f"{dist.name}: expected one wheel in {dest}, found {len(wheels)}")
+    return wheels[0]
+
+
 def build_wheelhouse(root: Path, dest: Path, python: str = sys.executable) -> list[Path]:
     """Check, then build, a wheel and an sdist of every distribution of ``root`` into ``dest``.
 
@@ -247,9 +259,10 @@ class Venv:
             check=False,
         )
 
-    def install(self, *requirements: str | Path, find_links: Path) -> None:
-        """``pip install --find-links FIND_LINKS REQUIREMENTS``; raises with pip's last line."""
-        proc = self.run("pip", "install", "--quiet", "--find-links", find_links, *requirements)
+    def install(self, *requirements: str | Path, find_links: Sequence[Path]) -> None:
+        """``pip install --find-links F ... REQUIREMENTS``; raises with pip's error output."""
+        links = [arg for folder in find_links for arg in ("--find-links", str(folder))]
+        proc = self.run("pip", "install", "--quiet", *links, *requirements)
         if proc.returncode != 0:
             names = " ".join(map(str, requirements))
             raise WheelhouseError(f"pip install {names} failed:\n{proc.stderr}")

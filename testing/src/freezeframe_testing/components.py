@@ -222,17 +222,12 @@ def start_freezeframe(
 ) -> subprocess.Popen[str]:
     """``freezeframe ARGS`` with these components registered, as a real subprocess (a test
     may kill it); stdout and stderr are pipes."""
-    testing = str(Path(__file__).resolve().parent.parent)
     return subprocess.Popen(
         [sys.executable, "-m", "freezeframe_testing.components", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={
-            **os.environ,
-            **(env or {}),
-            "PYTHONPATH": os.pathsep.join([testing, os.environ.get("PYTHONPATH", "")]),
-        },
+        env={**os.environ, **(env or {})},
     )
 
 

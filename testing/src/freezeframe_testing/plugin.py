@@ -58,6 +58,17 @@ def require_tool(name: str) -> str:
     return path
 
 
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; whether it held."""
+    end = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(interval)
+
+
 def writer_process(path: Path) -> subprocess.Popen[bytes]:
     """A process that creates and writes ``path`` (it blocks while the filesystem is frozen)."""
     code = f"open({str(path)!r}, 'w').write('written')"

@@ -1,1 +1,0 @@
-"""Shared test helpers and fixtures for every freezeframe package (loaded with ``-p``)."""

@@ -1,0 +1,476 @@
+"""Contract tests: every "must" of the plug-in author guide, checked against a real component.
+
+A plug-in's test module subclasses :class:`ApplicationPluginContract` or
+:class:`BackendContract` and provides fixtures that describe one configured
+instance; pytest then collects every ``test_*`` method of the class::
+
+    class TestContract(ApplicationPluginContract):
+        @pytest.fixture
+        def plugin_class(self) -> type[ApplicationPlugin]:
+            return MyPlugin
+
+        @pytest.fixture
+        def plugin_table(self, my_server) -> dict[str, Any]:
+            return {"socket": str(my_server.socket)}
+
+Fixtures an application plug-in's subclass provides (``plugin_class`` and
+``plugin_table`` are required, the rest optional):
+
+``plugin_class``
+    the :class:`ApplicationPlugin` subclass.
+``plugin_table``
+    its ``[[application]]`` table (without ``plugin`` and ``name``) for a real,
+    running application; paths relative to ``base_dir``.
+``base_dir``
+    the profile's folder (default: the test's ``tmp_path``).
+``plugin``
+    a configured instance (default: built from the two above).
+``resumed``
+    ``() -> bool``: whether the application is running normally right now (it
+    takes a write). Without it, the tests check only what the calls return.
+``blocker``
+    ``() -> ContextManager``: while it is entered, a quiesce cannot finish (a
+    long transaction holds the lock; the application stopped answering).
+    Without it, the deadline is only checked with an expired one.
+``bad_tables``
+    a list of ``(table, field)``: each table must be refused with a
+    :class:`ConfigError` naming ``field``.
+``secrets``
+    strings that must never appear in ``describe()``, ``data_paths()``,
+    ``watchdog_thaw_command()`` or an error message.
+``crash_seconds``
+    the deadline the crash test quiesces with (default 3 s).
+
+A backend's subclass provides ``backend_class`` and ``backend_table`` (and may
+override ``backend``, ``base_dir``, ``bad_tables``, ``secrets``, and):
+
+``data_root``
+    the folder the test data is built in (default ``tmp_path / "data"``); a
+    snapshot backend that needs its own filesystem puts it there (btrfs).
+``leftovers``
+    ``() -> set[str]``: what the backend holds right now (default: every entry
+    below its ``writes_to()`` folders); a repository backend lists its snapshots.
+
+The tree every backend test backs up is :func:`freezeframe_testing.trees.build_tree`;
+a copy backend reads it through a hand-made snapshot view (:func:`snapshot_view`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from freezeframe.plugin import (
+    ApplicationPlugin,
+    Artifact,
+    Backend,
+    Cancelled,
+    ConfigError,
+    CrashSafety,
+    Deadline,
+    FreezeframeError,
+    Role,
+    SnapshotKind,
+    StageContext,
+    Table,
+    under,
+)
+from freezeframe_testing.child import kill_child, spec_of, start_child
+from freezeframe_testing.plugin import wait_until
+from freezeframe_testing.trees import build_tree, contents, walk
+
+__all__ = ["ApplicationPluginContract", "BackendContract", "snapshot_view"]
+
+#: How long a call that must not block (interrupt, a quiesce past its deadline) may take.
+GRACE = 5.0
+#: How long an application may take to resume once its quiesce has ended.
+RESUME_WITHIN = 15.0
+RUN_ID = "20260101T000000Z-c0de"
+#: The original path of the tree a copy backend is given.
+ORIGINAL = Path("/srv/contract")
+
+AppFactory = Callable[[], ApplicationPlugin]
+Probe = Callable[[], bool]
+
+
+def _no_secret_in(what: str, text: str, secrets: Sequence[str]) -> None:
+    leaked = [s for s in secrets if s and s in text]
+    assert not leaked, f"{what} holds a secret: {text!r}"
+
+
+def _check_config_errors(
+    component: type[Any],
+    name: str,
+    table: Mapping[str, Any],
+    base_dir: Path,
+    bad_tables: Sequence[tuple[Mapping[str, Any], str]],
+) -> None:
+    """Each bad table refused with a ConfigError naming its field; a field of the good table
+    given a value of no type any getter accepts (a table) is refused naming that field."""
+    for bad, field in bad_tables:
+        with pytest.raises(ConfigError) as e:
+            component(name, Table(dict(bad), base_dir=base_dir))
+        assert e.value.field == field, f"{bad}: the error names {e.value.field!r}: {e.value}"
+    for key in table:
+        try:
+            component(name, Table({**table, key: {"not": "this"}}, base_dir=base_dir))
+        except ConfigError as e:
+            assert e.field == key, f"a bad {key!r} was reported as field {e.field!r}: {e}"
+        # anything else is a bug in the constructor (and fails the test by itself)
+
+
+class _Contract:
+    """What both contracts share: where the profile is, bad tables, secrets."""
+
+    @pytest.fixture
+    def base_dir(self, tmp_path: Path) -> Path:
+        return tmp_path
+
+    @pytest.fixture
+    def bad_tables(self) -> Sequence[tuple[Mapping[str, Any], str]]:
+        return ()
+
+    @pytest.fixture
+    def secrets(self) -> Sequence[str]:
+        return ()
+
+
+class ApplicationPluginContract(_Contract):
+    """The rules an application plug-in must keep; subclass it with the fixtures above."""
+
+    # -- fixtures the subclass may override ---------------------------------------------
+
+    @pytest.fixture
+    def make_plugin(
+        self, plugin_class: type[ApplicationPlugin], plugin_table: Mapping[str, Any], base_dir: Path
+    ) -> AppFactory:
+        """Build another configured instance (as another freezeframe command would)."""
+        return lambda: plugin_class("contract", Table(dict(plugin_table), base_dir=base_dir))
+
+    @pytest.fixture
+    def plugin(self, make_plugin: AppFactory) -> Iterator[ApplicationPlugin]:
+        app = make_plugin()
+        yield app
+        app.unquiesce(())  # never leave the application quiesced, whatever the test did
+
+    @pytest.fixture
+    def resumed(self) -> Probe | None:
+        return None
+
+    @pytest.fixture
+    def blocker(self) -> Callable[[], AbstractContextManager[Any]] | None:
+        return None
+
+    @pytest.fixture
+    def crash_seconds(self) -> float:
+        return 3.0
+
+    # -- helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _assert_resumed(resumed: Probe | None, after: str) -> None:
+        if resumed is not None:
+            assert wait_until(resumed, RESUME_WITHIN), (
+                f"the application did not resume after {after}"
+            )
+
+    @staticmethod
+    def _quiesce_may_fail(plugin: ApplicationPlugin, deadline: Deadline) -> float:
+        """Quiesce, accepting a FreezeframeError; returns how long it took."""
+        start = time.monotonic()
+        with suppress(FreezeframeError):
+            plugin.quiesce(deadline)
+        return time.monotonic() - start
+
+    # -- the rules ---------------------------------------------------------------------
+
+    def test_check_passes_and_data_paths_are_absolute(self, plugin: ApplicationPlugin) -> None:
+        plugin.check()
+        paths = list(plugin.data_paths())
+        assert all(Path(p).is_absolute() for p in paths), paths
+
+    def test_config_errors_name_the_field(
+        self,
+        plugin_class: type[ApplicationPlugin],
+        plugin_table: Mapping[str, Any],
+        base_dir: Path,
+        bad_tables: Sequence[tuple[Mapping[str, Any], str]],
+    ) -> None:
+        _check_config_errors(plugin_class, "contract", plugin_table, base_dir, bad_tables)
+
+    def test_unquiesce_is_idempotent(
+        self, plugin: ApplicationPlugin, resumed: Probe | None
+    ) -> None:
+        plugin.prepare(frozenset(SnapshotKind))
+        plugin.quiesce(Deadline.after(30))
+        plugin.unquiesce(())
+        plugin.unquiesce(())
+        self._assert_resumed(resumed, "two unquiesces")
+        plugin.quiesce(Deadline.after(30))  # and it can be quiesced again
+        plugin.unquiesce(())
+        self._assert_resumed(resumed, "a second quiesce")
+
+    def test_unquiesce_without_a_quiesce(
+        self, plugin: ApplicationPlugin, resumed: Probe | None
+    ) -> None:
+        """The core unquiesces every prepared application, also when its quiesce never began."""
+        plugin.prepare(frozenset(SnapshotKind))
+        plugin.unquiesce(())
+        self._assert_resumed(resumed, "an unquiesce without a quiesce")
+
+    def test_quiesce_with_an_expired_deadline_returns_and_unquiesce_resumes(
+        self, plugin: ApplicationPlugin, resumed: Probe | None
+    ) -> None:
+        plugin.prepare(frozenset(SnapshotKind))
+        took = self._quiesce_may_fail(plugin, Deadline(time.monotonic() - 1))
+        assert took < GRACE, f"a quiesce with an expired deadline took {took:.1f}s"
+        plugin.unquiesce(())
+        self._assert_resumed(resumed, "a quiesce past its deadline")
+
+    def test_quiesce_honours_the_deadline_when_it_cannot_finish(
+        self,
+        plugin: ApplicationPlugin,
+        resumed: Probe | None,
+        blocker: Callable[[], AbstractContextManager[Any]] | None,
+    ) -> None:
+        if blocker is None:
+            pytest.skip("no blocker fixture: nothing here keeps this quiesce from finishing")
+        plugin.prepare(frozenset(SnapshotKind))
+        with blocker():
+            start = time.monotonic()
+            with pytest.raises(FreezeframeError):
+                plugin.quiesce(Deadline.after(1.0))
+            took = time.monotonic() - start
+            assert took < 1.0 + GRACE, f"a quiesce with a 1 s deadline took {took:.1f}s"
+            plugin.unquiesce(())
+        self._assert_resumed(resumed, "a quiesce that failed")
+
+    def test_interrupt_does_not_block_and_unquiesce_resumes(
+        self,
+        plugin: ApplicationPlugin,
+        resumed: Probe | None,
+        blocker: Callable[[], AbstractContextManager[Any]] | None,
+    ) -> None:
+        """``interrupt`` from another thread, during a quiesce (held back by the blocker
+        when there is one), returns at once; the quiesce ends; unquiesce resumes."""
+        plugin.prepare(frozenset(SnapshotKind))
+        overrides = type(plugin).interrupt is not ApplicationPlugin.interrupt
+        seconds = 20.0 if overrides else 1.0  # the default waits for the deadline
+        with blocker() if blocker is not None else _nothing():
+            quiesce = threading.Thread(
+                target=self._quiesce_may_fail, args=(plugin, Deadline.after(seconds)), daemon=True
+            )
+            quiesce.start()
+            time.sleep(0.2)
+            start = time.monotonic()
+            plugin.interrupt()
+            assert time.monotonic() - start < 1.0, "interrupt() blocked"
+            quiesce.join(seconds + GRACE)
+            assert not quiesce.is_alive(), "the interrupted quiesce did not end"
+        plugin.unquiesce(())
+        self._assert_resumed(resumed, "an interrupted quiesce")
+
+    def test_crash_safety_as_declared(
+        self,
+        plugin_class: type[ApplicationPlugin],
+        plugin_table: Mapping[str, Any],
+        base_dir: Path,
+        plugin: ApplicationPlugin,
+        resumed: Probe | None,
+        crash_seconds: float,
+        secrets: Sequence[str],
+    ) -> None:
+        """A process that quiesced is killed: the application resumes by itself
+        (``process-exit``, ``server-timeout``) or by the watchdog's command (``watchdog``)."""
+        safety = plugin.crash_safety
+        command = plugin.watchdog_thaw_command()
+        if safety == CrashSafety.WATCHDOG:
+            assert command, "crash_safety is WATCHDOG but watchdog_thaw_command() returns none"
+            _no_secret_in("watchdog_thaw_command()", json.dumps(list(command)), secrets)
+        if resumed is None:
+            pytest.skip("no resumed fixture: cannot tell whether the application came back")
+        spec = {**spec_of(plugin_class, "contract", plugin_table, base_dir), "do": "quiesce"}
+        proc, said = start_child({**spec, "seconds": crash_seconds})
+        err = kill_child(proc)
+        assert said == "quiesced", f"the child did not quiesce: {err}"
+        if safety == CrashSafety.WATCHDOG:
+            import subprocess
+
+            assert command is not None
+            subprocess.run(list(command), check=True, timeout=60)
+        within = RESUME_WITHIN + (crash_seconds if safety == CrashSafety.SERVER_TIMEOUT else 0)
+        assert wait_until(resumed, within), f"{safety}: the application stayed quiesced"
+        plugin.unquiesce(())  # after the watchdog thawed it: still no error
+
+    def test_no_secret_in_describe_or_paths(
+        self, plugin: ApplicationPlugin, secrets: Sequence[str]
+    ) -> None:
+        plugin.prepare(frozenset(SnapshotKind))
+        plugin.quiesce(Deadline.after(30))
+        plugin.unquiesce(())
+        described = json.dumps(dict(plugin.describe()))  # JSON-serialisable, too
+        _no_secret_in("describe()", described, secrets)
+        _no_secret_in("data_paths()", repr(list(plugin.data_paths())), secrets)
+        _no_secret_in("watchdog_thaw_command()", repr(plugin.watchdog_thaw_command()), secrets)
+
+
+class _nothing(AbstractContextManager[None]):
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def snapshot_view(view: Path, original: Path = ORIGINAL) -> tuple[Artifact, Path]:
+    """A hand-made snapshot view as a snapshot backend lays one out: the test tree at
+    ``view`` + ``original``. Returns the snapshot's artifact and the tree's image."""
+    image = under(view, original)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    build_tree(image)
+    return Artifact("contract-snapshot", view=view, metadata={"paths": [str(original)]}), image
+
+
+class BackendContract(_Contract):
+    """The rules a backend must keep; subclass it with the fixtures above."""
+
+    # -- fixtures the subclass may override ---------------------------------------------
+
+    @pytest.fixture
+    def backend(
+        self, backend_class: type[Backend], backend_table: Mapping[str, Any], base_dir: Path
+    ) -> Backend:
+        made = backend_class("contract", Table(dict(backend_table), base_dir=base_dir))
+        made.check()
+        return made
+
+    @pytest.fixture
+    def data_root(self, tmp_path: Path) -> Path:
+        return tmp_path / "data"
+
+    @pytest.fixture
+    def leftovers(self, backend: Backend) -> Callable[[], set[str]]:
+        def below_its_folders() -> set[str]:
+            return {str(p) for d in backend.writes_to() if d.is_dir() for p in walk(d)}
+
+        return below_its_folders
+
+    @pytest.fixture
+    def stage_input(
+        self, backend: Backend, data_root: Path, tmp_path: Path
+    ) -> tuple[tuple[Path, ...], Artifact | None, dict[str, Path]]:
+        """``(data_paths, source, {original: where its data is now})`` for a stage."""
+        if backend.role == Role.SNAPSHOT:
+            tree = data_root / "app"
+            tree.parent.mkdir(parents=True, exist_ok=True)
+            build_tree(tree)
+            return (tree,), None, {str(tree): tree}
+        source, image = snapshot_view(tmp_path / "snapshot-view")
+        return (ORIGINAL,), source, {str(ORIGINAL): image}
+
+    # -- helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _context(
+        stage_input: tuple[tuple[Path, ...], Artifact | None, dict[str, Path]], run_id: str = RUN_ID
+    ) -> StageContext:
+        paths, source, _ = stage_input
+        return StageContext(run_id, "contract", "contract", paths, source=source)
+
+    @staticmethod
+    def _run(backend: Backend, context: StageContext) -> Artifact:
+        artifact = backend.run(context)
+        return backend.seal(artifact) if backend.role == Role.SNAPSHOT else artifact
+
+    # -- the rules ---------------------------------------------------------------------
+
+    def test_config_errors_name_the_field(
+        self,
+        backend_class: type[Backend],
+        backend_table: Mapping[str, Any],
+        base_dir: Path,
+        bad_tables: Sequence[tuple[Mapping[str, Any], str]],
+    ) -> None:
+        _check_config_errors(backend_class, "contract", backend_table, base_dir, bad_tables)
+
+    def test_restore_puts_every_file_at_its_original_path(
+        self,
+        backend: Backend,
+        stage_input: tuple[tuple[Path, ...], Artifact | None, dict[str, Path]],
+        tmp_path: Path,
+        secrets: Sequence[str],
+    ) -> None:
+        artifact = self._run(backend, self._context(stage_input))
+        _no_secret_in("the artifact", json.dumps(dict(artifact.metadata)), secrets)
+        _no_secret_in("the artifact", repr(artifact), secrets)
+        note = backend.verify(artifact)
+        assert note is None or isinstance(note, str)
+        target = tmp_path / "restore"
+        target.mkdir()
+        restored = backend.restore(artifact, target)
+        assert restored and all(Path(p).is_relative_to(target) for p in restored), restored
+        for original, data in stage_input[2].items():
+            assert contents(under(target, original)) == contents(data), original
+        backend.delete(artifact)
+
+    def test_delete_of_a_gone_artifact_succeeds(
+        self,
+        backend: Backend,
+        stage_input: tuple[tuple[Path, ...], Artifact | None, dict[str, Path]],
+        leftovers: Callable[[], set[str]],
+    ) -> None:
+        before = leftovers()
+        artifact = self._run(backend, self._context(stage_input))
+        backend.delete(artifact)
+        assert leftovers() == before, "delete left something behind"
+        backend.delete(artifact)  # already gone: not an error
+        assert backend.delete_many([artifact]) == {}
+        with pytest.raises(FreezeframeError):
+            backend.verify(artifact)
+
+    def test_a_cancelled_stage_leaves_nothing(
+        self,
+        backend: Backend,
+        stage_input: tuple[tuple[Path, ...], Artifact | None, dict[str, Path]],
+        leftovers: Callable[[], set[str]],
+    ) -> None:
+        before = leftovers()
+        context = self._context(stage_input)
+        context.on_progress = lambda done_bytes, done_files: context.cancel_event.set()
+        context.cancel_event.set()
+        with pytest.raises(Cancelled):
+            self._run(backend, context)
+        assert leftovers() == before, "a cancelled stage left something behind"
+
+    def test_discard_removes_a_crashed_runs_leftovers(
+        self,
+        backend_class: type[Backend],
+        backend_table: Mapping[str, Any],
+        base_dir: Path,
+        backend: Backend,
+        stage_input: tuple[tuple[Path, ...], Artifact | None, dict[str, Path]],
+        leftovers: Callable[[], set[str]],
+    ) -> None:
+        """A process running the stage is killed at its first progress report; discard
+        then removes whatever it left."""
+        before = leftovers()
+        paths, source, _ = stage_input
+        spec = {
+            **spec_of(backend_class, "contract", backend_table, base_dir),
+            "do": "run",
+            "run_id": RUN_ID,
+            "data_paths": [str(p) for p in paths],
+            "source": None
+            if source is None
+            else {"id": source.id, "view": str(source.view), "metadata": dict(source.metadata)},
+        }
+        proc, said = start_child(spec)
+        err = kill_child(proc)
+        assert said in ("progress", "finished"), f"the stage failed: {err}"
+        backend.discard(RUN_ID)
+        assert leftovers() == before, f"discard left what the crashed run ({said}) made"
+        backend.discard(RUN_ID)  # nothing left: still no error

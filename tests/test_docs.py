@@ -103,6 +103,7 @@ def test_every_plugin_and_backend_package_has_a_page() -> None:
     packages = component_packages()
     assert {g for g, _, _ in packages} == {"plugins", "backends"}
     index = (DOCS / "index.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for group, name, pyproject in packages:
         page = DOCS / group / f"{name}.md"
         assert page.is_file(), f"{group}/{name} has no page {page.relative_to(ROOT)}"
@@ -110,6 +111,7 @@ def test_every_plugin_and_backend_package_has_a_page() -> None:
         project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
         assert f"`{project['name']}`" in text, f"{page.name} does not name {project['name']}"
         assert f"]({group}/{name}.md)" in index, f"docs/index.md does not link {page.name}"
+        assert f"| `{project['name']}` |" in readme, f"README.md's table lacks {project['name']}"
 
 
 def test_relative_links_in_the_docs_resolve() -> None:

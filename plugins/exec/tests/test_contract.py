@@ -19,7 +19,6 @@ from freezeframe_exec import ExecPlugin
 from freezeframe_testing import ApplicationPluginContract
 from freezeframe_testing.plugin import pair_writer, require_tool, wait_until
 
-
 #: ``sh -c`` script: wait while "$1" exists (30 s at most, then fail), then stop pid "$3"
 #: with the kill program "$2".
 WAIT_THEN_STOP = (

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 from freezeframe.plugin import ApplicationPlugin
 from freezeframe_fsfreeze import FsfreezePlugin
 from freezeframe_testing import ApplicationPluginContract
-from freezeframe_testing.plugin import LoopFs, finishes_within, writer_process
+from freezeframe_testing.plugin import LoopFs, finishes_within, require_tool, writer_process
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,24 @@ class TestFsfreezeContract(ApplicationPluginContract):
     def resumed(self, xfs: LoopFs) -> Callable[[], bool]:
         """A new file can be written on the filesystem (a frozen one blocks the writer)."""
         return lambda: finishes_within(writer_process(xfs.mountpoint / "probe.txt"), 2)
+
+    @pytest.fixture
+    def blocker(self, xfs: LoopFs) -> Callable[[], AbstractContextManager[None]]:
+        """Another process has frozen the filesystem (``fsfreeze --freeze``), so the
+        quiesce cannot freeze it: it fails at once (the kernel's EBUSY) rather than waits.
+        Leaving thaws it."""
+        fsfreeze = require_tool("fsfreeze")
+        mount = str(xfs.mountpoint)
+
+        @contextmanager
+        def frozen_by_another() -> Iterator[None]:
+            subprocess.run([fsfreeze, "--freeze", mount], check=True, capture_output=True)
+            try:
+                yield
+            finally:
+                subprocess.run([fsfreeze, "--unfreeze", mount], check=True, capture_output=True)
+
+        return frozen_by_another
 
     @pytest.fixture
     def bad_tables(self, tmp_path: Path) -> Sequence[tuple[Mapping[str, Any], str]]:

@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 import freezeframe_testing.components as comps
-from freezeframe import ConfigError, Deadline, Table
+from freezeframe import ConfigError, Deadline, QuiesceError, Table
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe_fsfreeze import FsfreezePlugin
-from freezeframe_testing.plugin import LoopFs, finishes_within, pairs_restored, writer_process
+from freezeframe_testing.plugin import (
+    LoopFs,
+    finishes_within,
+    pairs_restored,
+    require_tool,
+    writer_process,
+)
 from freezeframe_testing.procs import descendants
 
 
@@ -41,6 +48,29 @@ def test_writes_block_while_frozen_and_complete_after_the_thaw(xfs: LoopFs) -> N
     assert finishes_within(writer, 5)
     assert (xfs.mountpoint / "late.txt").read_text() == "written"
     p.unquiesce(())  # idempotent: thawing a thawed filesystem is not an error
+
+
+def test_a_freeze_held_by_another_process_is_left_to_it(xfs: LoopFs) -> None:
+    """Frozen by someone else: the quiesce fails at once, and unquiesce does not thaw it."""
+    fsfreeze = require_tool("fsfreeze")
+    subprocess.run([fsfreeze, "--freeze", str(xfs.mountpoint)], check=True)
+    try:
+        p = plugin(xfs.mountpoint)
+        p.check()
+        start = time.monotonic()
+        with pytest.raises(QuiesceError, match="already frozen by another process"):
+            p.quiesce(Deadline.after(10))
+        assert time.monotonic() - start < 5
+        p.unquiesce(())
+        writer = writer_process(xfs.mountpoint / "late.txt")
+        assert not finishes_within(writer, 0.5), "unquiesce thawed a freeze it did not make"
+    finally:
+        thawed = subprocess.run([fsfreeze, "--unfreeze", str(xfs.mountpoint)], check=False)
+    assert thawed.returncode == 0, "the other process's freeze was gone"
+    assert finishes_within(writer, 5)
+    p.quiesce(Deadline.after(10))  # and the next quiesce freezes (and thaws) as usual
+    p.unquiesce(())
+    assert finishes_within(writer_process(xfs.mountpoint / "later.txt"), 5)
 
 
 def test_field_errors(tmp_path: Path) -> None:

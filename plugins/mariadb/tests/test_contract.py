@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,23 @@ class TestMariadbContract(ApplicationPluginContract):
     @pytest.fixture
     def resumed(self, server: MariaDB) -> Callable[[], bool]:
         return lambda: writes_within(server, 2)
+
+    @pytest.fixture
+    def blocker(self, server: MariaDB) -> Callable[[], AbstractContextManager[None]]:
+        """Another session holds ``LOCK TABLES shop.t WRITE``: the backup lock
+        (``BACKUP STAGE START``) waits for it to be released."""
+
+        @contextmanager
+        def table_locked() -> Iterator[None]:
+            other = server.connect(autocommit=True)
+            try:
+                with other.cursor() as cur:
+                    cur.execute("LOCK TABLES shop.t WRITE")
+                yield
+            finally:
+                other.close()  # the server releases the session's table locks
+
+        return table_locked
 
     @pytest.fixture
     def kinds(self) -> frozenset[SnapshotKind]:

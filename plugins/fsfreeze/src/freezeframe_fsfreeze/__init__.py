@@ -5,7 +5,9 @@ the filesystem and blocks every new write); unquiesce runs
 ``fsfreeze --unfreeze MOUNT``. A frozen filesystem never thaws by itself, so
 this plug-in declares ``CrashSafety.WATCHDOG``: the core starts its watchdog
 process before the freeze, and the watchdog runs the unfreeze if freezeframe
-dies or the deadline passes.
+dies or the deadline passes. A filesystem already frozen by another process (a
+hypervisor's guest agent, another backup tool) fails the quiesce at once, and
+that freeze is left to its owner: unquiesce does not thaw it.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class FsfreezePlugin(ApplicationPlugin):
         if self.mountpoint == Path("/"):
             raise ConfigError("mountpoint", "refusing to freeze / (freezeframe itself runs there)")
         self._frozen = False
+        self._others = False  # the last quiesce found the filesystem frozen by another
         self._tool = "fsfreeze"
 
     def check(self) -> None:
@@ -74,18 +77,28 @@ class FsfreezePlugin(ApplicationPlugin):
 
     def quiesce(self, deadline: Deadline) -> None:
         """``fsfreeze --freeze``: flushes the filesystem, then blocks every write."""
+        self._others = False
         try:
             run_tool(
                 [self._tool, "--freeze", str(self.mountpoint)],
                 timeout=max(0.1, deadline.remaining()),
             )
         except ToolError as e:
+            if _frozen_by_another(e):  # EBUSY: the kernel refused; nothing of ours to undo
+                self._others = True
+                raise QuiesceError(
+                    f"{self.mountpoint} is already frozen by another process (a hypervisor's "
+                    "guest agent, another backup?): freezeframe leaves that freeze to it"
+                ) from None
             raise QuiesceError(f"{self.mountpoint}: {e}") from None
         self._frozen = True
 
     def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
         """``fsfreeze --unfreeze`` (also after a half-failed freeze: a freeze that timed out
-        may still complete in the kernel)."""
+        may still complete in the kernel), but never a freeze that another process holds."""
+        if self._others:
+            self._others = False
+            return
         try:
             run_tool([self._tool, "--unfreeze", str(self.mountpoint)], timeout=30)
         except ToolError as e:
@@ -100,6 +113,11 @@ class FsfreezePlugin(ApplicationPlugin):
     def describe(self) -> Mapping[str, Any]:
         """The mount and its filesystem type."""
         return {"mountpoint": str(self.mountpoint), "fstype": _fstype(self.mountpoint)}
+
+
+def _frozen_by_another(e: ToolError) -> bool:
+    # FIFREEZE on a filesystem that is already frozen fails with EBUSY.
+    return e.returncode is not None and "Device or resource busy" in e.stderr
 
 
 def _not_frozen(e: ToolError) -> bool:

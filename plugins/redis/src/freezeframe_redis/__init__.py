@@ -215,29 +215,36 @@ class RedisPlugin(ApplicationPlugin):
             # Flagged before it is sent: if the reply is lost, the pause may still be in force.
             self._paused, self._pause_until, self._baseline = True, started + ms / 1000, None
             try:
-                self._server.call("CLIENT", "PAUSE", ms, "WRITE")
-                self._facts["pause_ms"] = ms
-                self._settle_replica(deadline)
-                if layout.aof:
-                    # A per-file copy must not meet a rewrite: run one that is due now.
-                    rewrite = self._auto_rewrite if SnapshotKind.PER_FILE in self._kinds else None
-                    while True:  # a rewrite that started meanwhile would swap the files
-                        self._facts.update(complete_aof(self._server, layout, deadline, rewrite))
-                        self._baseline = window_state(self._server)
-                        if not self._baseline["aof_rewriting"]:
-                            break
-                else:
-                    self._facts.update(save_rdb(self._server, layout, deadline))
-                    self._baseline = window_state(self._server)
-                self._facts["keys"] = self._baseline["keys"]
+                with self._server.bounded(deadline):
+                    self._quiesce(layout, ms, deadline)
             except BaseException as e:
                 try:
-                    self._unpause()
+                    # bounded too: a server too busy to answer ends the pause by itself
+                    with self._server.bounded(deadline):
+                        self._unpause()
                 except Exception as again:
                     log.warning("%s: unpause after a failed quiesce failed: %s", self.name, again)
                 if isinstance(e, ServerError):
                     raise QuiesceError(str(e)) from None
                 raise
+
+    def _quiesce(self, layout: Layout, ms: int, deadline: Deadline) -> None:
+        """The pause, then the files on disk made complete."""
+        self._server.call("CLIENT", "PAUSE", ms, "WRITE")
+        self._facts["pause_ms"] = ms
+        self._settle_replica(deadline)
+        if layout.aof:
+            # A per-file copy must not meet a rewrite: run one that is due now.
+            rewrite = self._auto_rewrite if SnapshotKind.PER_FILE in self._kinds else None
+            while True:  # a rewrite that started meanwhile would swap the files
+                self._facts.update(complete_aof(self._server, layout, deadline, rewrite))
+                self._baseline = window_state(self._server)
+                if not self._baseline["aof_rewriting"]:
+                    break
+        else:
+            self._facts.update(save_rdb(self._server, layout, deadline))
+            self._baseline = window_state(self._server)
+        self._facts["keys"] = self._baseline["keys"]
 
     def _settle_replica(self, deadline: Deadline) -> None:
         """A replica must not be loading a full resync from its master (it replaces everything)."""

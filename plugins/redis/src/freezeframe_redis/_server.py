@@ -7,7 +7,8 @@ that loading the plug-in (``freezeframe --help``) costs nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,6 +26,8 @@ __all__ = ["Endpoint", "Server", "ServerError", "parse_url", "version_tuple"]
 
 #: How long connecting, and any one command, may take.
 COMMAND_TIMEOUT = 10.0
+#: How long past the deadline a command of a :meth:`Server.bounded` block may wait for its reply.
+REPLY_GRACE = 0.5
 #: How often a wait asks the server again (INFO is cheap; Redis notices a finished
 #: child process only every 1/hz s anyway, 100 ms at the default hz 10).
 POLL = 0.01
@@ -138,6 +141,7 @@ class Server:
         self.endpoint = endpoint
         self._secret = secret
         self._client: redis.Redis | None = None
+        self._bounded: tuple[Deadline, redis.Redis] | None = None
 
     def _redact(self, text: str) -> str:
         value = self._secret.reveal() if self._secret is not None else ""
@@ -146,41 +150,85 @@ class Server:
     def client(self) -> redis.Redis:
         """The redis-py client (no command sent yet)."""
         if self._client is None:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-
-            e = self.endpoint
-            self._client = redis.Redis(
-                host=e.host or "localhost",
-                port=e.port,
-                unix_socket_path=e.socket,
-                db=e.db,
-                username=e.username,
-                password=self._secret.reveal() if self._secret is not None else None,
-                socket_timeout=COMMAND_TIMEOUT,
-                socket_connect_timeout=COMMAND_TIMEOUT,
-                # One retry on a broken connection (a restarted server); our waits do the rest.
-                retry=Retry(NoBackoff(), 1),
-                decode_responses=True,
-            )
+            self._client = self._new_client(COMMAND_TIMEOUT)
         return self._client
+
+    def _new_client(self, timeout: float) -> redis.Redis:
+        """A client whose connect, handshake and every reply may take ``timeout`` seconds."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        e = self.endpoint
+        return redis.Redis(
+            host=e.host or "localhost",
+            port=e.port,
+            unix_socket_path=e.socket,
+            db=e.db,
+            username=e.username,
+            password=self._secret.reveal() if self._secret is not None else None,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # One retry on a broken connection (a restarted server); our waits do the rest.
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=True,
+        )
+
+    @contextmanager
+    def bounded(self, deadline: Deadline) -> Iterator[None]:
+        """Within the block, a command whose reply has not come by the deadline (and
+        ``REPLY_GRACE``) fails with reason ``"timeout"``: a busy server (a slow command,
+        ``DEBUG SLEEP``) answers nobody, and the freeze window must not wait for it.
+
+        The block's commands go through a connection of their own, whose connect and
+        login are bounded by what is left of the deadline when the block begins. One
+        block at a time (the plug-in's quiesce, under its lock).
+        """
+        client = self._new_client(max(0.0, deadline.remaining()) + REPLY_GRACE)
+        self._bounded = (deadline, client)
+        try:
+            yield
+        finally:
+            self._bounded = None
+            client.close()
+
+    def _call_by(self, deadline: Deadline, client: redis.Redis, args: tuple[str | int, ...]) -> Any:
+        """``args`` through ``client``, its reply awaited until the deadline (then redis-py's
+        ``TimeoutError``)."""
+        import redis.exceptions as rx
+
+        pool = client.connection_pool
+        conn: Any = pool.get_connection()  # redis-py's connection and parser are untyped
+        parse: Callable[..., Any] = client.parse_response
+        try:
+            conn.send_command(*args)
+            if not conn.can_read(timeout=max(0.0, deadline.remaining()) + REPLY_GRACE):
+                conn.disconnect()  # the late reply must not meet the next command
+                raise rx.TimeoutError("no answer")
+            return parse(conn, args[0])
+        finally:
+            pool.release(conn)
 
     def call(self, *args: str | int) -> Any:
         """Run one command; any failure becomes a :class:`ServerError`."""
         import redis.exceptions as rx
 
         name = " ".join(str(a) for a in args[:2] if isinstance(a, str) and a.isupper())
-        execute: Callable[..., Any] = self.client().execute_command
+        bounded = self._bounded
         try:
-            return execute(*args)
+            if bounded is None:
+                execute: Callable[..., Any] = self.client().execute_command
+                return execute(*args)
+            return self._call_by(*bounded, args)
         except (rx.AuthenticationError, rx.AuthenticationWrongNumberOfArgsError) as e:
             reason, text = "auth", f"authentication failed: {e}"
         except rx.NoPermissionError as e:
             reason, text = "permission", f"{name}: not permitted: {e}"
         except (rx.ConnectionError, rx.TimeoutError, OSError) as e:
             msg = str(e)
-            if "NOAUTH" in msg or "Authentication required" in msg:
+            if bounded is not None and isinstance(e, rx.TimeoutError):
+                reason, text = "timeout", f"{name}: no answer by the deadline (the server is busy)"
+            elif "NOAUTH" in msg or "Authentication required" in msg:
                 reason, text = "auth", "authentication required: set password_env or password_file"
             else:
                 reason, text = "connect", f"cannot reach it: {msg or type(e).__name__}"

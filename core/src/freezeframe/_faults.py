@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 
-__all__ = ["POINTS", "InjectedFault", "point"]
+__all__ = ["CAPTURE_POINTS", "POINTS", "InjectedFault", "point"]
 
 POINTS = (
     "prepare.{app}",
@@ -38,6 +38,10 @@ POINTS = (
     "retention.delete",
     "catalog.save",
 )
+
+#: Reached only by applications whose capture mode completes after the thaw (not walked
+#: by tests/test_fault_injection.py, whose applications capture in snapshot mode).
+CAPTURE_POINTS = ("complete.before.{app}", "complete.after.{app}")
 
 _seen: Counter[str] = Counter()
 _lock = threading.Lock()

@@ -1,8 +1,9 @@
 """A backup run: journal it, prepare and quiesce, run the snapshot stages, thaw (always),
-seal, run the copy stages, make it durable, record it, then release and retain.
+complete the captures and release them (always), seal, run the copy stages, make it
+durable, record it, then release and retain.
 
-The try/finally that thaws is :func:`_stages`; :mod:`freezeframe.freeze` holds the
-protocol it calls.
+The try/finally that thaws is :func:`_window`, the one that releases :func:`_stages`;
+:mod:`freezeframe.freeze` holds the protocol they call.
 """
 
 from __future__ import annotations
@@ -11,15 +12,24 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from freezeframe._faults import point
 from freezeframe.catalog import Catalog, CatalogError
 from freezeframe.components import CrashSafety, Deadline
 from freezeframe.errors import FreezeframeError, Interrupted, one_line
-from freezeframe.freeze import describe_all, prepare_all, quiesce_all, thaw_all
+from freezeframe.freeze import (
+    complete_all,
+    describe_all,
+    prepare_all,
+    quiesce_all,
+    release_all,
+    thaw_all,
+)
 from freezeframe.fsutil import syncfs
 from freezeframe.lock import Owner
 from freezeframe.preflight import check, windowed_stages
+from freezeframe.profile import StageSpec
 from freezeframe.records import RunRecord, RunStatus
 from freezeframe.recovery import discard_run
 from freezeframe.retention import release_and_retain
@@ -94,6 +104,31 @@ def _stages(session: Session, run: Run, signals: Signals, progress: ProgressFact
     windowed = windowed_stages(profile)
     later = [s for s in profile.stages if s not in windowed]
 
+    failure: BaseException | None = None
+    try:
+        paths = _window(session, run, signals, progress, windowed)
+        complete_all(session, run)
+    except BaseException as e:
+        failure = e
+        raise
+    finally:
+        with signals.shield():  # a held read snapshot never outlives the run
+            release_all(session, run, failure)
+    seal_all(session, run, windowed)
+    for stage in later:
+        run_stage(session, run, stage, paths, None, progress)
+
+
+def _window(
+    session: Session,
+    run: Run,
+    signals: Signals,
+    progress: ProgressFactory | None,
+    windowed: list[StageSpec],
+) -> tuple[Path, ...]:
+    """Prepare, quiesce, run the windowed stages, and thaw whatever happened; returns the
+    applications' data paths."""
+    profile = session.profile
     thaw_commands = [
         list(cmd)
         for a in profile.applications
@@ -132,9 +167,7 @@ def _stages(session: Session, run: Run, signals: Signals, progress: ProgressFact
                 elif watchdog is not None:  # our thaw failed: the watchdog tries too
                     watchdog.fire()
             describe_all(session, run)
-    seal_all(session, run, windowed)
-    for stage in later:
-        run_stage(session, run, stage, paths, None, progress)
+    return paths
 
 
 def _make_durable(session: Session) -> None:

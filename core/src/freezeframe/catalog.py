@@ -23,9 +23,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from freezeframe._faults import point
 from freezeframe.catalog_file import (
+    ADDED_COLUMNS,
     CatalogError,
     CatalogReadOnly,
     catalog_error,
+    columns,
     lost_marker,
     open_read_only,
     open_writable,
@@ -76,6 +78,11 @@ class Catalog:
         except sqlite3.DatabaseError as e:
             raise catalog_error(path, e, "open") from None
         self._db, self.history_lost = opened
+        # a read-only catalog made by an older freezeframe lacks the newer columns
+        have = columns(self._db, "applications")
+        self._added = ", ".join(
+            c if c in have else f"NULL AS {c}" for t, c, _ in ADDED_COLUMNS if t == "applications"
+        )
 
     @property
     def lost_marker(self) -> Path:
@@ -137,7 +144,10 @@ class Catalog:
             )
             db.execute("DELETE FROM applications WHERE run_id=?", (run.run_id,))
             db.executemany(
-                "INSERT INTO applications VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO applications(run_id, position, name, plugin, distribution,"
+                " version, mode, quiesce_start, quiesce_end, thaw_start, thaw_end, facts,"
+                " error, capture, complete_start, complete_end)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         run.run_id,
@@ -153,6 +163,9 @@ class Catalog:
                         a.thaw_end,
                         json.dumps(dict(a.facts)),
                         a.error,
+                        a.capture,
+                        a.complete_start,
+                        a.complete_end,
                     )
                     for i, a in enumerate(run.applications)
                 ],
@@ -288,7 +301,8 @@ class Catalog:
         apps = []
         for r in self._db.execute(
             "SELECT name, plugin, distribution, version, mode, quiesce_start, quiesce_end,"
-            " thaw_start, thaw_end, facts, error FROM applications WHERE run_id=?"
+            f" thaw_start, thaw_end, facts, error, {self._added} FROM applications"
+            " WHERE run_id=?"
             " ORDER BY position",
             (run_id,),
         ):
@@ -305,6 +319,9 @@ class Catalog:
                     thaw_end=r[8],
                     facts=json.loads(r[9]),
                     error=r[10],
+                    capture=r[11] or "snapshot",  # runs recorded before modes were
+                    complete_start=r[12],
+                    complete_end=r[13],
                 )
             )
         stages = []

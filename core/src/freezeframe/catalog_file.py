@@ -28,10 +28,12 @@ from freezeframe.fsutil import fsync_dir, sqlite_uri
 from freezeframe.records import iso
 
 __all__ = [
+    "ADDED_COLUMNS",
     "SCHEMA_VERSION",
     "CatalogError",
     "CatalogReadOnly",
     "catalog_error",
+    "columns",
     "lost_marker",
     "open_read_only",
     "open_writable",
@@ -46,7 +48,7 @@ class CatalogReadOnly(CatalogError):
     """A write to a catalog opened read-only (its folder cannot be written)."""
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: applications gained capture, complete_start, complete_end
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, profile TEXT NOT NULL, status TEXT NOT NULL,
@@ -57,7 +59,8 @@ CREATE TABLE IF NOT EXISTS applications (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, position INTEGER NOT NULL,
     name TEXT NOT NULL, plugin TEXT NOT NULL, distribution TEXT NOT NULL, version TEXT NOT NULL,
     mode TEXT NOT NULL, quiesce_start REAL, quiesce_end REAL, thaw_start REAL, thaw_end REAL,
-    facts TEXT NOT NULL, error TEXT, PRIMARY KEY (run_id, name)
+    facts TEXT NOT NULL, error TEXT, capture TEXT, complete_start REAL, complete_end REAL,
+    PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS stages (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, position INTEGER NOT NULL,
@@ -105,6 +108,7 @@ def open_writable(path: Path) -> tuple[sqlite3.Connection, str | None]:
         if problem != "ok":  # refuse before anything is written into it
             where = " ".join(str(problem).replace("*** in database main ***", "").split())
             raise sqlite3.DatabaseError(f"database disk image is malformed ({where})")
+        _add_columns(db)
         db.executescript(_SCHEMA)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
@@ -115,6 +119,27 @@ def open_writable(path: Path) -> tuple[sqlite3.Connection, str | None]:
         if p.exists() and p.stat().st_mode & 0o077:
             p.chmod(0o600)
     return db, history_lost
+
+
+#: Columns added since a table was first made: ``(table, column, type)``. A catalog made
+#: before gets them when opened writable; one opened read-only reads them as NULL.
+ADDED_COLUMNS = (
+    ("applications", "capture", "TEXT"),
+    ("applications", "complete_start", "REAL"),
+    ("applications", "complete_end", "REAL"),
+)
+
+
+def columns(db: sqlite3.Connection, table: str) -> set[str]:
+    """The column names of ``table``."""
+    return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, kind in ADDED_COLUMNS:
+        have = columns(db, table)
+        if have and column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _create(path: Path) -> None:

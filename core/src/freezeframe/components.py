@@ -226,6 +226,21 @@ class ApplicationPlugin(_Component):
     #: (PostgreSQL's backup_label and WAL): then no copy may be made before the thaw,
     #: and the core refuses ``thaw = "after-backup"`` with a per-file snapshot.
     completes_view_on_thaw: ClassVar[bool] = False
+    #: The capture modes this plug-in has, the default first. ``"snapshot"``: the snapshot
+    #: stage copies the application's files while it is quiesced. Any other mode is a
+    #: *capture* that fixes the point in time inside the window and is completed after
+    #: the thaw (:meth:`complete`) into writable snapshot views. The core picks the first
+    #: mode consistent with the profile's stages unless the profile names one
+    #: (``capture = "..."``). A plug-in whose table decides it sets it per instance.
+    capture_modes: tuple[str, ...] = ("snapshot",)
+    #: The mode the profile chose: the core sets it on the instance once the profile is
+    #: loaded, before it calls any other method.
+    capture: str = "snapshot"
+
+    @property
+    def completes(self) -> bool:
+        """Whether the chosen capture mode is completed after the thaw (:meth:`complete`)."""
+        return self.capture != "snapshot"
 
     def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
         """Slow work before the freeze window opens (a checkpoint). Blocks nobody.
@@ -250,9 +265,34 @@ class ApplicationPlugin(_Component):
         taken), so a plug-in can add to a writable view what recovery needs.
         """
 
+    def complete(self, snapshots: Sequence[Artifact]) -> None:
+        """Produce, after the thaw, the data that a capture mode fixed inside the window.
+
+        Called once per run, after ``unquiesce`` and ``describe``, only when
+        :attr:`capture` is not ``"snapshot"`` and the quiesce succeeded. Writes into
+        each snapshot's view, at the application's original paths
+        (:func:`freezeframe.plugin.under`), what a restore must find there, each file
+        whole (a temporary name, then a rename). A failure fails the run, which then
+        deletes the snapshots. Completions of several applications run in parallel.
+        """
+
+    def completed_paths(self) -> Sequence[Path]:
+        """The original absolute paths :meth:`complete` writes into each view; the core adds
+        them to the snapshot's paths, so its seal, the copies and restore read them."""
+        return ()
+
+    def release(self) -> None:
+        """Let go of whatever the capture holds (a read transaction, an exported snapshot).
+
+        Idempotent. The core calls it for every application whose prepare or quiesce
+        began, after :meth:`complete` or on any failure (exception, deadline, signal),
+        always after ``unquiesce``. If freezeframe dies instead, what the capture holds
+        must end with the process (a connection the server or the file lock drops).
+        """
+
     def interrupt(self) -> None:
-        """Make a ``prepare`` or ``quiesce`` under way (or about to begin) give up soon,
-        with an error.
+        """Make a ``prepare``, ``quiesce`` or ``complete`` under way (or about to begin)
+        give up soon, with an error.
 
         The one method the core calls while another method of the same instance
         may be running (the core calls every other method of an instance one at
@@ -300,6 +340,10 @@ class Backend(_Component):
     role: ClassVar[Role]
     #: For snapshot backends: which kind of snapshot this is.
     snapshot_kind: ClassVar[SnapshotKind] = SnapshotKind.PER_FILE
+    #: For snapshot backends: whether the view may be written after the thaw, so that
+    #: applications in a capture mode complete their data into it
+    #: (:meth:`ApplicationPlugin.complete`).
+    takes_completions: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, context: StageContext) -> Artifact:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 __all__ = [
     "BusyError",
     "Cancelled",
+    "CompletionError",
     "ConfigError",
     "FreezeframeError",
     "Interrupted",
@@ -57,6 +58,10 @@ class PluginError(FreezeframeError):
 
 class QuiesceError(FreezeframeError):
     """An application could not be quiesced or unquiesced."""
+
+
+class CompletionError(FreezeframeError):
+    """An application could not complete (or release) what its capture fixed in the window."""
 
 
 class StageError(FreezeframeError):

@@ -1,5 +1,6 @@
 """The freeze protocol: prepare every application, quiesce them in order by one
-deadline, and thaw every one whose prepare or quiesce began, whatever happened.
+deadline, thaw every one whose prepare or quiesce began, whatever happened, then
+complete what a capture mode fixed and release what it holds.
 
 :func:`freezeframe.backup.run_backup` calls :func:`thaw_all` from a ``finally`` with
 signals shielded; nothing here may leave an application frozen.
@@ -9,18 +10,27 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from freezeframe import _ordered
 from freezeframe._faults import point
-from freezeframe.components import Deadline, Role
-from freezeframe.errors import QuiesceError, one_line
-from freezeframe.fsutil import syncfs
+from freezeframe.components import Artifact, Deadline, Role
+from freezeframe.errors import CompletionError, QuiesceError, one_line
+from freezeframe.fsutil import syncfs, under
 from freezeframe.preflight import data_paths, snapshot_kinds
 from freezeframe.running import Run
 from freezeframe.session import Session
 
-__all__ = ["THAW_TIMEOUT", "describe_all", "prepare_all", "quiesce_all", "thaw_all"]
+__all__ = [
+    "THAW_TIMEOUT",
+    "complete_all",
+    "describe_all",
+    "prepare_all",
+    "quiesce_all",
+    "release_all",
+    "thaw_all",
+]
 
 log = logging.getLogger("freezeframe")
 
@@ -134,22 +144,10 @@ def thaw_all(session: Session, run: Run, failure: BaseException | None) -> bool:
     started = run.quiesce
     # Everything whose prepare or quiesce began is thawed, half-failed or not: unquiesce
     # is idempotent. (A crash-consistent fallback was unquiesced when its quiesce failed.)
-    begun = {
-        *(run.prepare.started if run.prepare else ()),
-        *(started.started if started else ()),
-    }
-    names = [
-        a.name
-        for a in profile.applications
-        if a.name in begun and run.mode(a.name) != "crash-consistent"
-    ]
+    names = [n for n in _begun(session, run) if run.mode(n) != "crash-consistent"]
     if not names:
         return True
-    artifacts = tuple(
-        s.artifact
-        for s in run.record.stages
-        if s.role == str(Role.SNAPSHOT) and s.artifact is not None
-    )
+    artifacts = _snapshots(run)
     # Reverse order: an application thaws once every application that waited for it has.
     reverse: dict[str, list[str]] = {n: [] for n in names}
     for a in profile.applications:
@@ -199,6 +197,118 @@ def thaw_all(session: Session, run: Run, failure: BaseException | None) -> bool:
     if problems and failure is None:
         raise QuiesceError("; ".join(problems))
     return not problems
+
+
+def _begun(session: Session, run: Run) -> list[str]:
+    """The applications whose prepare or quiesce began, in profile order."""
+    begun = {
+        *(run.prepare.started if run.prepare else ()),
+        *(run.quiesce.started if run.quiesce else ()),
+    }
+    return [a.name for a in session.profile.applications if a.name in begun]
+
+
+def _snapshots(run: Run) -> tuple[Artifact, ...]:
+    return tuple(
+        s.artifact
+        for s in run.record.stages
+        if s.role == str(Role.SNAPSHOT) and s.artifact is not None
+    )
+
+
+def complete_all(session: Session, run: Run) -> None:
+    """After the thaw, each application quiesced in a mode that completes produces its
+    data into the snapshot views (in parallel); each view then lists those paths, so the
+    seal, the copies and restore read them.
+
+    Raises :class:`CompletionError` naming each application whose completion failed.
+    """
+    names = [
+        a.name
+        for a in session.profile.applications
+        if a.component.completes and run.mode(a.name) == "quiesced"
+    ]
+    if not names:
+        return
+    snapshots = _snapshots(run)
+
+    def complete(name: str) -> None:
+        component = session.app(name).component
+        with session.alone(component):
+            run.app(name, complete_start=time.time())
+            try:
+                point(f"complete.before.{name}")
+                component.complete(snapshots)
+                point(f"complete.after.{name}")
+            finally:
+                run.app(name, complete_end=time.time())
+
+    completing = _ordered.Ordered(
+        names, {}, complete, stop_on_failure=False, thread_name="complete"
+    )
+    run.completion = completing.outcome  # before starting: release_all interrupts these
+    outcome = completing.run(None)
+    run.save()
+    if outcome.failed:
+        raise CompletionError(
+            "; ".join(
+                f"application {n!r}: completion failed: {one_line(e)}"
+                for n, e in outcome.failed.items()
+            )
+        )
+    completed = {n: [str(p) for p in session.app(n).component.completed_paths()] for n in names}
+    for st in run.record.stages:
+        if st.role == str(Role.SNAPSHOT) and st.artifact is not None:
+            run.stage(st.name, artifact=_with_completions(st.artifact, completed))
+    run.save()
+    log.info("completed %s", ", ".join(names))
+
+
+def _with_completions(artifact: Artifact, completed: dict[str, list[str]]) -> Artifact:
+    """``artifact`` listing the paths completed into its view, with their files and bytes."""
+    meta = dict(artifact.metadata)
+    paths = list(meta.get("paths", []))
+    files, size = artifact.files, artifact.bytes
+    assert artifact.view is not None  # a snapshot stage makes a view
+    for path in (p for ps in completed.values() for p in ps):
+        if path in paths:
+            continue
+        paths.append(path)
+        top = under(artifact.view, Path(path))
+        for f in [top, *(top.rglob("*") if top.is_dir() else ())]:
+            if f.is_file() and not f.is_symlink():
+                files += 1
+                size += f.stat().st_size
+    meta["paths"] = paths
+    meta["completed"] = completed
+    return replace(artifact, metadata=meta, files=files, bytes=size)
+
+
+def release_all(session: Session, run: Run, failure: BaseException | None) -> None:
+    """Every application whose prepare or quiesce began lets go of what its capture holds
+    (a completion still running is interrupted first, then waited for).
+
+    Raises :class:`CompletionError` when a release failed and nothing else had
+    (``failure``); otherwise the failure is only recorded.
+    """
+    unfinished = set(run.completion.unfinished) if run.completion is not None else set()
+    problems = []
+    for name in _begun(session, run):
+        component = session.app(name).component
+        if name in unfinished:
+            try:
+                component.interrupt()
+            except Exception as e:
+                log.warning("application %s: interrupt failed: %s", name, one_line(e))
+        try:
+            with session.alone(component, THAW_TIMEOUT):
+                component.release()
+        except Exception as e:
+            problems.append(f"application {name!r}: release failed: {one_line(e)}")
+    for p in problems:
+        run.error("release", p)
+    if problems and failure is None:
+        raise CompletionError("; ".join(problems))
 
 
 def describe_all(session: Session, run: Run) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from freezeframe.components import CrashSafety, Role, SnapshotKind
 from freezeframe.errors import FreezeframeError, one_line
-from freezeframe.profile import Profile, StageSpec
+from freezeframe.profile import ApplicationSpec, Profile, StageSpec
 from freezeframe.registry import Registry
 from freezeframe.session import Session
 
@@ -79,7 +79,13 @@ def pairing_problems(profile: Profile, registry: Registry) -> list[str]:
     for stage in profile.stages:
         for app in profile.applications:
             kind = stage.component.snapshot_kind
-            if stage.role == Role.SNAPSHOT and kind not in app.component.consistent_on:
+            if stage.role != Role.SNAPSHOT:
+                continue
+            if app.component.completes:
+                if not stage.component.takes_completions:
+                    problems.append(_completion_problem(app, stage, registry))
+                continue  # its data is produced into the view, not copied by the snapshot
+            if kind not in app.component.consistent_on:
                 fits = sorted(
                     b.kind
                     for b in registry.backends.values()
@@ -115,6 +121,23 @@ def pairing_problems(profile: Profile, registry: Registry) -> list[str]:
                 "but gives no thaw command (a bug of its plug-in)"
             )
     return problems
+
+
+def _completion_problem(app: ApplicationSpec, stage: StageSpec, registry: Registry) -> str:
+    takers = sorted(
+        b.kind
+        for b in registry.backends.values()
+        if b.cls.role == Role.SNAPSHOT and b.cls.takes_completions
+    )
+    other = [m for m in app.component.capture_modes if m != app.capture]
+    instead = [f"capture = {m!r}" for m in other[:1]]
+    if takers:
+        instead.append(f"a snapshot backend that takes completions ({', '.join(takers)})")
+    return (
+        f"application {app.name!r} ({app.info.kind}) captures {app.capture!r}, completed into "
+        f"the snapshot views after the thaw, but stage {stage.name!r} ({stage.info.kind}) "
+        f"cannot take completions: use {' or '.join(instead) or 'another snapshot backend'}"
+    )
 
 
 def frozen_write_problems(profile: Profile) -> list[str]:
@@ -160,6 +183,7 @@ def plan(session: Session) -> dict[str, Any]:
                 "name": a.name,
                 "plugin": a.info.kind,
                 "on_quiesce_failure": a.on_quiesce_failure,
+                "capture": a.capture,
                 "crash_safety": str(a.component.crash_safety),
             }
             for a in apps

@@ -10,7 +10,7 @@ import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ class ApplicationSpec:
     component: ApplicationPlugin
     after: tuple[str, ...] = ()
     on_quiesce_failure: str = "fail"
+    #: The capture mode (one of the plug-in's ``capture_modes``), chosen by the profile
+    #: or by default the first one consistent with the profile's stages.
+    capture: str = "snapshot"
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class _Loader:
         name, freeze_timeout, thaw, state_dir = self._profile_table(data.get("profile"))
         applications = self._applications(self._array(data, "application"))
         stages = self._stages(self._array(data, "backup"))
+        applications = [self._capture(a, stages) for a in applications]
         if self.problems:
             raise ProfileError(self.problems)
         return Profile(
@@ -255,7 +259,7 @@ class _Loader:
             core = Table(
                 {
                     k: rest.pop(k)
-                    for k in ("after", "on_quiesce_failure", "distribution")
+                    for k in ("after", "on_quiesce_failure", "distribution", "capture")
                     if k in rest
                 },
                 base_dir=self.base_dir,
@@ -264,6 +268,7 @@ class _Loader:
             on_fail: str = self._field(
                 where, "fail", core.get_choice, "on_quiesce_failure", ON_QUIESCE_FAILURE, "fail"
             )
+            capture: str | None = self._field(where, None, core.get_str, "capture", None)
             if name is None or kind is None:
                 continue
             afters[name] = after
@@ -271,10 +276,34 @@ class _Loader:
             if info is None:
                 continue
             component = self._build(where, info, name, Table(rest, base_dir=self.base_dir))
-            if component is not None:
-                specs.append(ApplicationSpec(name, info, component, after, on_fail))
+            if component is None:
+                continue
+            if capture is not None and capture not in component.capture_modes:
+                self.problem(
+                    where,
+                    f'field "capture": {brief(capture)} is not a capture mode of plug-in '
+                    f"{kind!r} (it has: {', '.join(component.capture_modes)})",
+                )
+            else:
+                # "" until the stages are known: _capture() picks the default then
+                spec = ApplicationSpec(name, info, component, after, on_fail, capture or "")
+                specs.append(spec)
         self._check_after(afters)
         return specs
+
+    @staticmethod
+    def _capture(app: ApplicationSpec, stages: Sequence[StageSpec]) -> ApplicationSpec:
+        """``app`` with its capture mode settled and told to its plug-in: the profile's,
+        or the first mode of the plug-in consistent with the stages (a mode that
+        completes needs snapshot views that take completions)."""
+        mode = app.capture
+        if not mode:
+            snapshots = [s for s in stages if s.role == Role.SNAPSHOT]
+            completable = bool(snapshots) and all(s.component.takes_completions for s in snapshots)
+            modes = app.component.capture_modes
+            mode = next((m for m in modes if m == "snapshot" or completable), modes[0])
+        app.component.capture = mode
+        return replace(app, capture=mode)
 
     def _check_after(self, afters: Mapping[str, Sequence[str]]) -> None:
         for name, after in afters.items():

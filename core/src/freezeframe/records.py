@@ -43,6 +43,11 @@ class ApplicationRecord:
     thaw_end: float | None = None
     facts: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
+    #: The capture mode: ``"snapshot"``, or one completed after the thaw (``"logical"``).
+    capture: str = "snapshot"
+    #: When its completion ran (after the thaw), for a mode that completes.
+    complete_start: float | None = None
+    complete_end: float | None = None
 
     @property
     def frozen_ms(self) -> float | None:
@@ -59,11 +64,14 @@ class ApplicationRecord:
             "distribution": self.distribution,
             "version": self.version,
             "mode": self.mode,
+            "capture": self.capture,
             "frozen_ms": self.frozen_ms,
             "quiesce_start": iso(self.quiesce_start),
             "quiesce_end": iso(self.quiesce_end),
             "thaw_start": iso(self.thaw_start),
             "thaw_end": iso(self.thaw_end),
+            "complete_start": iso(self.complete_start),
+            "complete_end": iso(self.complete_end),
             "facts": dict(self.facts),
             "error": self.error,
         }

@@ -65,9 +65,11 @@ class ComponentInfo:
             out["role"] = str(self.cls.role)
             if self.cls.role == Role.SNAPSHOT:
                 out["snapshot_kind"] = str(self.cls.snapshot_kind)
+                out["takes_completions"] = bool(self.cls.takes_completions)
         else:
             out["consistent_on"] = sorted(str(k) for k in self.cls.consistent_on)
             out["crash_safety"] = str(self.cls.crash_safety)
+            out["capture_modes"] = list(self.cls.capture_modes)
         return out
 
 

@@ -38,7 +38,9 @@ def new_record(profile: Profile) -> RunRecord:
         started_at=time.time(),
         thaw=profile.thaw,
         applications=tuple(
-            ApplicationRecord(a.name, a.info.kind, a.info.distribution, a.info.version)
+            ApplicationRecord(
+                a.name, a.info.kind, a.info.distribution, a.info.version, capture=a.capture
+            )
             for a in profile.applications
         ),
         stages=tuple(
@@ -101,6 +103,8 @@ class Run:
         #: Whose prepare and quiesce began (so whom to thaw), and threads still working.
         self.prepare: _ordered.Outcome | None = None
         self.quiesce: _ordered.Outcome | None = None
+        #: Whose completion began (a signal interrupts those still running).
+        self.completion: _ordered.Outcome | None = None
         self.cancel_events: list[threading.Event] = []
         self.workers: list[threading.Thread] = []
         #: Set when the thaw begins: a prepare or quiesce that gets its turn at a plug-in

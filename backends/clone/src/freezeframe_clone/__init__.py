@@ -51,6 +51,7 @@ class CloneBackend(Backend):
     kind = "clone"
     role = Role.SNAPSHOT
     snapshot_kind = SnapshotKind.PER_FILE
+    takes_completions = True  # its view is a writable folder tree
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)

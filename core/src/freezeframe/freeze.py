@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from freezeframe import _ordered
 from freezeframe._faults import point
-from freezeframe.components import Artifact, Deadline, Role
+from freezeframe.components import ApplicationPlugin, Artifact, Deadline, Role
 from freezeframe.errors import CompletionError, QuiesceError, one_line
 from freezeframe.fsutil import syncfs, under
 from freezeframe.preflight import data_paths, snapshot_kinds
@@ -162,18 +163,9 @@ def thaw_all(session: Session, run: Run, failure: BaseException | None) -> bool:
     def thaw(name: str) -> None:
         component = session.app(name).component
         if name in running:
-            try:
-                component.interrupt()
-            except Exception as e:
-                log.warning("application %s: interrupt failed: %s", name, one_line(e))
+            _interrupt(name, component)
         with session.alone(component, THAW_TIMEOUT):
-            run.app(name, thaw_start=time.time())
-            try:
-                point(f"unquiesce.before.{name}")
-                component.unquiesce(artifacts)
-                point(f"unquiesce.after.{name}")
-            finally:
-                run.app(name, thaw_end=time.time())
+            _timed(run, name, "thaw", "unquiesce", lambda: component.unquiesce(artifacts))
 
     outcome = _ordered.run_ordered(
         names, reverse, thaw, timeout=THAW_TIMEOUT, stop_on_failure=False, thread_name="thaw"
@@ -197,6 +189,25 @@ def thaw_all(session: Session, run: Run, failure: BaseException | None) -> bool:
     if problems and failure is None:
         raise QuiesceError("; ".join(problems))
     return not problems
+
+
+def _interrupt(name: str, component: ApplicationPlugin) -> None:
+    try:
+        component.interrupt()
+    except Exception as e:
+        log.warning("application %s: interrupt failed: %s", name, one_line(e))
+
+
+def _timed(run: Run, name: str, field: str, step: str, call: Callable[[], None]) -> None:
+    """``call()`` between the failpoints ``<step>.before/after.<name>``, its start and end
+    recorded as the application's ``<field>_start`` and ``<field>_end``."""
+    run.app(name, **{f"{field}_start": time.time()})
+    try:
+        point(f"{step}.before.{name}")
+        call()
+        point(f"{step}.after.{name}")
+    finally:
+        run.app(name, **{f"{field}_end": time.time()})
 
 
 def _begun(session: Session, run: Run) -> list[str]:
@@ -235,13 +246,7 @@ def complete_all(session: Session, run: Run) -> None:
     def complete(name: str) -> None:
         component = session.app(name).component
         with session.alone(component):
-            run.app(name, complete_start=time.time())
-            try:
-                point(f"complete.before.{name}")
-                component.complete(snapshots)
-                point(f"complete.after.{name}")
-            finally:
-                run.app(name, complete_end=time.time())
+            _timed(run, name, "complete", "complete", lambda: component.complete(snapshots))
 
     completing = _ordered.Ordered(
         names, {}, complete, stop_on_failure=False, thread_name="complete"
@@ -296,10 +301,7 @@ def release_all(session: Session, run: Run, failure: BaseException | None) -> No
     for name in _begun(session, run):
         component = session.app(name).component
         if name in unfinished:
-            try:
-                component.interrupt()
-            except Exception as e:
-                log.warning("application %s: interrupt failed: %s", name, one_line(e))
+            _interrupt(name, component)
         try:
             with session.alone(component, THAW_TIMEOUT):
                 component.release()

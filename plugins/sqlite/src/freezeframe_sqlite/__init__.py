@@ -6,6 +6,12 @@ file from a second connection, so the main file alone is the complete,
 consistent database. Writers wait (their busy timeout) until the thaw rolls
 the empty transaction back. The lock is a POSIX lock of this process: if
 freezeframe dies, the kernel releases it at once.
+
+``capture = "logical"`` (WAL databases only) copies nothing inside the window:
+under the same write lock, a second connection opens a read transaction, whose
+snapshot is then fixed; the thaw releases the writers, and the completion
+copies that snapshot into each view with SQLite's online backup API while
+writers go on. The read transaction ends with ``release`` or with the process.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from freezeframe.plugin import (
     SnapshotKind,
     Table,
     hookimpl,
+    make_parents,
     sqlite_uri,
     under,
     unlink_below,
@@ -44,6 +51,9 @@ class SqlitePlugin(ApplicationPlugin):
     kind = "sqlite"
     consistent_on = frozenset({SnapshotKind.ATOMIC, SnapshotKind.PER_FILE})
     crash_safety = CrashSafety.PROCESS_EXIT
+    # snapshot first: a clone stage that reflinks takes the file in milliseconds, and
+    # which one it does is known only when it runs
+    capture_modes = ("snapshot", "logical")
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
@@ -51,6 +61,7 @@ class SqlitePlugin(ApplicationPlugin):
         if not self.path.is_file():
             raise ConfigError("path", f"{self.path} is not a file")
         self._lock: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None  # logical: the held read snapshot
         self._facts: dict[str, Any] = {}
         # interrupt() comes from another thread: it may touch only these, under _guard,
         # so it never interrupts a connection that is being closed (use after free).
@@ -86,6 +97,12 @@ class SqlitePlugin(ApplicationPlugin):
                 raise FreezeframeError(
                     f"{p}: not readable and writable by this user; taking the write lock needs both"
                 )
+        mode = str(self._facts["journal_mode"]).lower()
+        if self.capture == "logical" and mode != "wal":
+            raise FreezeframeError(
+                f'{self.path}: capture = "logical" needs a database in WAL mode (it is in '
+                f'{mode!r} mode): use capture = "snapshot", or PRAGMA journal_mode=WAL'
+            )
 
     def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
         """Checkpoint the WAL before the window, so the checkpoint inside it is short."""
@@ -93,8 +110,13 @@ class SqlitePlugin(ApplicationPlugin):
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def data_paths(self) -> Sequence[Path]:
-        """The database file (complete once quiesced; the WAL is checkpointed into it)."""
-        return (self.path,)
+        """The database file (complete once quiesced; the WAL is checkpointed into it);
+        nothing in the logical mode, whose completion writes the copy."""
+        return () if self.capture == "logical" else (self.path,)
+
+    def completed_paths(self) -> Sequence[Path]:
+        """The database file, in the logical mode."""
+        return (self.path,) if self.capture == "logical" else ()
 
     def quiesce(self, deadline: Deadline) -> None:
         """Hold the write lock; checkpoint every committed WAL frame into the main file."""
@@ -118,6 +140,9 @@ class SqlitePlugin(ApplicationPlugin):
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
         self._facts["journal_mode"] = mode
         self._facts["page_count"] = db.execute("PRAGMA page_count").fetchone()[0]
+        if self.capture == "logical":
+            self._hold_snapshot(mode)
+            return
         if mode.lower() != "wal":
             return  # rollback journal: the write lock alone keeps the file complete
         # A checkpoint needs no write lock (PASSIVE); a reader on an old snapshot can hold it
@@ -143,6 +168,52 @@ class SqlitePlugin(ApplicationPlugin):
         finally:
             self._close(ck)
 
+    def _hold_snapshot(self, mode: str) -> None:
+        """Open a read transaction while writers are blocked: its snapshot is the capture."""
+        if mode.lower() != "wal":
+            raise QuiesceError(
+                f'{self.path}: capture = "logical" needs WAL mode; the database is in {mode!r}'
+            )
+        reader = self._tracked(self._connect(0, read_only=True))
+        self._reader = reader
+        reader.execute("BEGIN")
+        # the snapshot is fixed by the first read, not by BEGIN
+        reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+    def complete(self, snapshots: Sequence[Artifact]) -> None:
+        """Copy the held snapshot into each view with the online backup API (logical mode)."""
+        reader = self._reader
+        if reader is None:
+            raise FreezeframeError(f"{self.path}: no captured snapshot to complete from")
+
+        def step(status: int, remaining: int, total: int) -> None:
+            self._check_interrupted()
+
+        for view in (s.view for s in snapshots if s.view is not None):
+            dst = make_parents(self.path, view)
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+            try:
+                with closing(sqlite3.connect(tmp, isolation_level=None)) as out:
+                    reader.backup(out, pages=1024, progress=step)
+                for suffix in ("-journal", "-wal", "-shm"):  # never beside the copy
+                    Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+                os.rename(tmp, dst)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        self._facts["completed_pages"] = reader.execute("PRAGMA page_count").fetchone()[0]
+
+    def release(self) -> None:
+        """End the held read transaction (idempotent)."""
+        db, self._reader = self._reader, None
+        try:
+            if db is not None and db.in_transaction:
+                db.execute("ROLLBACK")
+        finally:
+            if db is not None:
+                self._close(db)
+            self._interrupted.clear()
+
     def interrupt(self) -> None:
         """Stop a quiesce under way: ``sqlite3_interrupt`` on its connections, which SQLite
         documents as safe from any thread while the connection is open."""
@@ -152,7 +223,7 @@ class SqlitePlugin(ApplicationPlugin):
                 db.interrupt()
 
     def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
-        """Release the write lock (idempotent)."""
+        """Release the write lock (idempotent); a held read snapshot stays until ``release``."""
         db, self._lock = self._lock, None
         try:
             if db is not None and db.in_transaction:

@@ -27,11 +27,14 @@ from freezeframe.registry import Registry
 from freezeframe_testing.plugin import PairWriter, back_up_pairs
 
 RUNS = 25
+LOGICAL_RUNS = 10
 #: Backups through the mutant before the checks must have rejected one.
 MUTANT_TRIES = 10
 
 
-def profile_text(tmp_path: Path, dbs: tuple[Path, Path], thaw: str, plugin: str) -> str:
+def profile_text(
+    tmp_path: Path, dbs: tuple[Path, Path], thaw: str, plugin: str, capture: str = "snapshot"
+) -> str:
     return f"""
         [profile]
         name = "pair"
@@ -42,11 +45,13 @@ def profile_text(tmp_path: Path, dbs: tuple[Path, Path], thaw: str, plugin: str)
         plugin = "{plugin}"
         name = "a"
         path = "{dbs[0]}"
+        capture = "{capture}"
 
         [[application]]
         plugin = "{plugin}"
         name = "b"
         path = "{dbs[1]}"
+        capture = "{capture}"
 
         [[backup]]
         backend = "clone"
@@ -80,6 +85,34 @@ def test_every_restored_pair_is_consistent_and_complete(
     # The snapshot stage was released after each run (the archive copied it).
     assert not any((tmp_path / "snaps").iterdir())
     assert len(list((tmp_path / "archives").glob("pair-*.tar.zst"))) == RUNS
+
+
+def test_logical_captures_are_one_instant_copied_after_the_thaw(
+    tmp_path: Path, two_dbs: tuple[Path, Path], write_profile, registry: Registry
+) -> None:
+    """capture = "logical": each database's read snapshot is fixed under the group's
+    write block, and the backup API copies it into the clone's view after the thaw."""
+    text = profile_text(tmp_path, two_dbs, "after-snapshot", "sqlite", capture="logical")
+    engine = Engine(load_profile(write_profile(text), registry), registry)
+    with PairWriter(*two_dbs) as writer:
+        checked = back_up_pairs(engine, writer, two_dbs, tmp_path, LOGICAL_RUNS)
+    assert writer.error is None
+
+    assert [(c.run.run_id, c.problems) for c in checked if c.problems] == []
+    assert len(checked) == LOGICAL_RUNS
+    for c in checked:
+        assert c.restored_from == "archive"  # the copy stage read the completed view
+        snap = c.run.stage("snap")
+        assert snap is not None and snap.artifact is not None
+        meta = snap.artifact.metadata
+        # nothing was copied inside the window: the databases reached the view later
+        assert meta["cloned_files"] == meta["copied_files"] == 0
+        assert meta["completed"] == {"a": [str(two_dbs[0])], "b": [str(two_dbs[1])]}
+        for app in c.run.applications:
+            assert app.capture == "logical"
+            assert app.thaw_end is not None and app.complete_start is not None
+            assert app.complete_start >= app.thaw_end  # writers ran on during the copy
+    assert not any((tmp_path / "snaps").iterdir())
 
 
 @pytest.mark.parametrize("thaw", ["after-snapshot", "after-backup"])

@@ -195,14 +195,19 @@ def copy_tree(
 def make_parents(original: Path, dst_root: Path, src_root: Path = Path("/")) -> Path:
     """Create ``dst_root/<parents of original>`` with the modes and owners of the same
     parents under ``src_root`` (the live system, or a view); returns where ``original``
-    itself goes."""
+    itself goes. Several threads may make the same parents at once."""
     rel = original.relative_to(original.anchor)
     cur_src, cur_dst = src_root, dst_root
     dst_root.mkdir(parents=True, exist_ok=True)
     for part in rel.parts[:-1]:
         cur_src, cur_dst = cur_src / part, cur_dst / part
         if not cur_dst.exists():
-            cur_dst.mkdir()
+            try:
+                cur_dst.mkdir()
+            except FileExistsError:  # made meanwhile by a completion running beside us
+                if not cur_dst.is_dir():
+                    raise
+                continue
             copy_metadata(cur_src.stat(), cur_dst)
     return dst_root / rel
 

@@ -363,9 +363,12 @@ def run_cli(
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-def sqlite_clone_profile(folder: Path, db: Path, *, name: str, then: str = "") -> Path:
-    """``folder/profile.toml``: the SQLite database ``db`` (application ``shop``), a clone
-    snapshot stage ``snap`` in ``folder/snaps``, then ``then`` (more TOML: the copy stages).
+def sqlite_clone_profile(
+    folder: Path, db: Path, *, name: str, then: str = "", capture: str | None = None
+) -> Path:
+    """``folder/profile.toml``: the SQLite database ``db`` (application ``shop``, in capture
+    mode ``capture`` if given), a clone snapshot stage ``snap`` in ``folder/snaps``, then
+    ``then`` (more TOML: the copy stages).
 
     Paths are written as TOML strings, so any file name works; state goes in ``folder/state``.
     """
@@ -380,6 +383,7 @@ state_dir = {json.dumps(str(folder / "state"))}
 plugin = "sqlite"
 name = "shop"
 path = {json.dumps(str(db))}
+{f"capture = {json.dumps(capture)}" if capture else ""}
 
 [[backup]]
 backend = "clone"

@@ -1,0 +1,139 @@
+"""``capture = "logical"`` for SQLite, end to end: what a failed completion and a kill
+between the capture and the completion leave, and what ``check`` refuses.
+
+The consistency of logical captures under a live writer is proven in
+tests/test_consistency_sqlite.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from freezeframe import RunStatus
+from freezeframe.engine import Engine
+from freezeframe.profile import load_profile
+from freezeframe.registry import Registry
+from freezeframe_testing.plugin import (
+    make_counter_db,
+    read_counter,
+    restored,
+    run_cli,
+    sqlite_clone_profile,
+    writable_within,
+)
+
+ARCHIVE = """
+[[backup]]
+backend = "archive"
+name = "archive"
+dir = "{dir}"
+"""
+
+
+def bump(db: Path) -> None:
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE counter SET n = n + 1 WHERE id = 1")
+    c.close()
+
+
+def no_snapshot_held(db: Path) -> bool:
+    """Whether every WAL frame can be checkpointed and the WAL truncated to 0 bytes:
+    not so while any reader holds a snapshot that needs one of them."""
+    bump(db)  # a frame that a held snapshot would predate
+    c = sqlite3.connect(db, isolation_level=None)
+    try:
+        busy, _, _ = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy == 0 and Path(f"{db}-wal").stat().st_size == 0
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def logical(tmp_path: Path) -> tuple[Path, Path]:
+    """A WAL counter database and a profile backing it up in logical mode (clone + archive)."""
+    (tmp_path / "data").mkdir()
+    db = make_counter_db(tmp_path / "data" / "shop.db")
+    then = ARCHIVE.format(dir=tmp_path / "archives")
+    return sqlite_clone_profile(tmp_path, db, name="logical", then=then, capture="logical"), db
+
+
+def test_a_logical_backup_restores_the_database(tmp_path: Path, logical) -> None:
+    profile, db = logical
+    bump(db)
+    r = run_cli("backup", profile, "--json")
+    assert r.returncode == 0, r.stderr
+    record = r.json()
+    assert [a["capture"] for a in record["applications"]] == ["logical"]
+    r = run_cli("restore", profile, "latest", "--to", tmp_path / "back", "--verify")
+    assert r.returncode == 0, r.stderr
+    assert read_counter(restored(tmp_path / "back", db)) == 1
+    # the copy was made whole by SQLite: nothing of a journal beside it
+    assert not list((tmp_path / "back").rglob("shop.db-*"))
+    plan = run_cli("plan", profile, "--json").json()
+    assert plan["applications"][0]["capture"] == "logical"
+    assert plan["data_paths"] == []  # nothing for the window to copy
+
+
+def test_a_failed_completion_fails_the_run_and_leaves_nothing(
+    tmp_path: Path, logical, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profile, db = logical
+    monkeypatch.setenv("FREEZEFRAME_FAULT", "raise@complete.after.shop")
+    result = Engine(load_profile(profile, registry), registry).backup()
+    assert result.record.status == RunStatus.FAILED
+    assert "application 'shop': completion failed: InjectedFault" in (result.record.error or "")
+    assert not any((tmp_path / "snaps").iterdir())
+    assert not (tmp_path / "archives").exists() or not any((tmp_path / "archives").iterdir())
+    assert writable_within(db, 1)
+    assert no_snapshot_held(db)
+
+
+def test_sigkill_between_capture_and_completion(tmp_path: Path, logical) -> None:
+    profile, db = logical
+    r = run_cli("backup", profile, env={"FREEZEFRAME_FAULT": "sigkill@complete.before.shop"})
+    assert r.returncode == -9, r.stderr
+    # the write lock and the read snapshot went with the process
+    assert writable_within(db, 1)
+    assert no_snapshot_held(db)
+    listed = run_cli("list", profile, "--json")  # the next command reconciles the run
+    assert listed.returncode == 0, listed.stderr
+    assert [run["status"] for run in listed.json()] == ["failed"]
+    assert not any((tmp_path / "snaps").iterdir())
+
+
+def test_check_refuses_logical_on_a_database_not_in_wal_mode(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    db = make_counter_db(tmp_path / "data" / "shop.db", wal=False)
+    profile = sqlite_clone_profile(tmp_path, db, name="rollback", capture="logical")
+    r = run_cli("check", profile)
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if "WAL" in line]
+    assert len(lines) == 1 and 'use capture = "snapshot"' in lines[0], r.stderr
+
+
+def test_check_refuses_logical_with_a_btrfs_stage(tmp_path: Path, logical) -> None:
+    profile, _ = logical
+    text = profile.read_text().replace('backend = "clone"', 'backend = "btrfs"')
+    profile.write_text(text)
+    r = run_cli("check", profile)
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if "cannot take completions" in line]
+    assert len(lines) == 1, r.stderr
+    assert "stage 'snap' (btrfs)" in lines[0] and "capture = 'snapshot'" in lines[0]
+    assert "(clone)" in lines[0]
+
+
+def test_a_capture_mode_the_plugin_lacks_is_one_line(tmp_path: Path, logical) -> None:
+    profile, _ = logical
+    profile.write_text(profile.read_text().replace('"logical"', '"instant"'))
+    r = run_cli("check", profile)
+    assert r.returncode == 2
+    assert "field \"capture\": 'instant' is not a capture mode of plug-in" in r.stderr
+    assert "(it has: snapshot, logical)" in r.stderr
+    kinds = {c["kind"]: c for c in run_cli("plugins", "--json").json()["components"]}
+    assert kinds["sqlite"]["capture_modes"] == ["snapshot", "logical"]
+    assert kinds["clone"]["takes_completions"] is True
+    assert kinds["btrfs"]["takes_completions"] is False

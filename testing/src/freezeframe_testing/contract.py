@@ -58,6 +58,7 @@ a copy backend reads it through a hand-made snapshot view (:func:`snapshot_view`
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -181,6 +182,8 @@ class ApplicationPluginContract(_Contract):
         yield app
         with suppress(Exception):  # a test that checks unquiesce reports its failure itself
             app.unquiesce(())  # never leave the application quiesced, whatever the test did
+        with suppress(Exception):
+            app.release()
 
     @pytest.fixture
     def resumed(self) -> Probe | None:
@@ -234,6 +237,43 @@ class ApplicationPluginContract(_Contract):
         plugin.quiesce(Deadline.after(30))
         plugin.unquiesce(())
         self._assert_resumed(resumed, "a second quiesce")
+
+    def test_each_capture_mode_completes_and_releases(
+        self,
+        make_plugin: AppFactory,
+        resumed: Probe | None,
+        kinds: frozenset[SnapshotKind],
+        tmp_path: Path,
+    ) -> None:
+        """In each mode that completes after the thaw: ``complete`` writes every
+        ``completed_paths()`` into the view, ``release`` is idempotent, and the application
+        takes writes after it, also when ``release`` comes without ``complete`` (a failed run)."""
+        modes = [m for m in make_plugin().capture_modes if m != "snapshot"]
+        if not modes:
+            pytest.skip("the plug-in has only the snapshot capture mode")
+        for mode in modes:
+            for completing in (True, False):
+                app = make_plugin()
+                app.capture = mode
+                view = tmp_path / f"view-{mode}-{completing}"
+                view.mkdir()
+                try:
+                    app.check()
+                    app.prepare(kinds)
+                    app.quiesce(Deadline.after(30))
+                    app.unquiesce(())
+                    self._assert_resumed(resumed, f"unquiesce, capture {mode!r} held")
+                    if completing:
+                        app.complete((Artifact("contract-snapshot", view=view),))
+                        for original in app.completed_paths():
+                            assert os.path.lexists(under(view, original)), (
+                                f"capture {mode!r}: {original} is not in the view"
+                            )
+                finally:
+                    app.unquiesce(())
+                    app.release()
+                    app.release()
+                self._assert_resumed(resumed, f"release in capture mode {mode!r}")
 
     def test_unquiesce_without_a_quiesce(
         self, plugin: ApplicationPlugin, resumed: Probe | None, kinds: frozenset[SnapshotKind]

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from freezeframe.plugin import hookimpl
 from freezeframe.preflight import pairing_problems, quiesce_levels, windowed_stages
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
+from freezeframe_sqlite import SqlitePlugin
 from freezeframe_testing.plugin import make_counter_db
 
 WriteProfile = Callable[..., Path]
@@ -76,4 +79,66 @@ def test_a_consistent_pairing_has_no_problem(
     text = '[profile]\nname = "p"\n' + sqlite_app(db) + SNAP.format(d=tmp_path)
     text += COPY.format(d=tmp_path)
     profile = load_profile(write_profile(text), registry)
+    assert pairing_problems(profile, registry) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "thaw", "refused"),
+    [
+        ("", "after-snapshot", None),
+        ("", "after-backup", 'use thaw = "after-snapshot" or capture = "snapshot"'),
+        ('on_quiesce_failure = "crash-consistent"\n', "after-snapshot", "nothing to complete"),
+    ],
+)
+def test_a_completing_capture_is_refused_where_copies_or_a_fallback_would_miss_it(
+    write_profile: WriteProfile,
+    registry: Registry,
+    db: Path,
+    tmp_path: Path,
+    extra: str,
+    thaw: str,
+    refused: str | None,
+) -> None:
+    app = sqlite_app(db) + 'capture = "logical"\n' + extra
+    text = f'[profile]\nname = "p"\nthaw = "{thaw}"\n' + app
+    profile = load_profile(write_profile(text + SNAP.format(d=tmp_path)), registry)
+    assert profile.applications[0].capture == "logical"
+    assert profile.applications[0].component.capture == "logical"
+    problems = pairing_problems(profile, registry)
+    if refused is None:
+        assert problems == []
+    else:
+        (problem,) = problems
+        assert problem.startswith("application 'orders' (sqlite) captures 'logical'")
+        assert refused in problem
+
+
+class LogicalFirst(SqlitePlugin):
+    """SQLite with its logical mode listed first (the default where it is consistent)."""
+
+    kind = "sqlite-logical-first"
+    capture_modes = ("logical", "snapshot")
+
+
+class LogicalFirstPlugin:
+    @staticmethod
+    @hookimpl
+    def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
+        register(LogicalFirst)
+
+
+@pytest.mark.parametrize(("backend", "default"), [("clone", "logical"), ("btrfs", "snapshot")])
+def test_without_capture_the_first_mode_consistent_with_the_stages_is_taken(
+    write_profile: WriteProfile,
+    registry_with: Callable[..., Registry],
+    db: Path,
+    tmp_path: Path,
+    backend: str,
+    default: str,
+) -> None:
+    registry = registry_with(LogicalFirstPlugin())
+    app = sqlite_app(db).replace('"sqlite"', '"sqlite-logical-first"')
+    snap = SNAP.format(d=tmp_path).replace('"clone"', f'"{backend}"')
+    profile = load_profile(write_profile('[profile]\nname = "p"\n' + app + snap), registry)
+    assert profile.applications[0].capture == default
     assert pairing_problems(profile, registry) == []

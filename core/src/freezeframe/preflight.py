@@ -73,7 +73,8 @@ def check(session: Session) -> list[str]:
 
 def pairing_problems(profile: Profile, registry: Registry) -> list[str]:
     """The profile's rules that need no component to answer: each application consistent
-    on each snapshot, no write to a frozen filesystem, a thaw that completes per-file
+    on each snapshot (or, in a capture mode that completes, snapshots that take
+    completions), no write to a frozen filesystem, a thaw or a completion that finishes
     views not moved after copies, a thaw command for what only the watchdog can thaw."""
     problems = []
     for stage in profile.stages:
@@ -113,6 +114,21 @@ def pairing_problems(profile: Profile, registry: Registry) -> list[str]:
                     f"snapshots (stage {per_file[0]!r}) when it thaws, so copies cannot "
                     'be made before the thaw: use thaw = "after-snapshot"'
                 )
+    for app in profile.applications:
+        if not app.component.completes:
+            continue
+        if profile.thaw == "after-backup":
+            problems.append(
+                f"application {app.name!r} ({app.info.kind}) captures {app.capture!r}, "
+                "completed after the thaw, so copies cannot be made before it: use "
+                'thaw = "after-snapshot" or capture = "snapshot"'
+            )
+        if app.on_quiesce_failure == "crash-consistent":
+            problems.append(
+                f"application {app.name!r} ({app.info.kind}) captures {app.capture!r}: a "
+                'failed capture has nothing to complete, so on_quiesce_failure = "crash-'
+                'consistent" needs capture = "snapshot"'
+            )
     for app in profile.applications:
         c = app.component
         if c.crash_safety == CrashSafety.WATCHDOG and not c.watchdog_thaw_command():

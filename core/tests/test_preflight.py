@@ -82,23 +82,22 @@ def test_a_consistent_pairing_has_no_problem(
     assert pairing_problems(profile, registry) == []
 
 
-@pytest.mark.parametrize(
-    ("extra", "thaw", "refused"),
-    [
-        ("", "after-snapshot", None),
-        ("", "after-backup", 'use thaw = "after-snapshot" or capture = "snapshot"'),
-        ('on_quiesce_failure = "crash-consistent"\n', "after-snapshot", "nothing to complete"),
-    ],
-)
+COMPLETING_CASES = [
+    ("", "after-snapshot", None),
+    ("", "after-backup", 'use thaw = "after-snapshot" or capture = "snapshot"'),
+    ('on_quiesce_failure = "crash-consistent"\n', "after-snapshot", "nothing to complete"),
+]
+
+
+@pytest.mark.parametrize("case", COMPLETING_CASES)
 def test_a_completing_capture_is_refused_where_copies_or_a_fallback_would_miss_it(
     write_profile: WriteProfile,
     registry: Registry,
     db: Path,
     tmp_path: Path,
-    extra: str,
-    thaw: str,
-    refused: str | None,
+    case: tuple[str, str, str | None],
 ) -> None:
+    extra, thaw, refused = case
     app = sqlite_app(db) + 'capture = "logical"\n' + extra
     text = f'[profile]\nname = "p"\nthaw = "{thaw}"\n' + app
     profile = load_profile(write_profile(text + SNAP.format(d=tmp_path)), registry)

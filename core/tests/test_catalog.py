@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -245,6 +246,40 @@ def test_a_catalog_from_a_newer_freezeframe_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(FreezeframeError, match="catalog schema 99 is newer"):
         Catalog(path)
+
+
+def test_a_catalog_of_schema_1_is_read_as_it_is_and_upgraded_when_written(
+    tmp_path: Path,
+) -> None:
+    """Schema 1 had no capture or completion columns: its runs read as "snapshot"."""
+    path = tmp_path / "catalog.db"
+    with Catalog(path) as cat:
+        cat.save(a_run("r1", T0))
+    with sqlite3.connect(path) as db:  # back to what schema 1 was
+        for column in ("capture", "complete_start", "complete_end"):
+            db.execute(f"ALTER TABLE applications DROP COLUMN {column}")
+        db.execute("PRAGMA user_version=1")
+    db.close()
+    with Catalog(path, read_only=True) as cat:
+        old = cat.get("r1")
+    assert old is not None and [a.capture for a in old.applications] == ["snapshot"] * 2
+    logical = ApplicationRecord(
+        "orders",
+        "sqlite",
+        "freezeframe-sqlite",
+        "0.1.0",
+        capture="logical",
+        complete_start=T0 + 1,
+        complete_end=T0 + 2,
+    )
+    with Catalog(path) as cat:
+        cat.save(replace(a_run("r2", T0 + 10), applications=(logical,)))
+        new = cat.get("r2")
+        assert cat.get("r1") == old
+    assert new is not None and new.applications == (logical,)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
 
 
 # -- read-only, damaged, truncated ----------------------------------------------------

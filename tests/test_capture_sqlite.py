@@ -14,6 +14,7 @@ import pytest
 
 from freezeframe import RunStatus
 from freezeframe.engine import Engine
+from freezeframe.plugin import under
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe_testing.plugin import (
@@ -75,6 +76,22 @@ def test_a_logical_backup_restores_the_database(tmp_path: Path, logical) -> None
     plan = run_cli("plan", profile, "--json").json()
     assert plan["applications"][0]["capture"] == "logical"
     assert plan["data_paths"] == []  # nothing for the window to copy
+
+
+def test_a_kept_logical_snapshot_is_sealed_with_its_copy_and_verifies(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    db = make_counter_db(tmp_path / "data" / "shop.db")
+    profile = sqlite_clone_profile(tmp_path, db, name="kept", capture="logical")
+    r = run_cli("backup", profile, "--json")
+    assert r.returncode == 0, r.stderr
+    (snap,) = r.json()["stages"]
+    assert snap["metadata"]["paths"] == [str(db)] and snap["files"] == 1
+    view = Path(snap["view"])
+    assert sorted(p.name for p in under(view, db).parent.iterdir()) == ["shop.db"]
+    assert run_cli("verify", profile).returncode == 0
+    under(view, db).write_bytes(under(view, db).read_bytes()[:-1] + b"x")
+    r = run_cli("verify", profile)  # the seal covered the completed copy
+    assert r.returncode == 1 and "shop.db changed" in r.stderr, r.stderr
 
 
 def test_a_failed_completion_fails_the_run_and_leaves_nothing(

@@ -201,7 +201,6 @@ class SqlitePlugin(ApplicationPlugin):
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-        self._facts["completed_pages"] = reader.execute("PRAGMA page_count").fetchone()[0]
 
     def release(self) -> None:
         """End the held read transaction (idempotent)."""

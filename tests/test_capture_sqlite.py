@@ -7,6 +7,7 @@ tests/test_consistency_sqlite.py.
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -106,6 +107,20 @@ def test_a_failed_completion_fails_the_run_and_leaves_nothing(
     assert not (tmp_path / "archives").exists() or not any((tmp_path / "archives").iterdir())
     assert writable_within(db, 1)
     assert no_snapshot_held(db)
+
+
+def test_sigterm_during_the_completion_releases_the_snapshot_before_the_run_ends(
+    tmp_path: Path, logical, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In this very process, so the snapshot is seen released by freezeframe itself, not
+    by the end of its process."""
+    profile, db = logical
+    monkeypatch.setenv("FREEZEFRAME_FAULT", "sigterm@complete.before.shop")
+    result = Engine(load_profile(profile, registry), registry).backup()
+    assert result.interrupted_by == signal.SIGTERM
+    assert result.record.status == RunStatus.FAILED
+    assert no_snapshot_held(db)
+    assert not any((tmp_path / "snaps").iterdir())
 
 
 def test_sigkill_between_capture_and_completion(tmp_path: Path, logical) -> None:

@@ -80,6 +80,8 @@ def print_run(run: RunRecord, *, detail: bool = False) -> None:
     for a in run.applications:
         frozen = "not frozen" if a.quiesce_start is None else f"frozen {_frozen([a])} ms"
         line = f"  application {a.name:<16} {a.plugin:<12} {a.mode:<16} {frozen}"
+        if a.capture != "snapshot":
+            line += f"  [capture {a.capture}]"
         print(line + (f"  ({a.error})" if a.error else ""))
         if detail and a.facts:
             for k, v in a.facts.items():
@@ -134,6 +136,9 @@ def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:
             if s["in_freeze_window"]:
                 print(f"4. stage {s['name']} ({s['backend']}, {s['role']}) while frozen")
         print("5. unquiesce every application (reverse order)")
+        for a in plan["applications"]:
+            if a["capture"] != "snapshot":
+                print(f"5b. complete {a['name']} (capture {a['capture']}) into the views")
         for s in plan["stages"]:
             if not s["in_freeze_window"]:
                 print(f"6. stage {s['name']} ({s['backend']}) from the view of {s['source']}")

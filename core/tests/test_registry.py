@@ -118,6 +118,13 @@ class NoKindApp(EchoApp):
     kind = ""
 
 
+class NoModesApp(EchoApp):
+    """Lists no capture mode at all."""
+
+    kind = "ff-no-modes"
+    capture_modes = ()
+
+
 class NoRoleBackend(Backend):
     """Forgot its role."""
 
@@ -331,6 +338,7 @@ def test_registration_hook_that_raises_is_broken_and_others_still_load(
         ([], [EchoApp], "EchoApp", "not a subclass of freezeframe.Backend"),
         (["sqlite"], [], "?", "not a subclass"),
         ([NoKindApp], [], "NoKindApp", "has no kind name"),
+        ([NoModesApp], [], "NoModesApp", "capture_modes must be a non-empty tuple"),
         ([], [NoRoleBackend], "NoRoleBackend", "has no role"),
         (
             [],

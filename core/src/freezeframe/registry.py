@@ -342,6 +342,11 @@ def _class_problem(cls: Any, base: type[Any], ctype: ComponentType) -> str | Non
         )
     if ctype == "backend" and getattr(cls, "role", None) not in tuple(Role):
         return f"{cls.__name__} has no role (snapshot or copy)"
+    modes = getattr(cls, "capture_modes", ())
+    if ctype == "application" and (
+        not isinstance(modes, tuple) or not modes or not all(isinstance(m, str) for m in modes)
+    ):
+        return f"{cls.__name__}: capture_modes must be a non-empty tuple of mode names"
     missing = sorted(getattr(cls, "__abstractmethods__", ()))
     if missing:
         return f"{cls.__name__}: abstract methods not implemented: {', '.join(missing)}"

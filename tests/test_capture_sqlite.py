@@ -149,18 +149,6 @@ def test_check_refuses_logical_on_a_database_not_in_wal_mode(tmp_path: Path) -> 
     assert len(lines) == 1 and 'use capture = "snapshot"' in lines[0], r.stderr
 
 
-def test_check_refuses_logical_with_a_btrfs_stage(tmp_path: Path, logical) -> None:
-    profile, _ = logical
-    text = profile.read_text().replace('backend = "clone"', 'backend = "btrfs"')
-    profile.write_text(text)
-    r = run_cli("check", profile)
-    assert r.returncode != 0
-    lines = [line for line in r.stderr.splitlines() if "cannot take completions" in line]
-    assert len(lines) == 1, r.stderr
-    assert "stage 'snap' (btrfs)" in lines[0] and "capture = 'snapshot'" in lines[0]
-    assert "(clone)" in lines[0]
-
-
 def test_a_capture_mode_the_plugin_lacks_is_one_line(tmp_path: Path, logical) -> None:
     profile, _ = logical
     profile.write_text(profile.read_text().replace('"logical"', '"instant"'))
@@ -171,4 +159,4 @@ def test_a_capture_mode_the_plugin_lacks_is_one_line(tmp_path: Path, logical) ->
     kinds = {c["kind"]: c for c in run_cli("plugins", "--json").json()["components"]}
     assert kinds["sqlite"]["capture_modes"] == ["snapshot", "logical"]
     assert kinds["clone"]["takes_completions"] is True
-    assert kinds["btrfs"]["takes_completions"] is False
+    assert kinds["btrfs"]["takes_completions"] is True

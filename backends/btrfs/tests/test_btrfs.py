@@ -379,7 +379,7 @@ def test_verify_fails_on_a_snapshot_made_writable(
 ) -> None:
     backend, art = two_snapshots
     btrfs("property", "set", "-ts", snaps / "r1" / "two", "ro", "false")
-    with pytest.raises(FreezeframeError, match=r"r1/two is not read-only"):
+    with pytest.raises(FreezeframeError, match=r"r1/two is not sealed read-only"):
         backend.verify(art)
 
 
@@ -482,7 +482,7 @@ def test_a_tampered_snapshot_is_not_followed_out_of_the_target(
     (snap / "orders.db").unlink()
     (snap / "orders.db").symlink_to(outside / "victim")
 
-    with pytest.raises(FreezeframeError, match="not read-only"):  # asked: verified first
+    with pytest.raises(FreezeframeError, match="not sealed read-only"):  # asked: verified first
         backend.restore(art, tmp_path / "asked", options=RestoreOptions(preserve_special=True))
     backend.restore(art, tmp_path / "restore")
 

@@ -5,9 +5,8 @@ over, so at every instant ``A - B`` is 0 or 1. Each backup is a read-only
 btrfs snapshot (or, with ``capture = "logical"``, a writable one that the
 databases' copies complete and the seal makes read-only), archived, then
 released; each archive is restored and must hold a pair from one instant,
-with nothing committed before the backup lost, taken while the writer was held
-off
-(:func:`freezeframe_testing.plugin.pair_problems`).
+with nothing committed before the backup lost, taken while the writer was
+held off (:func:`freezeframe_testing.plugin.pair_problems`).
 
 The negative control backs up through a plug-in that releases SQLite's lock
 before the snapshot (freezeframe_testing.mutants): the same checks must

@@ -59,3 +59,26 @@ def test_a_dangling_symlink_is_an_image_that_exists(tmp_path: Path) -> None:
     (tmp_path / "srv" / "current").symlink_to("release-that-is-gone")
     art = Artifact("s", view=tmp_path, metadata={"paths": ["/srv/current"]})
     assert art.outer_roots() == [(Path("/srv/current"), tmp_path / "srv" / "current")]
+
+
+def test_completed_paths_join_the_view_once_each(tmp_path: Path) -> None:
+    """A completed path is listed (with its files and bytes) unless it is inside a path
+    the snapshot already holds (PostgreSQL's backup_label and pg_wal in its data
+    directory): a restore then copies each tree once."""
+    from freezeframe.freeze import _with_completions
+
+    data = tmp_path / "srv" / "pg" / "data"
+    (data / "pg_wal").mkdir(parents=True)
+    (data / "backup_label").write_text("START WAL LOCATION: 0/2000028\n")
+    dump = tmp_path / "srv" / "dumps" / "shop.sql"
+    dump.parent.mkdir(parents=True)
+    dump.write_text("-- 12 bytes\n")
+    art = Artifact("s", view=tmp_path, files=7, bytes=70, metadata={"paths": ["/srv/pg/data"]})
+    completed = {
+        "pg": ["/srv/pg/data/backup_label", "/srv/pg/data/pg_wal"],
+        "shop": ["/srv/dumps/shop.sql"],
+    }
+    done = _with_completions(art, completed)
+    assert done.metadata["paths"] == ["/srv/pg/data", "/srv/dumps/shop.sql"]
+    assert done.metadata["completed"] == completed
+    assert (done.files, done.bytes) == (8, 82)

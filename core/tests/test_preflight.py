@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from freezeframe.plugin import hookimpl
+from freezeframe.plugin import SnapshotKind, hookimpl
 from freezeframe.preflight import pairing_problems, quiesce_levels, windowed_stages
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
@@ -120,6 +120,14 @@ class LogicalFirst(SqlitePlugin):
     capture_modes = ("logical", "snapshot")
 
 
+class CompletesPerFile(SqlitePlugin):
+    """SQLite whose "snapshot" mode is consistent on atomic snapshots only, with a mode
+    that completes any view (as PostgreSQL's "base-backup")."""
+
+    kind = "sqlite-completes-per-file"
+    consistent_on = frozenset({SnapshotKind.ATOMIC})
+
+
 class NoCompletions(CloneBackend):
     """A snapshot backend whose views cannot be written after the thaw."""
 
@@ -132,6 +140,7 @@ class ExtraComponents:
     @hookimpl
     def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
         register(LogicalFirst)
+        register(CompletesPerFile)
 
     @staticmethod
     @hookimpl
@@ -139,24 +148,57 @@ class ExtraComponents:
         register(NoCompletions)
 
 
-@pytest.mark.parametrize(
-    ("backend", "default"),
-    [("clone", "logical"), ("btrfs", "logical"), ("clone-no-completions", "snapshot")],
-)
+DEFAULT_MODES = [
+    # "logical" listed first: taken wherever the views take completions
+    ("sqlite-logical-first", "clone", "logical"),
+    ("sqlite-logical-first", "btrfs", "logical"),
+    ("sqlite-logical-first", "clone-no-completions", "snapshot"),
+    # "snapshot" listed first but consistent on atomic snapshots only (as PostgreSQL's):
+    # passed over on a per-file one for the mode that completes; where neither fits,
+    # check names the backend that does
+    ("sqlite-completes-per-file", "clone", "logical"),
+    ("sqlite-completes-per-file", "btrfs", "snapshot"),
+    ("sqlite-completes-per-file", "clone-no-completions", "snapshot"),
+]
+
+
+@pytest.mark.parametrize(("plugin", "backend", "default"), DEFAULT_MODES)
 def test_without_capture_the_first_mode_consistent_with_the_stages_is_taken(
     write_profile: WriteProfile,
     registry_with: Callable[..., Registry],
     db: Path,
     tmp_path: Path,
+    plugin: str,
     backend: str,
     default: str,
 ) -> None:
     registry = registry_with(ExtraComponents())
-    app = sqlite_app(db).replace('"sqlite"', '"sqlite-logical-first"')
+    app = sqlite_app(db).replace('"sqlite"', f'"{plugin}"')
     snap = SNAP.format(d=tmp_path).replace('"clone"', f'"{backend}"')
     profile = load_profile(write_profile('[profile]\nname = "p"\n' + app + snap), registry)
     assert profile.applications[0].capture == default
-    assert pairing_problems(profile, registry) == []
+    problems = pairing_problems(profile, registry)
+    if plugin == "sqlite-logical-first" or backend != "clone-no-completions":
+        assert problems == []
+    else:
+        (problem,) = problems
+        assert "is not consistent on per-file snapshots" in problem
+        assert "use a snapshot backend that is atomic (btrfs)" in problem
+        assert "capture = 'logical'" not in problem  # this stage cannot take it either
+
+
+def test_a_snapshot_mode_refused_on_a_stage_that_takes_completions_names_the_other_mode(
+    write_profile: WriteProfile, registry_with: Callable[..., Registry], db: Path, tmp_path: Path
+) -> None:
+    registry = registry_with(ExtraComponents())
+    app = sqlite_app(db).replace('"sqlite"', '"sqlite-completes-per-file"')
+    app += 'capture = "snapshot"\n'
+    profile = load_profile(
+        write_profile('[profile]\nname = "p"\n' + app + SNAP.format(d=tmp_path)), registry
+    )
+    (problem,) = pairing_problems(profile, registry)
+    assert "is not consistent on per-file snapshots such as stage 'snap' (clone)" in problem
+    assert "use capture = 'logical' or a snapshot backend that is atomic" in problem
 
 
 def test_a_completing_capture_on_a_stage_that_cannot_take_completions_is_refused(

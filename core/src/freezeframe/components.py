@@ -234,10 +234,6 @@ class ApplicationPlugin(_Component):
     consistent_on: frozenset[SnapshotKind] = frozenset(SnapshotKind)
     #: What ends the quiesce if freezeframe dies (documented on the plug-in's page).
     crash_safety: ClassVar[CrashSafety] = CrashSafety.PROCESS_EXIT
-    #: Whether ``unquiesce`` adds to per-file snapshot views what recovery needs
-    #: (PostgreSQL's backup_label and WAL): then no copy may be made before the thaw,
-    #: and the core refuses ``thaw = "after-backup"`` with a per-file snapshot.
-    completes_view_on_thaw: ClassVar[bool] = False
     #: The capture modes this plug-in has, the default first. ``"snapshot"``: the snapshot
     #: stage copies the application's files while it is quiesced. Any other mode is a
     #: *capture* that fixes the point in time inside the window and is completed after
@@ -274,13 +270,15 @@ class ApplicationPlugin(_Component):
         """Let the application go on. Idempotent; safe after a quiesce that half-failed.
 
         ``snapshots`` are the snapshot stages' artifacts (empty when none was
-        taken), so a plug-in can add to a writable view what recovery needs.
+        taken). What a view still needs after the thaw (PostgreSQL's backup_label
+        and WAL) is written by :meth:`complete`, in a capture mode that completes.
         """
 
     def complete(self, snapshots: Sequence[Artifact]) -> None:
         """Produce, after the thaw, the data that a capture mode fixed inside the window.
 
-        Called once per run, after ``unquiesce`` and ``describe``, only when
+        Called once per run, after ``unquiesce`` and ``describe`` (which the core calls
+        again once every completion succeeded, so facts found here are recorded), only when
         :attr:`capture` is not ``"snapshot"`` and the quiesce succeeded. Writes into
         each snapshot's view, at the image of each original path
         (``snapshot.image(path)``: :meth:`Artifact.image`), what a restore must find

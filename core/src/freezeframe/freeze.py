@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -265,7 +265,7 @@ def complete_all(session: Session, run: Run) -> None:
     for st in run.record.stages:
         if st.role == str(Role.SNAPSHOT) and st.artifact is not None:
             run.stage(st.name, artifact=_with_completions(st.artifact, completed))
-    run.save()
+    describe_all(session, run, names)  # what the completion found (WAL copied, sizes)
     log.info("completed %s", ", ".join(names))
 
 
@@ -276,8 +276,8 @@ def _with_completions(artifact: Artifact, completed: dict[str, list[str]]) -> Ar
     files, size = artifact.files, artifact.bytes
     assert artifact.view is not None  # a snapshot stage makes a view
     for path in (p for ps in completed.values() for p in ps):
-        if path in paths:
-            continue
+        if any(Path(path).is_relative_to(p) for p in paths):
+            continue  # inside a path the snapshot holds (pg_wal): restored with it
         paths.append(path)
         top = artifact.image(path)
         for f in [top, *(top.rglob("*") if top.is_dir() else ())]:
@@ -313,9 +313,12 @@ def release_all(session: Session, run: Run, failure: BaseException | None) -> No
         raise CompletionError("; ".join(problems))
 
 
-def describe_all(session: Session, run: Run) -> None:
-    """Record each application's facts (version, LSN, binlog position) once thawed."""
+def describe_all(session: Session, run: Run, names: Sequence[str] | None = None) -> None:
+    """Record each application's facts (version, LSN, binlog position) once thawed, and
+    those of ``names`` again once completed."""
     for a in session.profile.applications:
+        if names is not None and a.name not in names:
+            continue
         try:
             with session.alone(a.component, THAW_TIMEOUT):
                 facts = dict(a.component.describe())

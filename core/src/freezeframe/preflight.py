@@ -106,26 +106,19 @@ def pairing_problems(profile: Profile, registry: Registry) -> list[str]:
                     and b.cls.snapshot_kind in app.component.consistent_on
                 )
                 wanted = " or ".join(sorted(str(k) for k in app.component.consistent_on))
+                completing = [m for m in app.component.capture_modes if m != "snapshot"]
+                instead = (
+                    f"capture = {completing[0]!r} or "
+                    if completing and stage.component.takes_completions
+                    else ""
+                )
                 problems.append(
                     f"application {app.name!r} ({app.info.kind}) is not consistent on {kind} "
-                    f"snapshots such as stage {stage.name!r} ({stage.info.kind}); use a "
-                    f"snapshot backend that is {wanted}"
+                    f"snapshots such as stage {stage.name!r} ({stage.info.kind}); use "
+                    f"{instead}a snapshot backend that is {wanted}"
                     + (f" ({', '.join(fits)})" if fits else " (none is installed)")
                 )
     problems += frozen_write_problems(profile)
-    per_file = [
-        s.name
-        for s in profile.stages
-        if s.role == Role.SNAPSHOT and s.component.snapshot_kind == SnapshotKind.PER_FILE
-    ]
-    if profile.thaw == "after-backup" and per_file:
-        for app in profile.applications:
-            if app.component.completes_view_on_thaw:
-                problems.append(
-                    f"application {app.name!r} ({app.info.kind}) completes per-file "
-                    f"snapshots (stage {per_file[0]!r}) when it thaws, so copies cannot "
-                    'be made before the thaw: use thaw = "after-snapshot"'
-                )
     for app in profile.applications:
         if not app.component.completes:
             continue

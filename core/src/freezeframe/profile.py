@@ -294,14 +294,20 @@ class _Loader:
     @staticmethod
     def _capture(app: ApplicationSpec, stages: Sequence[StageSpec]) -> ApplicationSpec:
         """``app`` with its capture mode settled and told to its plug-in: the profile's,
-        or the first mode of the plug-in consistent with the stages (a mode that
+        or the first mode of the plug-in consistent with the stages (``"snapshot"``
+        needs snapshots of the kinds the plug-in is consistent on; a mode that
         completes needs snapshot views that take completions)."""
         mode = app.capture
         if not mode:
             snapshots = [s for s in stages if s.role == Role.SNAPSHOT]
             completable = bool(snapshots) and all(s.component.takes_completions for s in snapshots)
+            consistent = all(
+                s.component.snapshot_kind in app.component.consistent_on for s in snapshots
+            )
             modes = app.component.capture_modes
-            mode = next((m for m in modes if m == "snapshot" or completable), modes[0])
+            mode = next(
+                (m for m in modes if (consistent if m == "snapshot" else completable)), modes[0]
+            )
         app.component.capture = mode
         return replace(app, capture=mode)
 

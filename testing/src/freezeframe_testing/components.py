@@ -86,6 +86,7 @@ class Recorder(ApplicationPlugin):
 class _TestSnapshot(Backend):
     role = Role.SNAPSHOT
     snapshot_kind = SnapshotKind.PER_FILE
+    takes_completions = True  # its views are folders, writable after the thaw
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
@@ -142,7 +143,7 @@ class SlowSnapshot(_TestSnapshot):
 
 class CopySnapshot(_TestSnapshot):
     """Copies every data path into its view, each under its original path (as ``clone``
-    does, without its checks): a real image for a plug-in's ``unquiesce`` to complete."""
+    does, without its checks): a real image for a plug-in's ``complete`` to complete."""
 
     kind = "copy-snapshot"
 

@@ -95,9 +95,9 @@ class ShortWalPostgresql(PostgresqlPlugin):
 
     kind = "postgresql-short-wal"
 
-    def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
+    def complete(self, snapshots: Sequence[Artifact]) -> None:
         """Complete each image as the real one does, then delete its last WAL segment."""
-        super().unquiesce(snapshots)
+        super().complete(snapshots)
         last = str(self.describe().get("wal_files", "")).rpartition("..")[2]
         layout = self._layout
         for artifact in snapshots:

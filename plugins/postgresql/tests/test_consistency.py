@@ -33,7 +33,7 @@ from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe.tools import run_tool
 from freezeframe_postgresql import PostgresqlPlugin
-from freezeframe_testing.plugin import LoopFs, require_tool
+from freezeframe_testing.plugin import LoopFs, require_tool, wait_until
 from freezeframe_testing.postgres_server import (
     BankWriter,
     PgServer,
@@ -80,7 +80,9 @@ def restored(target: Path, original: Path) -> Path:
     return target / original.relative_to(original.anchor)
 
 
-def back_up_under_load(engine: Engine, server: PgServer) -> list[tuple[str, int, dict[str, Any]]]:
+def back_up_under_load(
+    engine: Engine, server: PgServer, records: list[RunRecord] | None = None
+) -> list[tuple[str, int, dict[str, Any]]]:
     """RUNS backups while the writer commits; (run id, committed before it began, facts)."""
     writer = BankWriter(server)
     writer.start()
@@ -91,6 +93,8 @@ def back_up_under_load(engine: Engine, server: PgServer) -> list[tuple[str, int,
             run = engine.backup().record
             assert run.status == RunStatus.SUCCEEDED, run.error
             runs.append((run.run_id, before, dict(run.applications[0].facts)))
+            if records is not None:
+                records.append(run)
     finally:
         writer.stop()
     assert writer.committed > RUNS * 5, "the writer must have kept committing during the backups"
@@ -161,13 +165,51 @@ def test_per_file_snapshots_under_load_restore_consistent_and_complete(
     engine = Engine(load_profile(path, registry), registry)
     assert engine.data_paths() == (server.data_dir, tablespace)
 
-    runs = back_up_under_load(engine, server)
-    for run_id, _, facts in runs:
+    records: list[RunRecord] = []
+    runs = back_up_under_load(engine, server, records)
+    for (run_id, _, facts), record in zip(runs, records, strict=True):
         assert facts["method"] == "backup-mode"
         assert facts["completed_snapshots"] == [run_id]
         assert facts["wal_kept_by"].startswith("temporary replication slot")
         assert facts["wal_segments"] >= 1
+        # The label and the WAL are written after the thaw: the window holds none of it.
+        [app] = record.applications
+        assert app.capture == "base-backup"
+        assert app.thaw_end is not None and app.complete_start is not None
+        assert app.thaw_end <= app.complete_start <= (app.complete_end or 0)
     restore_and_check(engine, server, postgres, runs, tablespace)
+
+
+@pytest.mark.parametrize("action", ["raise@complete.before.bank", "raise@complete.after.bank"])
+def test_a_failed_completion_fails_the_run_leaves_nothing_and_nothing_held(
+    postgres: PostgresFactory,
+    tmp_path: Path,
+    write_profile: Callable[[str], Path],
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    action: str,
+) -> None:
+    server = postgres.new()
+    create_bank(server)
+    snapshot = f'[[backup]]\nbackend = "clone"\nname = "snap"\ndir = "{tmp_path / "snaps"}"'
+    path = write_profile(profile_text(server, snapshot, tmp_path / "archives"))
+    engine = Engine(load_profile(path, registry), registry)
+    monkeypatch.setenv("FREEZEFRAME_FAULT", action)
+    run = engine.backup().record
+    assert run.status == RunStatus.FAILED
+    assert "application 'bank': completion failed: InjectedFault" in (run.error or "")
+    assert not any((tmp_path / "snaps").iterdir())
+    archives = tmp_path / "archives"
+    assert not archives.exists() or not any(archives.iterdir())
+    # freezeframe's release closed its session: no backup mode, no slot is left behind ...
+    held = (
+        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name = 'freezeframe')"
+        " + (SELECT count(*) FROM pg_replication_slots)"
+    )
+    assert wait_until(lambda: server.sql(held)[0][0] == 0, 10)
+    # ... and the next run backs up as usual.
+    monkeypatch.delenv("FREEZEFRAME_FAULT")
+    assert engine.backup().record.status == RunStatus.SUCCEEDED
 
 
 @pytest.mark.slow
@@ -234,6 +276,7 @@ def test_a_per_file_copy_without_the_wal_through_the_stop_lsn_does_not_recover(
     server = postgres.new()
     create_bank(server)
     plugin = PostgresqlPlugin("bank", Table({"dsn": server.dsn()}, base_dir=tmp_path))
+    plugin.capture = "base-backup"
     view = postgres.folder("ffpg-view-", owner="root")
     incomplete = postgres.folder("ffpg-view-", owner="root")
     writer = BankWriter(server)
@@ -247,11 +290,13 @@ def test_a_per_file_copy_without_the_wal_through_the_stop_lsn_does_not_recover(
             dst = restored(root, server.data_dir)
             dst.parent.mkdir(parents=True)
             copy_tree(server.data_dir, dst)
-        plugin.unquiesce([Artifact("demo", view=view, metadata={"paths": [str(server.data_dir)]})])
+        plugin.unquiesce(())
         while writer.committed < before + 50:  # the server goes on past the stop LSN
             writer.join(0.01)
+        plugin.complete([Artifact("demo", view=view, metadata={"paths": [str(server.data_dir)]})])
     finally:
         writer.stop()
+        plugin.release()
     assert plugin.describe()["completed_snapshots"] == ["demo"]
     complete, torn = restored(view, server.data_dir), restored(incomplete, server.data_dir)
     shutil.copy2(complete / "backup_label", torn / "backup_label")

@@ -37,8 +37,11 @@ PER_FILE = frozenset({SnapshotKind.PER_FILE})
 ATOMIC = frozenset({SnapshotKind.ATOMIC})
 
 
-def plugin(base: Path, **fields: object) -> PostgresqlPlugin:
-    return PostgresqlPlugin("ledger", Table(fields, base_dir=base))
+def plugin(base: Path, capture: str = "base-backup", **fields: object) -> PostgresqlPlugin:
+    """The plug-in, in capture mode ``capture`` (as the profile would set it)."""
+    p = PostgresqlPlugin("ledger", Table(fields, base_dir=base))
+    p.capture = capture
+    return p
 
 
 def one_line_naming_the_application(e: BaseException) -> str:
@@ -305,7 +308,7 @@ def session_gone(srv: PgServer) -> bool:
     return wait_until(lambda: freezeframe_sessions(srv) == 0 and slots(srv) == [], 10)
 
 
-def test_backup_mode_lives_on_a_held_session_and_unquiesce_ends_it(
+def test_backup_mode_lives_on_a_held_session_unquiesce_ends_it_and_release_closes_it(
     server: PgServer, tmp_path: Path
 ) -> None:
     p = plugin(tmp_path, dsn=server.dsn())
@@ -323,18 +326,26 @@ def test_backup_mode_lives_on_a_held_session_and_unquiesce_ends_it(
         server.sql("INSERT INTO t VALUES (1)")
     finally:
         p.unquiesce(())
-    assert session_gone(server)
     facts = p.describe()
     assert facts["stop_lsn"] and facts["wal_bytes_during_backup"] > 0
-    assert facts["completed_snapshots"] == []
-    p.unquiesce(())  # idempotent
+    # The backup mode has ended: another one may begin and end on another session ...
+    with server.connect() as conn:
+        conn.execute("SELECT pg_backup_start('probe', true)")
+        conn.execute("SELECT pg_backup_stop(false)")
+    # ... while the session and its slot keep the WAL through the stop LSN for complete().
+    assert freezeframe_sessions(server) == 1 and slots(server) == [slot]
+    p.unquiesce(())  # idempotent: the stop is not asked twice, the slot stays
+    assert slots(server) == [slot] and p.describe()["stop_lsn"] == facts["stop_lsn"]
+    p.release()
+    assert session_gone(server)
+    p.release()  # idempotent
     p.unquiesce(())
 
 
 def test_atomic_snapshots_get_a_checkpoint_and_no_backup_mode(
     server: PgServer, tmp_path: Path
 ) -> None:
-    p = plugin(tmp_path, dsn=server.dsn())
+    p = plugin(tmp_path, "snapshot", dsn=server.dsn())
     p.prepare(ATOMIC)
     try:
         assert p.describe()["method"] == "crash-consistent"
@@ -370,18 +381,20 @@ def test_atomic_snapshot_of_a_tablespace_on_another_filesystem_is_refused(
     try:
         chown_to_postgres(ts)
         srv.sql(f"CREATE TABLESPACE elsewhere LOCATION '{ts}'")
-        p = plugin(tmp_path, dsn=srv.dsn())
+        p = plugin(tmp_path, "snapshot", dsn=srv.dsn())
         p.check()
         assert list(p.data_paths()) == [srv.data_dir, ts]
         with pytest.raises(QuiesceError) as e:
-            p.prepare(ATOMIC | PER_FILE)
+            p.prepare(ATOMIC)
         text = one_line_naming_the_application(e.value)
-        assert f"{ts} is on another filesystem" in text and "clone" in text
+        assert f"{ts} is on another filesystem" in text and 'capture = "base-backup"' in text
         p.unquiesce(())
         assert session_gone(srv)
-        # Per-file snapshots use the backup mode, which needs no single instant.
-        p.prepare(PER_FILE)
+        # The backup mode needs no single instant, even on atomic snapshots.
+        p.capture = "base-backup"
+        p.prepare(ATOMIC | PER_FILE)
         p.unquiesce(())
+        p.release()
         assert session_gone(srv)
     finally:
         srv.stop("immediate")
@@ -398,6 +411,8 @@ def test_wal_level_minimal_allows_atomic_snapshots_only(
         p.prepare(PER_FILE)
     assert "wal_level = minimal" in one_line_naming_the_application(e.value)
     p.unquiesce(())
+    p.release()
+    p.capture = "snapshot"
     p.prepare(ATOMIC)
     p.unquiesce(())
     assert p.describe()["method"] == "crash-consistent"

@@ -1,23 +1,27 @@
 """freezeframe application plug-in for PostgreSQL (12 or later). It never blocks a writer.
 
-On a **per-file** snapshot (``clone``) the plug-in runs a non-exclusive base
-backup around it: ``pg_backup_start(label, fast := true)`` in ``prepare``
-(its immediate checkpoint before the freeze window), the snapshot, then
-``pg_backup_stop()`` in ``unquiesce``, which writes the returned
-``backup_label`` (and ``tablespace_map``) and every WAL segment from the
-start LSN through the stop LSN into the snapshot's view. A temporary
-replication slot, when the role may create one, keeps those segments from
-being recycled meanwhile.
+Two capture modes:
 
-On an **atomic** snapshot (``btrfs``) the image is what a power cut would
-have left, which PostgreSQL recovers from by design: a ``CHECKPOINT`` in
-``prepare`` shortens that recovery, and nothing happens in the window. No
-backup_label may go into such an image. An atomic snapshot of several
-filesystems is not one instant, so the plug-in refuses one when the data
-directory, ``pg_wal`` and the tablespaces are not on one filesystem.
+- ``"base-backup"`` (the default on a **per-file** snapshot, ``clone``): a
+  non-exclusive base backup around the snapshot. ``pg_backup_start(label,
+  fast := true)`` in ``prepare`` (its immediate checkpoint before the freeze
+  window), the snapshot, ``pg_backup_stop()`` in ``unquiesce``; then, after
+  the thaw, :meth:`PostgresqlPlugin.complete` writes the returned
+  ``backup_label`` (and ``tablespace_map``) and every WAL segment from the
+  start LSN through the stop LSN into each snapshot's view, outside the
+  window. A temporary replication slot, when the role may create one, keeps
+  those segments from being recycled until ``release``.
+- ``"snapshot"`` (the default on an **atomic** snapshot, ``btrfs``): the image
+  is what a power cut would have left, which PostgreSQL recovers from by
+  design: a ``CHECKPOINT`` in ``prepare`` shortens that recovery, and nothing
+  happens in the window. No backup_label may go into such an image. An atomic
+  snapshot of several filesystems is not one instant, so the plug-in refuses
+  one when the data directory, ``pg_wal`` and the tablespaces are not on one
+  filesystem.
 
-The backup mode lives on a connection held open until the stop: if
-freezeframe dies, the server ends the session and the backup mode with it.
+The backup mode and the slot live on a connection held open until ``release``
+(the stop ends the backup mode in ``unquiesce``): if freezeframe dies, the
+server ends the session, the backup mode and the slot with it.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ MIN_VERSION = 120000
 CONNECT_TIMEOUT = 10
 APPLICATION_NAME = "freezeframe"
 BACKUP_MODE = "backup-mode"
+#: The capture mode that completes per-file views into a base backup after the thaw.
+BASE_BACKUP = "base-backup"
 CRASH_CONSISTENT = "crash-consistent"
 
 
@@ -110,10 +116,10 @@ class PostgresqlPlugin(ApplicationPlugin):
     """One PostgreSQL cluster, reached through ``dsn``; its files must be on this machine."""
 
     kind = "postgresql"
-    consistent_on = frozenset({SnapshotKind.ATOMIC, SnapshotKind.PER_FILE})
+    # in "snapshot" mode; "base-backup" completes any view that takes completions
+    consistent_on = frozenset({SnapshotKind.ATOMIC})
     crash_safety = CrashSafety.PROCESS_EXIT
-    # backup_label and the WAL through the stop LSN go into per-file views at the thaw
-    completes_view_on_thaw = True
+    capture_modes = ("snapshot", BASE_BACKUP)
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
@@ -126,7 +132,7 @@ class PostgresqlPlugin(ApplicationPlugin):
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._in_backup = False
-        self._kinds: frozenset[SnapshotKind] = frozenset()
+        self._stopped: WalRange | None = None  # what pg_backup_stop returned, for complete
         self._server: _Server | None = None
         self._layout: _Layout | None = None
         self._facts: dict[str, Any] = {}
@@ -340,11 +346,10 @@ class PostgresqlPlugin(ApplicationPlugin):
         return self._layout.paths()
 
     def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
-        """Begin the backup mode (per-file snapshots) or checkpoint (atomic ones only)."""
+        """Begin the backup mode ("base-backup") or checkpoint ("snapshot", atomic only)."""
         with self._lock:
             self._release()  # whatever an earlier run may have left
             self._facts = {}
-            self._kinds = snapshot_kinds
             conn = self._connect(QuiesceError)
             try:
                 self._server, self._layout = self._inspect(conn, QuiesceError)
@@ -353,11 +358,15 @@ class PostgresqlPlugin(ApplicationPlugin):
                     data_dir=str(self._layout.data_dir),
                     tablespaces=[str(p) for p in self._layout.tablespaces],
                 )
-                if SnapshotKind.ATOMIC in snapshot_kinds:
-                    self._refuse_split(self._layout)
-                if SnapshotKind.PER_FILE in snapshot_kinds:
+                if self.completes:
                     self._start_backup(conn, self._server)
                 else:
+                    if SnapshotKind.PER_FILE in snapshot_kinds:  # check() refuses it first
+                        raise self._error(
+                            f'a per-file snapshot needs capture = "{BASE_BACKUP}"', QuiesceError
+                        )
+                    if SnapshotKind.ATOMIC in snapshot_kinds:
+                        self._refuse_split(self._layout)
                     self._checkpoint(conn, self._server)
             except BaseException:
                 conn.close()
@@ -376,7 +385,7 @@ class PostgresqlPlugin(ApplicationPlugin):
                 f"{apart[0]} is on another filesystem (or subvolume) than the data directory "
                 f"{layout.data_dir}, and an atomic snapshot of several is not one instant: "
                 "move pg_wal and every tablespace onto the data directory's filesystem, or "
-                "use a per-file snapshot backend (clone), which uses PostgreSQL's backup mode",
+                f'use capture = "{BASE_BACKUP}" (PostgreSQL\'s backup mode)',
                 QuiesceError,
             )
 
@@ -450,26 +459,30 @@ class PostgresqlPlugin(ApplicationPlugin):
             raise self._error("prepare did not run: nothing to quiesce", QuiesceError)
 
     def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
-        """End the backup mode; complete each writable snapshot into a base backup. Idempotent."""
+        """End the backup mode (its results kept for :meth:`complete`); the session and
+        its slot stay until :meth:`release`. Idempotent."""
         with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is None:
+            conn = self._conn
+            if conn is None or self._stopped is not None:
                 return
+            if self._in_backup:
+                try:
+                    self._stop_backup(conn)
+                except BaseException:
+                    self._release()  # ends the backup mode with the session
+                    raise
+                return  # the slot keeps the WAL through the stop LSN for complete()
+            self._conn = None
             try:
-                if self._in_backup:
-                    self._stop_backup(conn, snapshots)
-                else:
-                    assert self._server is not None
-                    try:
-                        self._facts["stop_lsn"] = self._current_lsn(conn, self._server)
-                    except Exception as e:  # the atomic image does not depend on it
-                        log.warning("%s", self._message(f"cannot read the stop LSN: {e}"))
+                assert self._server is not None
+                self._facts["stop_lsn"] = self._current_lsn(conn, self._server)
+            except Exception as e:  # the atomic image does not depend on it
+                log.warning("%s", self._message(f"cannot read the stop LSN: {e}"))
             finally:
-                self._in_backup = False
-                conn.close()  # ends the backup mode (if the stop failed) and drops the slot
+                conn.close()
 
-    def _stop_backup(self, conn: psycopg.Connection[Any], snapshots: Sequence[Artifact]) -> None:
-        assert self._server is not None and self._layout is not None
+    def _stop_backup(self, conn: psycopg.Connection[Any]) -> None:
+        assert self._server is not None
         sql = (
             "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
             if self._server.major >= 15
@@ -478,47 +491,66 @@ class PostgresqlPlugin(ApplicationPlugin):
         stop_lsn, label, spcmap = self._query(conn, "pg_backup_stop", sql, (), QuiesceError)
         self._in_backup = False
         self._facts["stop_lsn"] = stop_lsn
-        wal = WalRange(
+        self._stopped = WalRange(
             label=label,
             tablespace_map=spcmap or "",
             start_lsn=parse_lsn(self._facts["start_lsn"]),
             stop_lsn=parse_lsn(stop_lsn),
             segment_size=self._server.segment_size,
         )
-        live_wal = self._layout.wal_dir
-        completed, skipped = [], []
-        for artifact in snapshots:
-            try:
-                done = complete_copy(artifact, self._layout.data_dir, live_wal, wal)
-            except FreezeframeError as e:
-                raise self._error(
-                    f"snapshot {artifact.id} is not a usable backup: {e}", QuiesceError
-                ) from None
-            except OSError as e:
-                raise self._error(
-                    f"snapshot {artifact.id}: cannot complete it: {e}", QuiesceError
-                ) from None
-            if done is None:
-                if SnapshotKind.ATOMIC not in self._kinds:
+
+    def completed_paths(self) -> Sequence[Path]:
+        """backup_label, tablespace_map (with tablespaces) and the WAL folder."""
+        if not self.completes:
+            return ()
+        layout = self._layout
+        if layout is None:
+            self.data_paths()
+            layout = self._layout
+        assert layout is not None
+        out = [layout.data_dir / "backup_label"]
+        if layout.tablespaces:
+            out.append(layout.data_dir / "tablespace_map")
+        return (*out, layout.wal_dir)
+
+    def complete(self, snapshots: Sequence[Artifact]) -> None:
+        """Write backup_label, tablespace_map and the WAL from the start LSN through the
+        stop LSN into each view (after the thaw: the window holds none of this copy)."""
+        with self._lock:
+            wal, layout = self._stopped, self._layout
+            if wal is None or layout is None:
+                raise self._error("the backup mode did not end: nothing to complete")
+            completed = []
+            for artifact in snapshots:
+                try:
+                    done = complete_copy(artifact, layout.data_dir, layout.wal_dir, wal)
+                except FreezeframeError as e:
+                    raise self._error(
+                        f"snapshot {artifact.id} is not a usable backup: {e}"
+                    ) from None
+                except OSError as e:
+                    raise self._error(f"snapshot {artifact.id}: cannot complete it: {e}") from None
+                if done is None:
                     raise self._error(
                         f"snapshot {artifact.id} cannot be written, so its backup_label and "
-                        "WAL cannot be added: it would not recover",
-                        QuiesceError,
+                        "WAL cannot be added: it would not recover"
                     )
-                skipped.append(artifact.id)  # read-only: an atomic image, crash-consistent
-                continue
-            completed.append(artifact.id)
-            self._facts["wal_segments"] = done.segments
-            self._facts["wal_bytes"] = done.bytes
-        segments = wal.segments()
-        self._facts["wal_files"] = f"{segments[0]}..{segments[-1]}" if segments else ""
-        self._facts["completed_snapshots"] = completed
-        if skipped:
-            self._facts["crash_consistent_snapshots"] = skipped
+                completed.append(artifact.id)
+                self._facts["wal_segments"] = done.segments
+                self._facts["wal_bytes"] = done.bytes
+            segments = wal.segments()
+            self._facts["wal_files"] = f"{segments[0]}..{segments[-1]}" if segments else ""
+            self._facts["completed_snapshots"] = completed
+
+    def release(self) -> None:
+        """Close the session: ends a backup mode still running and drops the slot. Idempotent."""
+        with self._lock:
+            self._release()
 
     def _release(self) -> None:
         conn, self._conn = self._conn, None
         self._in_backup = False
+        self._stopped = None
         if conn is not None:
             conn.close()
 

@@ -512,8 +512,9 @@ def test_secrets_stay_out_of_the_catalog_and_the_record(
 def test_after_backup_thaw_with_a_per_file_snapshot_is_refused(
     tmp_path: Path, write_profile, registry
 ) -> None:
-    """The backup_label and WAL join a per-file view only at the thaw; with
-    thaw = "after-backup" the copies would be made before that and never recover."""
+    """The backup_label and WAL join a per-file view only after the thaw ("base-backup",
+    the default there); with thaw = "after-backup" the copies would be made before that
+    and never recover."""
     from freezeframe.engine import Engine
     from freezeframe.profile import load_profile
 

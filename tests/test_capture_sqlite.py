@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from freezeframe import RunStatus
+from freezeframe._faults import CAPTURE_POINTS
 from freezeframe.engine import Engine
 from freezeframe.plugin import under
 from freezeframe.profile import load_profile
@@ -126,17 +127,30 @@ def test_sigterm_during_the_completion_releases_the_snapshot_before_the_run_ends
     assert not any((tmp_path / "snaps").iterdir())
 
 
-def test_sigkill_between_capture_and_completion(tmp_path: Path, logical) -> None:
+EXIT = {"raise": 1, "sigterm": 128 + signal.SIGTERM, "sigkill": -signal.SIGKILL}
+
+
+@pytest.mark.parametrize("action", sorted(EXIT))
+@pytest.mark.parametrize("where", [p.format(app="shop") for p in CAPTURE_POINTS])
+def test_a_real_backup_stopped_around_the_completion(
+    tmp_path: Path, logical, action: str, where: str
+) -> None:
+    """Each failpoint of the completion, each way: between the capture and the completion
+    (``complete.before``) the kill leaves the read snapshot to the process's end."""
     profile, db = logical
-    r = run_cli("backup", profile, env={"FREEZEFRAME_FAULT": "sigkill@complete.before.shop"})
-    assert r.returncode == -9, r.stderr
-    # the write lock and the read snapshot went with the process
+    fired = tmp_path / "fired"
+    env = {"FREEZEFRAME_FAULT": f"{action}@{where}", "FREEZEFRAME_FAULT_FIRED": str(fired)}
+    r = run_cli("backup", profile, env=env)
+    assert fired.read_text().split() == [f"{action}@{where}#1"]
+    assert r.returncode == EXIT[action], r.stderr
+    # the write lock and the read snapshot are gone, with freezeframe or by its release
     assert writable_within(db, 1)
     assert no_snapshot_held(db)
-    listed = run_cli("list", profile, "--json")  # the next command reconciles the run
+    listed = run_cli("list", profile, "--json")  # the next command reconciles a killed run
     assert listed.returncode == 0, listed.stderr
     assert [run["status"] for run in listed.json()] == ["failed"]
     assert not any((tmp_path / "snaps").iterdir())
+    assert not (tmp_path / "archives").exists() or not any((tmp_path / "archives").iterdir())
 
 
 def test_check_refuses_logical_on_a_database_not_in_wal_mode(tmp_path: Path) -> None:

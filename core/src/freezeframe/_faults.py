@@ -39,8 +39,9 @@ POINTS = (
     "catalog.save",
 )
 
-#: Reached only by applications whose capture mode completes after the thaw (not walked
-#: by tests/test_fault_injection.py, whose applications capture in snapshot mode).
+#: Reached only by applications whose capture mode completes after the thaw:
+#: tests/test_capture_sqlite.py walks them (tests/test_fault_injection.py's applications
+#: capture in snapshot mode and never reach them).
 CAPTURE_POINTS = ("complete.before.{app}", "complete.after.{app}")
 
 _seen: Counter[str] = Counter()

@@ -2,10 +2,11 @@
 
 The writer commits +1 to database A and then +1 to database B, over and
 over, so at every instant ``A - B`` is 0 or 1. Each backup is a read-only
-btrfs snapshot, archived, then released; each archive is restored and must
-hold a pair from one instant, with nothing committed before the backup lost,
-taken while the writer was held off
-(:func:`freezeframe_testing.plugin.pair_problems`).
+btrfs snapshot (or, with ``capture = "logical"``, a writable one that the
+databases' copies complete and the seal makes read-only), archived, then
+released; each archive is restored and must hold a pair from one instant,
+with nothing committed before the backup lost, taken while the writer was
+held off (:func:`freezeframe_testing.plugin.pair_problems`).
 
 The negative control backs up through a plug-in that releases SQLite's lock
 before the snapshot (freezeframe_testing.mutants): the same checks must
@@ -33,6 +34,7 @@ from freezeframe_testing.plugin import (
 )
 
 RUNS = 20
+LOGICAL_RUNS = 8
 #: Backups through the mutant before the checks must have rejected one.
 MUTANT_TRIES = 10
 
@@ -55,7 +57,15 @@ def pair_on_btrfs(
     return fs, shop, dbs
 
 
-def profile_text(tmp_path: Path, fs: LoopFs, dbs: tuple[Path, Path], thaw: str, plugin: str) -> str:
+def profile_text(
+    tmp_path: Path,
+    fs: LoopFs,
+    dbs: tuple[Path, Path],
+    thaw: str,
+    plugin: str,
+    capture: str = "snapshot",
+    keep: str = "",
+) -> str:
     return f"""
         [profile]
         name = "pair"
@@ -66,16 +76,19 @@ def profile_text(tmp_path: Path, fs: LoopFs, dbs: tuple[Path, Path], thaw: str, 
         plugin = "{plugin}"
         name = "a"
         path = "{dbs[0]}"
+        capture = "{capture}"
 
         [[application]]
         plugin = "{plugin}"
         name = "b"
         path = "{dbs[1]}"
+        capture = "{capture}"
 
         [[backup]]
         backend = "btrfs"
         name = "snap"
         dir = "{fs.mountpoint / "snaps"}"
+        {keep}
 
         [[backup]]
         backend = "archive"
@@ -113,6 +126,55 @@ def test_every_restored_pair_is_consistent_and_complete(
     assert not any(snaps.iterdir())
     assert subvolume_paths(btrfs, fs) == {"shop"}
     assert len(list((tmp_path / "archives").glob("pair-*.tar.zst"))) == RUNS
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "released"])
+def test_logical_captures_are_completed_into_writable_snapshots_then_sealed(
+    tmp_path: Path,
+    loop_fs: Callable[..., LoopFs],
+    write_profile: Callable[[str], Path],
+    registry: Registry,
+    kept: bool,
+) -> None:
+    """capture = "logical": each database's read snapshot is fixed under the group's write
+    block, the btrfs snapshot is taken writable, the backup API copies each database into
+    it after the thaw, and the seal makes it read-only (a kept snapshot: verified, every
+    byte as sealed; a released one is deleted once archived)."""
+    btrfs = require_tool("btrfs")
+    fs, shop, dbs = pair_on_btrfs(loop_fs, btrfs)
+    snaps = fs.mountpoint / "snaps"
+    keep = "keep = { last = 100 }" if kept else ""
+    text = profile_text(tmp_path, fs, dbs, "after-snapshot", "sqlite", "logical", keep)
+    profile = load_profile(write_profile(text), registry)
+    engine = Engine(profile, registry)
+    with PairWriter(*dbs) as writer:
+        checked = back_up_pairs(engine, writer, dbs, tmp_path, LOGICAL_RUNS)
+    assert writer.error is None
+
+    assert [(c.run.run_id, c.problems) for c in checked if c.problems] == []
+    assert len(checked) == LOGICAL_RUNS
+    for c in checked:
+        assert c.restored_from == "archive"
+        snap = c.run.stage("snap")
+        assert snap is not None and snap.artifact is not None
+        meta = snap.artifact.metadata
+        assert meta["completed"] == {"a": [str(dbs[0])], "b": [str(dbs[1])]}
+        assert meta["snapshots"] == {"shop": str(shop)}
+        for app in c.run.applications:
+            assert app.capture == "logical"
+            assert app.thaw_end is not None and app.complete_start is not None
+            assert app.complete_start >= app.thaw_end  # writers ran on during the copy
+        if kept:
+            assert "writable" not in meta
+            assert profile.stages[0].component.verify(snap.artifact) is None
+            image = snaps / c.run.run_id / "shop"
+            ro = run_tool([btrfs, "property", "get", "-ts", str(image), "ro"], timeout=60)
+            assert ro.stdout.strip() == "ro=true"
+            # the completed copies, whole, with no journal of the live databases beside them
+            assert sorted(p.name for p in (image / "data").iterdir()) == ["a.db", "b.db"]
+    if not kept:
+        assert not any(snaps.iterdir())
+        assert subvolume_paths(btrfs, fs) == {"shop"}
 
 
 @pytest.mark.parametrize("thaw", ["after-snapshot", "after-backup"])

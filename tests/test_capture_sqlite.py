@@ -7,6 +7,7 @@ tests/test_consistency_sqlite.py.
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 from pathlib import Path
@@ -19,9 +20,11 @@ from freezeframe.engine import Engine
 from freezeframe.plugin import under
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
+from freezeframe.tools import run_tool
 from freezeframe_testing.plugin import (
     make_counter_db,
     read_counter,
+    require_tool,
     restored,
     run_cli,
     sqlite_clone_profile,
@@ -163,18 +166,6 @@ def test_check_refuses_logical_on_a_database_not_in_wal_mode(tmp_path: Path) -> 
     assert len(lines) == 1 and 'use capture = "snapshot"' in lines[0], r.stderr
 
 
-def test_check_refuses_logical_with_a_btrfs_stage(tmp_path: Path, logical) -> None:
-    profile, _ = logical
-    text = profile.read_text().replace('backend = "clone"', 'backend = "btrfs"')
-    profile.write_text(text)
-    r = run_cli("check", profile)
-    assert r.returncode != 0
-    lines = [line for line in r.stderr.splitlines() if "cannot take completions" in line]
-    assert len(lines) == 1, r.stderr
-    assert "stage 'snap' (btrfs)" in lines[0] and "capture = 'snapshot'" in lines[0]
-    assert "(clone)" in lines[0]
-
-
 def test_a_capture_mode_the_plugin_lacks_is_one_line(tmp_path: Path, logical) -> None:
     profile, _ = logical
     profile.write_text(profile.read_text().replace('"logical"', '"instant"'))
@@ -185,4 +176,85 @@ def test_a_capture_mode_the_plugin_lacks_is_one_line(tmp_path: Path, logical) ->
     kinds = {c["kind"]: c for c in run_cli("plugins", "--json").json()["components"]}
     assert kinds["sqlite"]["capture_modes"] == ["snapshot", "logical"]
     assert kinds["clone"]["takes_completions"] is True
-    assert kinds["btrfs"]["takes_completions"] is False
+    assert kinds["btrfs"]["takes_completions"] is True
+
+
+# -- btrfs: snapshots taken writable, completed, sealed read-only ----------------------------
+
+
+@pytest.fixture
+def logical_btrfs(tmp_path: Path, loop_fs) -> tuple[Path, Path, Path]:
+    """A WAL counter database on a btrfs subvolume, and a profile backing it up in logical
+    mode into btrfs snapshots (kept: no copy stage); returns the profile, the database
+    and the snapshots' folder."""
+    btrfs = require_tool("btrfs")
+    fs = loop_fs("btrfs")
+    shop = fs.mountpoint / "shop"
+    run_tool([btrfs, "subvolume", "create", str(shop)], timeout=60)
+    db = make_counter_db(shop / "shop.db")
+    profile = sqlite_clone_profile(tmp_path, db, name="logical", capture="logical")
+    snaps = fs.mountpoint / "snaps"
+    text = profile.read_text().replace('backend = "clone"', 'backend = "btrfs"')
+    profile.write_text(text.replace(json.dumps(str(tmp_path / "snaps")), json.dumps(str(snaps))))
+    return profile, db, snaps
+
+
+def read_only(snapshot: Path) -> str:
+    out = run_tool(
+        [require_tool("btrfs"), "property", "get", "-ts", str(snapshot), "ro"], timeout=60
+    )
+    return out.stdout.strip()
+
+
+def test_a_logical_btrfs_snapshot_is_completed_then_sealed_read_only(
+    tmp_path: Path, logical_btrfs
+) -> None:
+    profile, db, snaps = logical_btrfs
+    bump(db)
+    r = run_cli("backup", profile, "--json")
+    assert r.returncode == 0, r.stderr
+    (snap,) = r.json()["stages"]
+    image = snaps / r.json()["run_id"] / "shop"
+    assert read_only(image) == "ro=true"
+    # the completed copy replaced the live file's image; no journal of the live one beside it
+    assert sorted(p.name for p in image.iterdir()) == ["shop.db"]
+    assert snap["metadata"]["completed"] == {"shop": [str(db)]}
+    assert run_cli("verify", profile).returncode == 0
+    r = run_cli("restore", profile, "latest", "--to", tmp_path / "back", "--verify")
+    assert r.returncode == 0, r.stderr
+    assert read_counter(restored(tmp_path / "back", db)) == 1
+
+    run_tool(
+        [require_tool("btrfs"), "property", "set", "-ts", str(image), "ro", "false"], timeout=60
+    )
+    r = run_cli("verify", profile)
+    assert r.returncode == 1
+    lines = [line for line in r.stderr.splitlines() if "sealed" in line]
+    assert len(lines) == 1 and "shop is not sealed read-only (ro=false)" in lines[0], r.stderr
+
+
+def test_a_failed_completion_leaves_no_btrfs_snapshot(
+    logical_btrfs, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profile, db, snaps = logical_btrfs
+    monkeypatch.setenv("FREEZEFRAME_FAULT", "raise@complete.after.shop")
+    result = Engine(load_profile(profile, registry), registry).backup()
+    assert result.record.status == RunStatus.FAILED
+    assert "application 'shop': completion failed: InjectedFault" in (result.record.error or "")
+    assert not any(snaps.iterdir())
+    assert writable_within(db, 1)
+    assert no_snapshot_held(db)
+
+
+def test_sigkill_before_a_btrfs_completion_leaves_nothing_after_the_next_command(
+    logical_btrfs,
+) -> None:
+    profile, db, snaps = logical_btrfs
+    r = run_cli("backup", profile, env={"FREEZEFRAME_FAULT": "sigkill@complete.before.shop"})
+    assert r.returncode == -9, r.stderr
+    assert [p.name for p in snaps.iterdir()]  # the writable snapshot the run left
+    listed = run_cli("list", profile, "--json")  # the next command reconciles the run
+    assert listed.returncode == 0, listed.stderr
+    assert [run["status"] for run in listed.json()] == ["failed"]
+    assert not any(snaps.iterdir())
+    assert no_snapshot_held(db)

@@ -14,6 +14,7 @@ from freezeframe.plugin import hookimpl
 from freezeframe.preflight import pairing_problems, quiesce_levels, windowed_stages
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
+from freezeframe_clone import CloneBackend
 from freezeframe_sqlite import SqlitePlugin
 from freezeframe_testing.plugin import make_counter_db
 
@@ -119,14 +120,29 @@ class LogicalFirst(SqlitePlugin):
     capture_modes = ("logical", "snapshot")
 
 
-class LogicalFirstPlugin:
+class NoCompletions(CloneBackend):
+    """A snapshot backend whose views cannot be written after the thaw."""
+
+    kind = "clone-no-completions"
+    takes_completions = False
+
+
+class ExtraComponents:
     @staticmethod
     @hookimpl
     def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
         register(LogicalFirst)
 
+    @staticmethod
+    @hookimpl
+    def freezeframe_register_backends(register: Callable[[type[Any]], None]) -> None:
+        register(NoCompletions)
 
-@pytest.mark.parametrize(("backend", "default"), [("clone", "logical"), ("btrfs", "snapshot")])
+
+@pytest.mark.parametrize(
+    ("backend", "default"),
+    [("clone", "logical"), ("btrfs", "logical"), ("clone-no-completions", "snapshot")],
+)
 def test_without_capture_the_first_mode_consistent_with_the_stages_is_taken(
     write_profile: WriteProfile,
     registry_with: Callable[..., Registry],
@@ -135,9 +151,22 @@ def test_without_capture_the_first_mode_consistent_with_the_stages_is_taken(
     backend: str,
     default: str,
 ) -> None:
-    registry = registry_with(LogicalFirstPlugin())
+    registry = registry_with(ExtraComponents())
     app = sqlite_app(db).replace('"sqlite"', '"sqlite-logical-first"')
     snap = SNAP.format(d=tmp_path).replace('"clone"', f'"{backend}"')
     profile = load_profile(write_profile('[profile]\nname = "p"\n' + app + snap), registry)
     assert profile.applications[0].capture == default
     assert pairing_problems(profile, registry) == []
+
+
+def test_a_completing_capture_on_a_stage_that_cannot_take_completions_is_refused(
+    write_profile: WriteProfile, registry_with: Callable[..., Registry], db: Path, tmp_path: Path
+) -> None:
+    registry = registry_with(ExtraComponents())
+    app = sqlite_app(db) + 'capture = "logical"\n'
+    snap = SNAP.format(d=tmp_path).replace('"clone"', '"clone-no-completions"')
+    profile = load_profile(write_profile('[profile]\nname = "p"\n' + app + snap), registry)
+    (problem,) = pairing_problems(profile, registry)
+    assert "stage 'snap' (clone-no-completions) cannot take completions" in problem
+    assert "capture = 'snapshot'" in problem
+    assert "a snapshot backend that takes completions (btrfs, clone)" in problem

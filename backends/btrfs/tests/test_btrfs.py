@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,64 @@ def test_the_snapshot_is_read_only(fs: LoopFs, snaps: Path) -> None:
         (image.parent / "new").write_text("x")
     assert e.value.errno == errno.EROFS
     assert btrfs("property", "get", "-ts", snaps / "r1" / "data", "ro").strip() == "ro=true"
+
+
+# -- completions: taken writable, sealed read-only -----------------------------------------
+
+
+def completing_run(fs: LoopFs, snaps: Path) -> tuple[BtrfsBackend, Artifact, Path, Path]:
+    """A run whose application completes ``data/orders.db`` into the view (an image of the
+    live file at the snapshot until then), and ``dumps/new/all.sql`` that does not exist
+    live; another subvolume holds the data path."""
+    data = fill(subvolume(fs.mountpoint / "data"))
+    other = fill(subvolume(fs.mountpoint / "other"))
+    (data / "dumps").mkdir()
+    backend = make_backend(snaps)
+    backend.check()
+    ctx = context("r1", other / "conf")
+    completed = (data / "orders.db", data / "dumps" / "new" / "all.sql")
+    art = backend.run(replace(ctx, completed_paths=completed))
+    return backend, art, *completed
+
+
+def test_a_run_with_completions_takes_writable_snapshots_that_seal_makes_read_only(
+    fs: LoopFs, snaps: Path, tmp_path: Path
+) -> None:
+    backend, art, db, dump = completing_run(fs, snaps)
+    assert sorted(art.metadata["snapshots"]) == ["data", "other"]
+    for name in ("data", "other"):
+        assert btrfs("property", "get", "-ts", snaps / "r1" / name, "ro").strip() == "ro=false"
+    # where a completion writes: inside the snapshot of the subvolume that holds the path
+    assert art.image(db) == snaps / "r1" / "data" / "orders.db"
+    assert art.image(dump) == snaps / "r1" / "data" / "dumps" / "new" / "all.sql"
+    art.image(db).write_bytes(b"completed")
+    art.image(dump).parent.mkdir()
+    art.image(dump).write_text("dump")
+    art = replace(art, metadata={**art.metadata, "paths": [*art.metadata["paths"], str(db)]})
+    with pytest.raises(FreezeframeError) as e:
+        backend.verify(art)
+    assert "r1/other was never sealed: it is still writable" in str(e.value)
+    assert "\n" not in str(e.value)
+
+    sealed = backend.seal(art)
+    assert "writable" not in sealed.metadata
+    for name in ("data", "other"):
+        assert btrfs("property", "get", "-ts", snaps / "r1" / name, "ro").strip() == "ro=true"
+    with pytest.raises(OSError) as err:
+        art.image(db).write_bytes(b"later")
+    assert err.value.errno == errno.EROFS
+    assert backend.verify(sealed) is None
+    backend.restore(sealed, tmp_path / "restore")
+    assert restored(tmp_path / "restore", db).read_bytes() == b"completed"
+    backend.delete(sealed)
+    assert subvolume_paths(fs) == {"data", "other"}
+
+
+def test_a_crashed_run_s_writable_snapshots_are_discarded(fs: LoopFs, snaps: Path) -> None:
+    backend, _, _, _ = completing_run(fs, snaps)
+    backend.discard("r1")
+    assert subvolume_paths(fs) == {"data", "other"}
+    assert not (snaps / "r1").exists()
 
 
 # -- atomicity ------------------------------------------------------------------------------
@@ -379,7 +438,7 @@ def test_verify_fails_on_a_snapshot_made_writable(
 ) -> None:
     backend, art = two_snapshots
     btrfs("property", "set", "-ts", snaps / "r1" / "two", "ro", "false")
-    with pytest.raises(FreezeframeError, match=r"r1/two is not read-only"):
+    with pytest.raises(FreezeframeError, match=r"r1/two is not sealed read-only"):
         backend.verify(art)
 
 
@@ -482,7 +541,7 @@ def test_a_tampered_snapshot_is_not_followed_out_of_the_target(
     (snap / "orders.db").unlink()
     (snap / "orders.db").symlink_to(outside / "victim")
 
-    with pytest.raises(FreezeframeError, match="not read-only"):  # asked: verified first
+    with pytest.raises(FreezeframeError, match="not sealed read-only"):  # asked: verified first
         backend.restore(art, tmp_path / "asked", options=RestoreOptions(preserve_special=True))
     backend.restore(art, tmp_path / "restore")
 

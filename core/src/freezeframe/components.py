@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from freezeframe.config import Table
 from freezeframe.copying import outermost
 from freezeframe.errors import Cancelled, FreezeframeError
+from freezeframe.fsutil import under
 
 __all__ = [
     "API_VERSION",
@@ -104,23 +105,29 @@ class Artifact:
         """``(original absolute path, where its image is)`` for each path a snapshot holds.
 
         Snapshot backends record the original paths in ``metadata["paths"]``;
-        the image of each is at ``view / <path without its leading "/">``
-        unless ``metadata["locations"]`` maps the path elsewhere (btrfs: inside
-        the subvolume snapshot). Without ``paths``, the whole view is one root, "/".
+        the image of each is :meth:`image`. Without ``paths``, the whole view is one
+        root, "/".
         """
         if self.view is None:
             return []
         paths = self.metadata.get("paths")
         if not paths:
             return [(Path("/"), self.view)]
+        return [(Path(p), self.image(p)) for p in paths]
+
+    def image(self, original: Path | str) -> Path:
+        """Where the image of the absolute path ``original`` is (or goes) in the view:
+        ``view / <path without its leading "/">``, unless ``metadata["locations"]`` maps
+        it, or a folder above it, elsewhere (btrfs: inside the subvolume snapshot). A
+        completion (:meth:`ApplicationPlugin.complete`) writes its files here."""
+        if self.view is None:
+            raise FreezeframeError(f"artifact {self.id} has no view")
+        path = Path(original)
         locations: Mapping[str, str] = self.metadata.get("locations", {})
-        return [
-            (
-                Path(p),
-                Path(locations[p]) if p in locations else self.view / Path(p).relative_to("/"),
-            )
-            for p in paths
-        ]
+        for above in (path, *path.parents):
+            if str(above) in locations:
+                return Path(locations[str(above)]) / path.relative_to(above)
+        return under(self.view, path)
 
     def outer_roots(self) -> list[tuple[Path, Path]]:
         """:meth:`roots` in path order, less those inside another listed path: what a
@@ -173,6 +180,11 @@ class StageContext:
     data_paths: tuple[Path, ...]
     #: For copy stages: the artifact of the stage named by ``source``.
     source: Artifact | None = None
+    #: For snapshot stages: the original paths that applications in a capture mode
+    #: complete into the view after the thaw (:meth:`ApplicationPlugin.completed_paths`).
+    #: A backend that takes completions keeps them writable in its view until
+    #: :meth:`Backend.seal`; empty when no application of the profile completes.
+    completed_paths: tuple[Path, ...] = ()
     cancel_event: threading.Event = field(default_factory=threading.Event)
     on_progress: ProgressCallback | None = None
     bytes_done: int = 0
@@ -270,15 +282,18 @@ class ApplicationPlugin(_Component):
 
         Called once per run, after ``unquiesce`` and ``describe``, only when
         :attr:`capture` is not ``"snapshot"`` and the quiesce succeeded. Writes into
-        each snapshot's view, at the application's original paths
-        (:func:`freezeframe.plugin.under`), what a restore must find there, each file
-        whole (a temporary name, then a rename). A failure fails the run, which then
-        deletes the snapshots. Completions of several applications run in parallel.
+        each snapshot's view, at the image of each original path
+        (``snapshot.image(path)``: :meth:`Artifact.image`), what a restore must find
+        there, each file whole (a temporary name, then a rename), replacing what the
+        snapshot holds there. A failure fails the run, which then deletes the snapshots.
+        Completions of several applications run in parallel.
         """
 
     def completed_paths(self) -> Sequence[Path]:
-        """The original absolute paths :meth:`complete` writes into each view; the core adds
-        them to the snapshot's paths, so its seal, the copies and restore read them."""
+        """The original absolute paths :meth:`complete` writes into each view, known from
+        the table (the snapshot stages receive them before the window,
+        :attr:`StageContext.completed_paths`); the core adds them to the snapshot's
+        paths, so its seal, the copies and restore read them."""
         return ()
 
     def release(self) -> None:

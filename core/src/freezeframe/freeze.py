@@ -18,7 +18,7 @@ from freezeframe import _ordered
 from freezeframe._faults import point
 from freezeframe.components import ApplicationPlugin, Artifact, Deadline, Role
 from freezeframe.errors import CompletionError, QuiesceError, one_line
-from freezeframe.fsutil import syncfs, under
+from freezeframe.fsutil import syncfs
 from freezeframe.preflight import data_paths, snapshot_kinds
 from freezeframe.running import Run
 from freezeframe.session import Session
@@ -279,7 +279,7 @@ def _with_completions(artifact: Artifact, completed: dict[str, list[str]]) -> Ar
         if path in paths:
             continue
         paths.append(path)
-        top = under(artifact.view, Path(path))
+        top = artifact.image(path)
         for f in [top, *(top.rglob("*") if top.is_dir() else ())]:
             if f.is_file() and not f.is_symlink():
                 files += 1

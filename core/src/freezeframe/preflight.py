@@ -2,15 +2,16 @@
 not be written while frozen, each component's own check, and ``plan``.
 
 Everything here but :func:`check` (which calls each component's ``check()``) and
-:func:`data_paths` reads the loaded profile only.
+:func:`data_paths` / :func:`completed_paths` reads the loaded profile only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from freezeframe.components import CrashSafety, Role, SnapshotKind
+from freezeframe.components import ApplicationPlugin, CrashSafety, Role, SnapshotKind
 from freezeframe.errors import FreezeframeError, one_line
 from freezeframe.profile import ApplicationSpec, Profile, StageSpec
 from freezeframe.registry import Registry
@@ -18,6 +19,7 @@ from freezeframe.session import Session
 
 __all__ = [
     "check",
+    "completed_paths",
     "data_paths",
     "frozen_write_problems",
     "pairing_problems",
@@ -43,10 +45,20 @@ def windowed_stages(profile: Profile) -> list[StageSpec]:
 
 def data_paths(session: Session) -> tuple[Path, ...]:
     """Every application's data paths, in profile order, without duplicates."""
+    return _paths(session, lambda c: c.data_paths())
+
+
+def completed_paths(session: Session) -> tuple[Path, ...]:
+    """The paths applications in a capture mode complete into the snapshot views after
+    the thaw, in profile order, without duplicates."""
+    return _paths(session, lambda c: c.completed_paths() if c.completes else ())
+
+
+def _paths(session: Session, of: Callable[[ApplicationPlugin], Sequence[Path]]) -> tuple[Path, ...]:
     seen: dict[Path, None] = {}
     for app in session.profile.applications:
         with session.alone(app.component):
-            paths = app.component.data_paths()
+            paths = of(app.component)
         for p in paths:
             seen.setdefault(Path(p), None)
     return tuple(seen)

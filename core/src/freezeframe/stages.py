@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from freezeframe._faults import point
-from freezeframe.components import Artifact, Deadline, StageContext
+from freezeframe.components import Artifact, Deadline, Role, StageContext
 from freezeframe.errors import Interrupted, StageError, one_line
+from freezeframe.preflight import completed_paths
 from freezeframe.profile import StageSpec
 from freezeframe.running import Run
 from freezeframe.session import Session
@@ -59,6 +60,7 @@ def run_stage(
         spec.name,
         paths,
         source,
+        completed_paths(session) if spec.role == Role.SNAPSHOT else (),
         on_progress=_progress_of(spec.name, progress),
     )
     run.cancel_events.append(ctx.cancel_event)

@@ -10,9 +10,16 @@ takes milliseconds whatever the size of the data.
 
 The view is ``<dir>/<run id>``; a path's image is inside its subvolume's
 snapshot, which ``metadata["locations"]`` records (see
-:meth:`freezeframe.Artifact.roots`). After the thaw the run is sealed: a
+:meth:`freezeframe.Artifact.image`). After the thaw the run is sealed: a
 SHA-256 of every file of every path goes into ``<dir>/<run id>.manifest``
 (:mod:`freezeframe.plugin.digests`), which ``verify`` reads every byte against.
+
+When an application of the profile completes into the view after the thaw
+(a capture mode, :attr:`freezeframe.plugin.StageContext.completed_paths`), the
+snapshots are taken writable instead, and the seal, which the core calls once
+every completion is in, first makes each read-only
+(``btrfs property set -ts SNAP ro true``). ``verify`` refuses a snapshot that is
+not read-only.
 """
 
 from __future__ import annotations
@@ -78,6 +85,7 @@ class BtrfsBackend(Backend):
     kind = "btrfs"
     role = Role.SNAPSHOT
     snapshot_kind = SnapshotKind.ATOMIC
+    takes_completions = True  # taken writable when one does, sealed read-only after
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
@@ -122,30 +130,19 @@ class BtrfsBackend(Backend):
             raise FreezeframeError(f"dir {self.dir} is on {kind}, not btrfs")
         return fs_uuid(self.dir)
 
-    def _plan(self, sources: list[Path]) -> tuple[str, list[_Snapshot]]:
-        """The filesystem's UUID and the subvolumes to snapshot for ``sources``.
+    def _plan(
+        self, sources: list[Path], completed: Sequence[Path] = ()
+    ) -> tuple[str, list[_Snapshot], dict[Path, Location]]:
+        """The filesystem's UUID, the subvolumes to snapshot for ``sources`` and
+        ``completed`` (the paths completions will write), and where each completed path
+        (or the nearest folder above it that exists) is.
 
         Every refusal happens here, before any snapshot is taken.
         """
         filesystem = self._filesystem()
-        real_dir = self.dir.resolve()
         groups: dict[Path, list[Location]] = {}
         for src in sources:
-            if self.dir.is_relative_to(src) or src.is_relative_to(self.dir):
-                raise FreezeframeError(
-                    f"dir {self.dir} and data path {src} contain one another; "
-                    "put snapshots somewhere else"
-                )
-            loc = locate(src)
-            if real_dir.is_relative_to(loc.real):
-                raise FreezeframeError(
-                    f"dir {self.dir} lies inside data path {src}; put snapshots somewhere else"
-                )
-            if loc.filesystem != filesystem:
-                raise FreezeframeError(
-                    f"{src} is on another btrfs filesystem than dir {self.dir}; a snapshot "
-                    "stays on the filesystem it snapshots: put dir on the one that holds it"
-                )
+            loc = self._locate(src, filesystem)
             nested = foreign_below(loc.real) if loc.is_dir else None
             if nested is not None:
                 raise FreezeframeError(
@@ -154,6 +151,13 @@ class BtrfsBackend(Backend):
                     "on one subvolume (make it a plain folder) or back it up separately"
                 )
             groups.setdefault(loc.subvolume, []).append(loc)
+        anchors = {}
+        for path in completed:
+            anchor = path
+            while not os.path.lexists(anchor) and anchor != anchor.parent:
+                anchor = anchor.parent
+            anchors[path] = loc = self._locate(anchor, filesystem)
+            groups.setdefault(loc.subvolume, [])
         plan, taken = [], set()
         for subvolume, members in groups.items():
             base = subvolume.name or "root"
@@ -163,25 +167,49 @@ class BtrfsBackend(Backend):
                 name = f"{base}-{n}"
             taken.add(name)
             plan.append(_Snapshot(name, subvolume, tuple(members)))
-        return filesystem, plan
+        return filesystem, plan, anchors
+
+    def _locate(self, src: Path, filesystem: str) -> Location:
+        """Where ``src`` is; refused when it and ``dir`` overlap or it is on another
+        filesystem."""
+        if self.dir.is_relative_to(src) or src.is_relative_to(self.dir):
+            raise FreezeframeError(
+                f"dir {self.dir} and data path {src} contain one another; "
+                "put snapshots somewhere else"
+            )
+        loc = locate(src)
+        if self.dir.resolve().is_relative_to(loc.real):
+            raise FreezeframeError(
+                f"dir {self.dir} lies inside data path {src}; put snapshots somewhere else"
+            )
+        if loc.filesystem != filesystem:
+            raise FreezeframeError(
+                f"{src} is on another btrfs filesystem than dir {self.dir}; a snapshot "
+                "stays on the filesystem it snapshots: put dir on the one that holds it"
+            )
+        return loc
 
     def run(self, context: StageContext) -> Artifact:
-        """Snapshot, read-only, each subvolume that holds a data path or a path of ``paths``."""
+        """Snapshot each subvolume that holds a data path, a path of ``paths`` or a path
+        an application completes into the view: read-only, or writable when an
+        application completes (:meth:`seal` makes them read-only once it has)."""
         btrfs = find_tool("btrfs")
         sources = outermost([*context.data_paths, *self.paths])
-        if not sources:
+        completed = context.completed_paths
+        if not sources and not completed:
             raise FreezeframeError(
                 "nothing to snapshot: no application has a data path and `paths` is empty"
             )
-        filesystem, plan = self._plan(sources)
+        filesystem, plan, anchors = self._plan(sources, completed)
         view, partial = self.dir / context.run_id, self._partial(context.run_id)
+        flags = [] if completed else ["-r"]
         partial.mkdir(mode=0o700)
         try:
             for snap in plan:
                 context.check()
                 source, target = str(snap.subvolume), str(partial / snap.name)
                 run_tool(
-                    [btrfs, "subvolume", "snapshot", "-r", source, target],
+                    [btrfs, "subvolume", "snapshot", *flags, source, target],
                     context=context,
                     timeout=SNAPSHOT_TIMEOUT,
                 )
@@ -196,20 +224,22 @@ class BtrfsBackend(Backend):
             except Exception as e:  # the run's own error matters more; the engine discards again
                 log.warning("could not remove the snapshots of run %s: %s", context.run_id, e)
             raise
-        return Artifact(
-            id=context.run_id,
-            view=view,
-            metadata={
-                "method": "snapshot",
-                "paths": [str(p) for p in sources],
-                "locations": {
-                    str(m.path): str(view / s.name / m.relative) for s in plan for m in s.members
-                },
-                "snapshots": {s.name: str(s.subvolume) for s in plan},
-                "filesystem": filesystem,
-                "note": NOT_COUNTED,
-            },
-        )
+        name_of = {s.subvolume: s.name for s in plan}
+        locations = {str(m.path): str(view / s.name / m.relative) for s in plan for m in s.members}
+        for path, loc in anchors.items():
+            image = view / name_of[loc.subvolume] / loc.relative / path.relative_to(loc.path)
+            locations[str(path)] = str(image)
+        metadata: dict[str, Any] = {
+            "method": "snapshot",
+            "paths": [str(p) for p in sources],
+            "locations": locations,
+            "snapshots": {s.name: str(s.subvolume) for s in plan},
+            "filesystem": filesystem,
+            "note": NOT_COUNTED,
+        }
+        if completed:
+            metadata["writable"] = True  # until seal(): completions write into it
+        return Artifact(id=context.run_id, view=view, metadata=metadata)
 
     # -- restore, verify -----------------------------------------------------
     def _view(self, artifact: Artifact) -> Path:
@@ -246,7 +276,16 @@ class BtrfsBackend(Backend):
         return restored
 
     def seal(self, artifact: Artifact) -> Artifact:
-        """After the thaw: record a SHA-256 of every file of every path in the manifest."""
+        """After the thaw and the completions: make snapshots taken writable read-only,
+        then record a SHA-256 of every file of every path in the manifest."""
+        if artifact.metadata.get("writable"):
+            view, btrfs = self._view(artifact), find_tool("btrfs")
+            for name in artifact.metadata.get("snapshots", {}):
+                run_tool(
+                    [btrfs, "property", "set", "-ts", str(view / name), "ro", "true"], timeout=60
+                )
+            metadata = {k: v for k, v in artifact.metadata.items() if k != "writable"}
+            artifact = replace(artifact, metadata=metadata)
         return digests.seal(artifact)
 
     def verify(self, artifact: Artifact) -> str | None:
@@ -260,8 +299,14 @@ class BtrfsBackend(Backend):
             if not snap.is_dir() or snap.stat().st_ino != SUBVOLUME_ROOT_INO:
                 raise FreezeframeError(f"snapshot {snap} is missing (not a subvolume)")
             out = run_tool([btrfs, "property", "get", "-ts", str(snap), "ro"], timeout=60).stdout
-            if out.strip() != "ro=true":
-                raise FreezeframeError(f"snapshot {snap} is not read-only ({out.strip()})")
+            if out.strip() == "ro=true":
+                continue
+            if artifact.metadata.get("writable"):
+                raise FreezeframeError(
+                    f"snapshot {snap} was never sealed: it is still writable, as taken for "
+                    "the completions of its run"
+                )
+            raise FreezeframeError(f"snapshot {snap} is not sealed read-only ({out.strip()})")
         if digests.sealed(artifact):
             digests.check(replace(artifact, view=view))
             return None

@@ -189,14 +189,21 @@ class SqlitePlugin(ApplicationPlugin):
         def step(status: int, remaining: int, total: int) -> None:
             self._check_interrupted()
 
-        for view in (s.view for s in snapshots if s.view is not None):
-            dst = make_parents(self.path, view)
+        for snapshot in snapshots:
+            if snapshot.view is None:
+                continue
+            dst = snapshot.image(self.path)
+            if not dst.parent.is_dir():
+                dst = make_parents(self.path, snapshot.view)
             tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
             try:
                 with closing(sqlite3.connect(tmp, isolation_level=None)) as out:
                     reader.backup(out, pages=1024, progress=step)
-                for suffix in ("-journal", "-wal", "-shm"):  # never beside the copy
+                # never beside the copy: neither its own nor the live database's, which a
+                # snapshot of the whole filesystem holds
+                for suffix in ("-journal", "-wal", "-shm"):
                     Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+                    Path(f"{dst}{suffix}").unlink(missing_ok=True)
                 os.rename(tmp, dst)
             except BaseException:
                 tmp.unlink(missing_ok=True)

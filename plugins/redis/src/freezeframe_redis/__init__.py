@@ -40,13 +40,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from freezeframe.plugin import (
     ApplicationPlugin,
@@ -373,33 +374,20 @@ class RedisPlugin(ApplicationPlugin):
 
     def complete(self, snapshots: Sequence[Artifact]) -> None:
         """Wait for the dump of the fork made inside the window; put it whole into each
-        view: at ``dir/dbfilename``, or with the AOF on as the base of a manifest of its own."""
+        view: at ``dir/dbfilename``, or with the AOF on as the base of an AOF folder."""
         fork, layout = self._fork, self._layout
         if fork is None or layout is None:
             raise FreezeframeError(f"{self.where}: no BGSAVE forked at the capture to complete")
         fd = open_forked_dump(
             self._server, layout, fork, Deadline.after(COMPLETE_WAIT), self._interrupted.is_set
         )
-        # what Redis itself lists after loading a dump as its AOF: the base, an empty incr
-        base, incr = (f"{layout.appendfilename}.1.{t}" for t in ("base.rdb", "incr.aof"))
-        listing = (manifest_line(base, 1, "b") + manifest_line(incr, 1, "i")).encode(
-            "utf-8", "surrogateescape"
-        )
-
-        def list_base(out: BinaryIO) -> None:
-            out.write(listing)
-
         try:
             written = time.monotonic()
-            for view in (s.view for s in snapshots if s.view is not None):
-                if not layout.aof:
-                    self._copy_dump(fd, make_parents(layout.dump, view))
-                    continue
-                # Redis with the AOF on ignores a dump: it loads an RDB base the manifest lists
-                manifest = make_parents(layout.manifest, view)
-                self._copy_dump(fd, manifest.with_name(base))
-                self._whole(manifest.with_name(incr), lambda _: None, None)
-                self._whole(manifest, list_base, None)
+            for snapshot in (s for s in snapshots if s.view is not None):
+                if layout.aof:
+                    self._put_aof(fd, layout, self._image(snapshot, layout.aof_dir))
+                else:
+                    self._copy_dump(fd, self._image(snapshot, layout.dump))
         finally:
             os.close(fd)
         log.info(
@@ -409,33 +397,53 @@ class RedisPlugin(ApplicationPlugin):
             (time.monotonic() - written) * 1000,
         )
 
-    def _copy_dump(self, fd: int, dst: Path) -> None:
-        """The file open as ``fd`` put whole at ``dst``, with its mode, owner and times."""
-
-        def fill(out: BinaryIO) -> None:
-            offset = 0
-            while chunk := os.pread(fd, CHUNK, offset):
-                if self._interrupted.is_set():
-                    raise FreezeframeError(f"{self.where}: interrupted while copying its dump")
-                out.write(chunk)
-                offset += len(chunk)
-
-        self._whole(dst, fill, os.fstat(fd))
-
     @staticmethod
-    def _whole(dst: Path, fill: Callable[[BinaryIO], object], like: os.stat_result | None) -> None:
-        """``dst`` written by ``fill`` under a temporary name, then renamed; with the mode,
-        owner and times of ``like``."""
+    def _image(snapshot: Artifact, original: Path) -> Path:
+        """Where ``original`` goes in the snapshot's view (its parents made)."""
+        assert snapshot.view is not None
+        return make_parents(original, snapshot.view)
+
+    def _put_aof(self, fd: int, layout: Layout, dst: Path) -> None:
+        """At ``dst``, an AOF folder whose manifest lists the dump open as ``fd`` as its
+        base and an empty incremental file (what Redis itself lists once it has loaded a
+        dump as its AOF), replacing whatever the snapshot holds there (a snapshot of the
+        whole filesystem holds the live AOF of another instant)."""
+        base, incr = (f"{layout.appendfilename}.1.{t}" for t in ("base.rdb", "incr.aof"))
+        listing = manifest_line(base, 1, "b") + manifest_line(incr, 1, "i")
         tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+        old = dst.with_name(f".{dst.name}.{os.getpid()}.old")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            with suppress(OSError):
+                os.chmod(tmp, layout.aof_dir.stat().st_mode & 0o7777)
+            self._copy_dump(fd, tmp / base)
+            (tmp / incr).write_bytes(b"")
+            (tmp / layout.manifest.name).write_bytes(listing.encode("utf-8", "surrogateescape"))
+            with suppress(FileNotFoundError):
+                os.rename(dst, old)
+            os.rename(tmp, dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _copy_dump(self, fd: int, dst: Path) -> None:
+        """The file open as ``fd`` put whole at ``dst`` (a temporary name, then a rename),
+        with its mode, owner and times."""
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+        st = os.fstat(fd)
         try:
             with open(tmp, "wb") as out:
-                fill(out)
-                if like is not None:
-                    os.fchmod(out.fileno(), like.st_mode & 0o7777)
-                    with suppress(PermissionError):  # not root: the copy stays ours
-                        os.fchown(out.fileno(), like.st_uid, like.st_gid)
-            if like is not None:
-                os.utime(tmp, ns=(like.st_atime_ns, like.st_mtime_ns))
+                offset = 0
+                while chunk := os.pread(fd, CHUNK, offset):
+                    if self._interrupted.is_set():
+                        raise FreezeframeError(f"{self.where}: interrupted while copying its dump")
+                    out.write(chunk)
+                    offset += len(chunk)
+                os.fchmod(out.fileno(), st.st_mode & 0o7777)
+                with suppress(PermissionError):  # not root: the copy stays ours
+                    os.fchown(out.fileno(), st.st_uid, st.st_gid)
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
             os.rename(tmp, dst)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -149,7 +149,7 @@ def back_up(
 @pytest.mark.parametrize("persistence", ["rdb", "aof"])
 @pytest.mark.parametrize(
     ("backend", "capture"),
-    [("clone", "snapshot"), ("btrfs", "snapshot"), ("clone", "logical")],
+    [("clone", "snapshot"), ("btrfs", "snapshot"), ("clone", "logical"), ("btrfs", "logical")],
 )
 def test_every_restored_backup_is_one_instant_with_every_earlier_commit(
     ledger: Callable[..., Ledger], tmp_path: Path, backend: str, persistence: str, capture: str

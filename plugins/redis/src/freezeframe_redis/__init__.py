@@ -399,9 +399,11 @@ class RedisPlugin(ApplicationPlugin):
 
     @staticmethod
     def _image(snapshot: Artifact, original: Path) -> Path:
-        """Where ``original`` goes in the snapshot's view (its parents made)."""
+        """Where ``original`` goes in the snapshot's view (its parents made if the
+        snapshot does not hold them)."""
         assert snapshot.view is not None
-        return make_parents(original, snapshot.view)
+        dst = snapshot.image(original)
+        return dst if dst.parent.is_dir() else make_parents(original, snapshot.view)
 
     def _put_aof(self, fd: int, layout: Layout, dst: Path) -> None:
         """At ``dst``, an AOF folder whose manifest lists the dump open as ``fd`` as its

@@ -14,6 +14,8 @@ Printed per setup, as the median (and max) over the runs, in ms:
 - ``quiesce``: ``CLIENT PAUSE`` until the files are complete (for RDB the
   ``BGSAVE``, for AOF the buffer check and the fsyncs);
 - ``snapshot``: the snapshot stage;
+- ``complete``: the completion after the thaw (the ``logical`` capture: the
+  wait for the dump of the fork and its copy into the view);
 - ``raw BGSAVE``: a ``BGSAVE`` alone, without freezeframe, from the command to
   ``rdb_bgsave_in_progress:0`` (what the RDB quiesce cannot beat);
 - ``write wait``: the longest a client's write waited during the backup (what
@@ -21,7 +23,9 @@ Printed per setup, as the median (and max) over the runs, in ms:
 
 Redis notices that a save finished in its cron, every ``1/hz`` s (100 ms at
 the default ``hz 10``); the ``hz 100`` row shows what that costs.
-Usage: ``python bench/redis_freeze.py [--runs N] [--keys 10000,100000,1000000]``.
+Usage: ``python bench/redis_freeze.py [--runs N] [--keys 10000,100000,1000000]
+[--clone] [--capture logical|snapshot]`` (``--clone``: a clone stage even where btrfs
+could be used; ``--capture``: that mode, else the plug-in's default for the stage).
 """
 
 from __future__ import annotations
@@ -162,12 +166,15 @@ class Row:
     window: list[float]
     quiesce: list[float]
     stage: list[float]
+    complete: list[float]
     raw: list[float]
     wait: list[float]
     data_mb: float
 
 
-def bench(setup: Setup, base: Path, runs: int, snap: tuple[Path, Path] | None) -> Row:
+def bench(
+    setup: Setup, base: Path, runs: int, snap: tuple[Path, Path] | None, capture: str | None
+) -> Row:
     """Back the server of ``setup`` up ``runs`` times; the measurements."""
     name = f"{setup.persistence}-{setup.keys}-{setup.hz}"
     if snap is not None:
@@ -196,6 +203,7 @@ def bench(setup: Setup, base: Path, runs: int, snap: tuple[Path, Path] | None) -
                 plugin = "redis"
                 name = "redis"
                 url = "{server.unix_url}"
+                {f'capture = "{capture}"' if capture else ""}
 
                 [[backup]]
                 backend = "{backend}"
@@ -206,7 +214,7 @@ def bench(setup: Setup, base: Path, runs: int, snap: tuple[Path, Path] | None) -
         )
         registry = build_registry()
         engine = Engine(load_profile(profile, registry), registry)
-        row = Row(setup, backend, [], [], [], [], [], data_mb)
+        row = Row(setup, backend, [], [], [], [], [], [], data_mb)
         with probe(server) as worst:
             for _ in range(runs):
                 worst.value = 0.0
@@ -221,6 +229,9 @@ def bench(setup: Setup, base: Path, runs: int, snap: tuple[Path, Path] | None) -
                 row.window.append(app.frozen_ms)
                 row.quiesce.append((app.quiesce_end - app.quiesce_start) * 1000)
                 row.stage.append((st.finished_at - st.started_at) * 1000)
+                row.snapshot = f"{backend}, {app.capture}"
+                if app.complete_start and app.complete_end:
+                    row.complete.append((app.complete_end - app.complete_start) * 1000)
                 row.wait.append(worst.value)
                 if setup.persistence == "rdb":
                     row.raw.append(raw_bgsave(server))
@@ -239,6 +250,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--keys", default="10000,100000,1000000")
+    parser.add_argument("--clone", action="store_true", help="a clone stage, even on btrfs")
+    parser.add_argument("--capture", choices=("logical", "snapshot"), default=None)
     args = parser.parse_args()
     sizes = [int(k) for k in args.keys.split(",")]
     try:
@@ -250,21 +263,22 @@ def main() -> None:
     rows = []
     with ExitStack() as stack:
         base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ffredis-bench-")))
-        snap = stack.enter_context(btrfs_data(base))
+        snap = None if args.clone else stack.enter_context(btrfs_data(base))
         for setup in setups:
             print(f"{setup.label} ...", file=sys.stderr, flush=True)
-            rows.append(bench(setup, base, args.runs, snap))
+            rows.append(bench(setup, base, args.runs, snap, args.capture))
     print(
         f"median (max) of {args.runs} runs, ms; values {VALUE_BYTES} B; redis-server "
         f"{run_tool([find_tool('redis-server'), '--version'], timeout=30).stdout.split()[2]}"
     )
-    header = ("setup", "data", "snapshot", "window", "quiesce", "snapshot stage", "raw BGSAVE",
-              "write wait")  # fmt: skip
+    header = ("setup", "data", "snapshot", "window", "quiesce", "snapshot stage", "complete",
+              "raw BGSAVE", "write wait")  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         cells = (r.setup.label, f"{r.data_mb:,.1f} MB", r.snapshot, fmt(r.window),
-                 fmt(r.quiesce), fmt(r.stage), fmt(r.raw), fmt(r.wait))  # fmt: skip
+                 fmt(r.quiesce), fmt(r.stage), fmt(r.complete), fmt(r.raw),
+                 fmt(r.wait))  # fmt: skip
         print("| " + " | ".join(cells) + " |")
 
 

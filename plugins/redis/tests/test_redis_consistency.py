@@ -4,7 +4,10 @@ A separate process moves money between account keys in MULTI/EXEC
 transactions (the total never changes) and counts them with INCR. While it
 runs, freezeframe backs the server up again and again — a snapshot stage
 (clone: per-file; btrfs: atomic, with the data on a subvolume of a loop
-filesystem), then an archive copy of it — for an RDB and an AOF setup. The
+filesystem), then an archive copy of it — for an RDB and an AOF setup, in
+each capture mode: ``snapshot`` (the files made complete inside the window)
+and ``logical`` (only the fork of a BGSAVE inside the window, its dump put
+into the view after the thaw). The
 RDB server also saves by itself every second and the AOF server rewrites its
 AOF by itself, so backups meet saves and rewrites already under way. Every
 archive is restored, loaded by a fresh redis-server while the original still
@@ -65,11 +68,12 @@ def ledger(
     write_profile: Callable[[str], Path],
     registry_with: Callable[..., Registry],
     monkeypatch: pytest.MonkeyPatch,
-) -> Callable[[str, str, str], Ledger]:
-    """``ledger(plugin, backend, persistence)``: a Redis server with that persistence,
-    backed up through application plug-in ``plugin`` and snapshot ``backend``."""
+) -> Callable[..., Ledger]:
+    """``ledger(plugin, backend, persistence, capture)``: a Redis server with that
+    persistence, backed up through application plug-in ``plugin`` in capture mode
+    ``capture`` and snapshot ``backend``."""
 
-    def make(plugin: str, backend: str, persistence: str) -> Ledger:
+    def make(plugin: str, backend: str, persistence: str, capture: str) -> Ledger:
         if backend == "btrfs":
             btrfs = require_tool("btrfs")
             fs = loop_fs("btrfs", size_mb=256)
@@ -95,6 +99,7 @@ def ledger(
             name = "ledger"
             url = "{server.url}"
             password_env = "FF_REDIS_PASSWORD"
+            capture = "{capture}"
 
             [[backup]]
             backend = "{backend}"
@@ -142,11 +147,14 @@ def back_up(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("persistence", ["rdb", "aof"])
-@pytest.mark.parametrize("backend", ["clone", "btrfs"])
+@pytest.mark.parametrize(
+    ("backend", "capture"),
+    [("clone", "snapshot"), ("btrfs", "snapshot"), ("clone", "logical"), ("btrfs", "logical")],
+)
 def test_every_restored_backup_is_one_instant_with_every_earlier_commit(
-    ledger: Callable[[str, str, str], Ledger], tmp_path: Path, backend: str, persistence: str
+    ledger: Callable[..., Ledger], tmp_path: Path, backend: str, persistence: str, capture: str
 ) -> None:
-    live = ledger("redis", backend, persistence)
+    live = ledger("redis", backend, persistence, capture)
     with TransferWriter(live.server) as writer:
         first = writer.committed
         checked = back_up(live, writer, tmp_path, RUNS)
@@ -159,6 +167,7 @@ def test_every_restored_backup_is_one_instant_with_every_earlier_commit(
     for run, _, _ in checked:
         [app] = run.applications
         assert app.mode == "quiesced" and app.facts["persistence"] == persistence
+        assert app.capture == capture
     seqs = [seq for _, seq, _ in checked]
     assert seqs == sorted(seqs) and len(set(seqs)) > RUNS // 2
     assert live.server.alive()
@@ -169,9 +178,9 @@ def test_every_restored_backup_is_one_instant_with_every_earlier_commit(
 @pytest.mark.parametrize("persistence", ["rdb", "aof"])
 @pytest.mark.parametrize("backend", ["clone", "btrfs"])
 def test_a_capture_after_the_pause_is_caught(
-    ledger: Callable[[str, str, str], Ledger], tmp_path: Path, backend: str, persistence: str
+    ledger: Callable[..., Ledger], tmp_path: Path, backend: str, persistence: str
 ) -> None:
-    live = ledger("redis-captured-late", backend, persistence)
+    live = ledger("redis-captured-late", backend, persistence, "snapshot")
     with TransferWriter(live.server) as writer:
         checked = back_up(live, writer, tmp_path, MUTANT_TRIES)
     assert checked[-1][2], f"{len(checked)} backups captured late all passed the checks"

@@ -17,7 +17,21 @@ Unquiesce checks that the pause held while the snapshot was taken (no write
 reached the data, the pause did not run out, no AOF rewrite swapped the
 files under a per-file copy, a replica did not resynchronise) and sends
 ``CLIENT UNPAUSE``; a broken pause fails the run rather than passing off an
-inconsistent snapshot. The password (``password_env``/``password_file``)
+inconsistent snapshot.
+
+``capture = "logical"`` (the default with snapshot stages
+that take completions) keeps only the fork inside the window: under the
+same pause it runs ``BGSAVE``, whose reply comes once Redis has forked (the
+child's image of the data is fixed from then on), and the thaw unpauses at
+once. The completion waits for that child's dump, opens it only if no
+other save followed (``rdb_saves``: an automatic save could have renamed a
+later dump over it), and copies it whole into each view at
+``dir/dbfilename`` (with the AOF on: as the RDB base of a manifest of its
+own in the AOF folder, which is what such a server loads). Nothing
+backup-specific is ever written in the data folder, so a kill of
+freezeframe leaves nothing behind there.
+
+The password (``password_env``/``password_file``)
 reaches only redis-py's connect call; every message is scrubbed of it.
 """
 
@@ -26,9 +40,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,14 +63,18 @@ from freezeframe.plugin import (
     find_tool,
     hookimpl,
     is_folder_below,
+    make_parents,
     replace_below,
     unlink_below,
 )
-from freezeframe_redis._layout import Layout, read_manifest
+from freezeframe_redis._layout import Layout, manifest_line, read_manifest
 from freezeframe_redis._persist import (
+    Fork,
     complete_aof,
+    fork_rdb,
     incomplete_aof_images,
     no_child,
+    open_forked_dump,
     save_rdb,
     window_state,
 )
@@ -70,6 +90,10 @@ MIN_VERSION = (6, 2)
 MIN_AOF_VERSION = (7, 0)
 #: How long ``prepare`` waits for a background save that is already running.
 PREPARE_WAIT = 300.0
+#: How long a logical capture's completion waits for the dump of its fork.
+COMPLETE_WAIT = 3600.0
+#: How much of the dump is copied between two looks for ``interrupt()``.
+CHUNK = 4 << 20
 
 
 class RedisPlugin(ApplicationPlugin):
@@ -80,6 +104,8 @@ class RedisPlugin(ApplicationPlugin):
     # until the thaw (unquiesce fails the run if something did): any snapshot will do.
     consistent_on = frozenset({SnapshotKind.ATOMIC, SnapshotKind.PER_FILE})
     crash_safety = CrashSafety.SERVER_TIMEOUT
+    # logical first: only the fork is inside the window, whatever the size of the data
+    capture_modes = ("logical", "snapshot")
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
@@ -104,6 +130,8 @@ class RedisPlugin(ApplicationPlugin):
         #: auto-aof-rewrite-percentage and -min-size, when CONFIG can tell them.
         self._auto_rewrite: tuple[int, int] | None = None
         self._facts: dict[str, Any] = {}
+        self._fork: Fork | None = None  # logical: the BGSAVE forked inside the window
+        self._interrupted = threading.Event()
 
     @property
     def where(self) -> str:
@@ -175,11 +203,25 @@ class RedisPlugin(ApplicationPlugin):
             )
         if not os.access(layout.dir, os.R_OK | os.X_OK):
             raise FreezeframeError(f"{self.where}: its data folder {layout.dir} is not readable")
+        if self.capture == "logical":
+            self._check_logical(layout)
         self._layout = layout
         replication = self._server.info("replication")
         self._facts.update(
             redis_version=version, role=replication.get("role"), persistence=layout.mode
         )
+
+    def _check_logical(self, layout: Layout) -> None:
+        """The logical capture needs the files' names and ``rdb_saves`` (Redis 7)."""
+        why = ""
+        if layout.whole_dir:
+            why = "needs CONFIG GET to know its files' names"
+        elif "rdb_saves" not in self._server.info("persistence"):
+            why = "needs INFO persistence rdb_saves (Redis 7.0 or later)"
+        if why:
+            raise FreezeframeError(
+                f'{self.where}: capture = "logical" {why}: use capture = "snapshot"'
+            )
 
     def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
         """Read where the files are; let a background save already running end before the window."""
@@ -195,10 +237,21 @@ class RedisPlugin(ApplicationPlugin):
             log.warning("%s; the freeze window will wait for it", e)
 
     def data_paths(self) -> Sequence[Path]:
-        """The RDB file, or the AOF folder, or with CONFIG disabled the whole data folder."""
+        """The RDB file, or the AOF folder, or with CONFIG disabled the whole data folder;
+        nothing in the logical capture, whose completion writes the dump."""
+        if self.capture == "logical":
+            return ()
         if self._layout is None:
             self._layout, _ = self._read_layout()
         return self._layout.data_paths()
+
+    def completed_paths(self) -> Sequence[Path]:
+        """In the logical capture, the RDB file, or with the AOF on the AOF folder."""
+        if self.capture != "logical":
+            return ()
+        if self._layout is None:
+            self._layout, _ = self._read_layout()
+        return (self._layout.aof_dir if self._layout.aof else self._layout.dump,)
 
     # -- the freeze -------------------------------------------------------------
     def quiesce(self, deadline: Deadline) -> None:
@@ -233,7 +286,11 @@ class RedisPlugin(ApplicationPlugin):
         self._server.call("CLIENT", "PAUSE", ms, "WRITE")
         self._facts["pause_ms"] = ms
         self._settle_replica(deadline)
-        if layout.aof:
+        if self.capture == "logical":  # the fork is the capture, with the AOF on or not
+            self._fork = fork_rdb(self._server, deadline)
+            self._facts.update(wait_ms=self._fork.wait_ms)
+            self._baseline = window_state(self._server)
+        elif layout.aof:
             # A per-file copy must not meet a rewrite: run one that is due now.
             rewrite = self._auto_rewrite if SnapshotKind.PER_FILE in self._kinds else None
             while True:  # a rewrite that started meanwhile would swap the files
@@ -314,6 +371,94 @@ class RedisPlugin(ApplicationPlugin):
                 raise QuiesceError(
                     f"{self.where}: " + "; ".join(problems) + ": the snapshot may be inconsistent"
                 )
+
+    def complete(self, snapshots: Sequence[Artifact]) -> None:
+        """Wait for the dump of the fork made inside the window; put it whole into each
+        view: at ``dir/dbfilename``, or with the AOF on as the base of an AOF folder."""
+        fork, layout = self._fork, self._layout
+        if fork is None or layout is None:
+            raise FreezeframeError(f"{self.where}: no BGSAVE forked at the capture to complete")
+        fd = open_forked_dump(
+            self._server, layout, fork, Deadline.after(COMPLETE_WAIT), self._interrupted.is_set
+        )
+        try:
+            written = time.monotonic()
+            for snapshot in (s for s in snapshots if s.view is not None):
+                if layout.aof:
+                    self._put_aof(fd, layout, self._image(snapshot, layout.aof_dir))
+                else:
+                    self._copy_dump(fd, self._image(snapshot, layout.dump))
+        finally:
+            os.close(fd)
+        log.info(
+            "%s: the dump of the capture took %.0f ms after the fork, copied in %.0f ms",
+            self.name,
+            (written - fork.began) * 1000,
+            (time.monotonic() - written) * 1000,
+        )
+
+    @staticmethod
+    def _image(snapshot: Artifact, original: Path) -> Path:
+        """Where ``original`` goes in the snapshot's view (its parents made if the
+        snapshot does not hold them)."""
+        assert snapshot.view is not None
+        dst = snapshot.image(original)
+        return dst if dst.parent.is_dir() else make_parents(original, snapshot.view)
+
+    def _put_aof(self, fd: int, layout: Layout, dst: Path) -> None:
+        """At ``dst``, an AOF folder whose manifest lists the dump open as ``fd`` as its
+        base and an empty incremental file (what Redis itself lists once it has loaded a
+        dump as its AOF), replacing whatever the snapshot holds there (a snapshot of the
+        whole filesystem holds the live AOF of another instant)."""
+        base, incr = (f"{layout.appendfilename}.1.{t}" for t in ("base.rdb", "incr.aof"))
+        listing = manifest_line(base, 1, "b") + manifest_line(incr, 1, "i")
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+        old = dst.with_name(f".{dst.name}.{os.getpid()}.old")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            with suppress(OSError):
+                os.chmod(tmp, layout.aof_dir.stat().st_mode & 0o7777)
+            self._copy_dump(fd, tmp / base)
+            (tmp / incr).write_bytes(b"")
+            (tmp / layout.manifest.name).write_bytes(listing.encode("utf-8", "surrogateescape"))
+            with suppress(FileNotFoundError):
+                os.rename(dst, old)
+            os.rename(tmp, dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _copy_dump(self, fd: int, dst: Path) -> None:
+        """The file open as ``fd`` put whole at ``dst`` (a temporary name, then a rename),
+        with its mode, owner and times."""
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+        st = os.fstat(fd)
+        try:
+            with open(tmp, "wb") as out:
+                offset = 0
+                while chunk := os.pread(fd, CHUNK, offset):
+                    if self._interrupted.is_set():
+                        raise FreezeframeError(f"{self.where}: interrupted while copying its dump")
+                    out.write(chunk)
+                    offset += len(chunk)
+                os.fchmod(out.fileno(), st.st_mode & 0o7777)
+                with suppress(PermissionError):  # not root: the copy stays ours
+                    os.fchown(out.fileno(), st.st_uid, st.st_gid)
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.rename(tmp, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def release(self) -> None:
+        """Forget the fork of the capture (its child ends by itself; nothing else is held)."""
+        self._fork = None
+        self._interrupted.clear()
+
+    def interrupt(self) -> None:
+        """Make a completion under way give up at its next look (within ``POLL``)."""
+        self._interrupted.set()
 
     def describe(self) -> Mapping[str, Any]:
         """Version, role, persistence, files and sizes, pause and save times, key count."""

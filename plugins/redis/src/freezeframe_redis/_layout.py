@@ -17,7 +17,7 @@ from pathlib import Path
 
 from freezeframe.plugin import under
 
-__all__ = ["AofFile", "Layout", "fsync_path", "read_manifest", "split_args"]
+__all__ = ["AofFile", "Layout", "fsync_path", "manifest_line", "read_manifest", "split_args"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,24 @@ def split_args(line: bytes) -> list[bytes]:
         if quote:
             raise ValueError("unbalanced quotes")
         out.append(bytes(token))
+
+
+_REPR = {ord("\\"): "\\\\", ord('"'): '\\"', 10: "\\n", 13: "\\r", 9: "\\t", 7: "\\a", 8: "\\b"}
+
+
+def manifest_line(name: str, seq: int, kind: str) -> str:
+    """One line of an AOF manifest, the file name quoted as Redis quotes it (``sdscatrepr``)
+    when it holds a space, a quote, a backslash or a byte outside printable ASCII."""
+    raw = os.fsencode(name)
+    if all(0x21 <= b <= 0x7E and b not in b'"\\' for b in raw):
+        quoted = name
+    else:
+        quoted = (
+            '"'
+            + "".join(_REPR.get(b) or (chr(b) if 0x20 <= b <= 0x7E else f"\\x{b:02x}") for b in raw)
+            + '"'
+        )
+    return f"file {quoted} seq {seq} type {kind}\n"
 
 
 def read_manifest(path: Path) -> list[AofFile]:

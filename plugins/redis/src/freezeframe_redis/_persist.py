@@ -1,7 +1,9 @@
 """Making the files on disk complete while writes are paused, and checking that they stayed so.
 
 RDB: a ``BGSAVE`` after any save already under way (Redis writes
-``temp-<pid>.rdb``, fsyncs it, renames it over the dump, fsyncs the folder).
+``temp-<pid>.rdb``, fsyncs it, renames it over the dump, fsyncs the folder);
+in the logical capture only its fork is inside the window, and the dump it
+writes is opened after the thaw, once no other save can have replaced it.
 AOF: no rewrite running or due, Redis's AOF buffer written, and every file
 the manifest lists fsync'd by us. Each function returns facts for the run
 record and raises :class:`~freezeframe.QuiesceError` (or the connection's
@@ -10,23 +12,29 @@ record and raises :class:`~freezeframe.QuiesceError` (or the connection's
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from freezeframe.plugin import (
     Artifact,
     Deadline,
+    FreezeframeError,
     QuiesceError,
 )
 from freezeframe_redis._layout import Layout, fsync_path
 from freezeframe_redis._server import Server, ServerError
 
 __all__ = [
+    "Fork",
     "complete_aof",
+    "fork_rdb",
     "incomplete_aof_images",
     "no_child",
+    "open_forked_dump",
     "rewrite_due",
     "save_rdb",
     "window_state",
@@ -46,13 +54,25 @@ def _no_rewrite(info: Mapping[str, Any]) -> bool:
     return not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled")
 
 
-def save_rdb(server: Server, layout: Layout, deadline: Deadline) -> dict[str, Any]:
-    """BGSAVE after any save already running; wait for it; make sure it wrote our file."""
-    where = f"Redis at {server.endpoint.where}"
-    facts: dict[str, Any] = {}
+@dataclass(frozen=True)
+class Fork:
+    """A ``BGSAVE`` that has forked: its child's image of the data is fixed."""
+
+    #: ``rdb_saves`` just before it: its dump is the next save, ``saves + 1``.
+    saves: int
+    #: When BGSAVE was sent: ``time.monotonic()`` and ``time.time()``.
+    began: float
+    wall: float
+    #: How long the window waited for a child already running before it.
+    wait_ms: float
+
+
+def fork_rdb(server: Server, deadline: Deadline) -> Fork:
+    """BGSAVE after any save or rewrite already running; returns once Redis has forked
+    (its reply)."""
     waited = time.monotonic()
     while True:
-        server.wait("saving in the background (BGSAVE, AOF rewrite)", no_child, deadline)
+        info = server.wait("saving in the background (BGSAVE, AOF rewrite)", no_child, deadline)
         began, wall = time.monotonic(), time.time()
         try:
             server.call("BGSAVE")
@@ -62,37 +82,102 @@ def save_rdb(server: Server, layout: Layout, deadline: Deadline) -> dict[str, An
             if e.reason == "response" and ("in progress" in text or "child process" in text):
                 continue  # another save started between our look and our BGSAVE
             raise QuiesceError(f"{e} (see the Redis log)") from None
-    info = server.wait(
-        "writing its dump (BGSAVE)", lambda i: not i.get("rdb_bgsave_in_progress"), deadline
-    )
-    facts.update(
-        wait_ms=round((began - waited) * 1000, 1),
-        bgsave_ms=round((time.monotonic() - began) * 1000, 1),
-    )
+    return Fork(int(info.get("rdb_saves", -1)), began, wall, round((began - waited) * 1000, 1))
+
+
+def _saved(server: Server, info: Mapping[str, Any], wall: float, error: type[Exception]) -> None:
+    """Raise ``error`` unless the last background save, begun at ``wall``, succeeded."""
+    where = f"Redis at {server.endpoint.where}"
     if info.get("rdb_last_bgsave_status") != "ok":
-        raise QuiesceError(
+        raise error(
             f"{where}: BGSAVE failed (rdb_last_bgsave_status:"
             f"{info.get('rdb_last_bgsave_status')}): see the Redis log (disk full? "
             "data folder not writable? the save process killed?)"
         )
     if int(info.get("rdb_last_save_time", 0)) < int(wall):
-        raise QuiesceError(f"{where}: BGSAVE ended without writing a dump")
+        raise error(f"{where}: BGSAVE ended without writing a dump")
+
+
+def _written_since(server: Server, dump: Path, mtime: float, wall: float, why: str) -> None:
+    """A dump last written before its BGSAVE began is not its dump: ``dir`` is wrong."""
+    if mtime < wall - 1:
+        raise QuiesceError(
+            f"Redis at {server.endpoint.where}: BGSAVE succeeded but {dump} is not its dump "
+            f"({why}): is dir the server's data folder as this machine sees it?"
+        )
+
+
+def save_rdb(server: Server, layout: Layout, deadline: Deadline) -> dict[str, Any]:
+    """BGSAVE after any save already running; wait for it; make sure it wrote our file."""
+    fork = fork_rdb(server, deadline)
+    info = server.wait(
+        "writing its dump (BGSAVE)", lambda i: not i.get("rdb_bgsave_in_progress"), deadline
+    )
+    facts: dict[str, Any] = {
+        "wait_ms": fork.wait_ms,
+        "bgsave_ms": round((time.monotonic() - fork.began) * 1000, 1),
+    }
+    _saved(server, info, fork.wall, QuiesceError)
     dump = (layout.find_dump() if layout.whole_dir else layout).dump
     try:
         mtime = dump.stat().st_mtime
     except OSError as e:
-        mtime, why = 0.0, e.strerror
+        mtime, why = 0.0, str(e.strerror)
     else:
         why = f"it was last written {time.time() - mtime:.0f}s ago"
-    if mtime < wall - 1:
-        raise QuiesceError(
-            f"{where}: BGSAVE succeeded but {dump} is not its dump ({why}): is dir "
-            "the server's data folder as this machine sees it?"
-        )
+    _written_since(server, dump, mtime, fork.wall, why)
     facts.update(files=[dump.name], bytes=dump.stat().st_size)
     if "rdb_saves" in info:
         facts["rdb_saves"] = info["rdb_saves"]
     return facts
+
+
+def open_forked_dump(
+    server: Server, layout: Layout, fork: Fork, deadline: Deadline, stop: Callable[[], bool]
+) -> int:
+    """Once ``fork``'s child has written the dump, a read-only descriptor of that very file.
+
+    Raises :class:`~freezeframe.FreezeframeError` if the save failed, ``stop()`` or the
+    deadline came first, or another save ran after it (an automatic one, a replica's
+    full sync): Redis then may have renamed a later dump over it.
+    """
+    where = f"Redis at {server.endpoint.where}"
+
+    def done(info: Mapping[str, Any]) -> bool:
+        if stop():
+            raise FreezeframeError(f"{where}: interrupted while BGSAVE wrote its dump")
+        return not info.get("rdb_bgsave_in_progress")
+
+    info = server.wait("writing the dump of the capture (BGSAVE)", done, deadline)
+    # A failed save is retried only 5 s later (Redis's CONFIG_BGSAVE_RETRY_DELAY): no
+    # other save can have succeeded after ours failed before a look every POLL s.
+    _saved(server, info, fork.wall, FreezeframeError)
+    if info.get("rdb_saves") != fork.saves + 1:
+        raise _replaced(where)
+    try:
+        fd = os.open(layout.dump, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        _written_since(server, layout.dump, 0.0, fork.wall, str(e.strerror))
+        raise
+    try:
+        # No save running and none ended since the last look: none renamed a dump meanwhile.
+        again = server.info("persistence")
+        if again.get("rdb_bgsave_in_progress") or again.get("rdb_saves") != fork.saves + 1:
+            raise _replaced(where)
+        mtime = os.fstat(fd).st_mtime
+        why = f"written {fork.wall - mtime:.0f}s before it began"
+        _written_since(server, layout.dump, mtime, fork.wall, why)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _replaced(where: str) -> FreezeframeError:
+    return FreezeframeError(
+        f"{where}: another save (an automatic one?) ran before the dump of the capture "
+        "was read, and may have replaced it: try again, or space the save points further"
+    )
 
 
 def complete_aof(

@@ -162,7 +162,11 @@ def test_four_applications_on_one_subvolume_restore_one_instant(
     registry_with: Callable[..., Registry],
     redis_plugin: str,
 ) -> None:
-    """With ``redis-capture-skipped`` (the negative control), a backup must be rejected."""
+    """With ``redis-capture-skipped`` (the negative control), a backup must be rejected.
+
+    The control pins Redis's ``snapshot`` capture: the mutant puts an older dump back
+    after the save in the window, which only that mode reads (the real plug-in's default
+    here, ``logical``, copies its fork's dump after the thaw)."""
     control = redis_plugin != "redis"
     registry = registry_with(mutants)
     btrfs = require_tool("btrfs")
@@ -209,6 +213,7 @@ def test_four_applications_on_one_subvolume_restore_one_instant(
         plugin = "{redis_plugin}"
         name = "redis"
         url = "{rds.url}"
+        {'capture = "snapshot"' if control else ""}
 
         [[application]]
         plugin = "sqlite"

@@ -79,7 +79,7 @@ def loop_filesystem(fstype: str, base: Path) -> Iterator[Path]:
     run_tool([find_tool(f"mkfs.{fstype}"), *quiet, str(image)], timeout=120)
     device = run_tool(["losetup", "--find", "--show", str(image)], timeout=60).stdout.strip()
     try:
-        mnt.mkdir()
+        mnt.mkdir(exist_ok=True)  # made empty again by a setup before on the same fs type
         run_tool(["mount", device, str(mnt)], timeout=60)
         try:
             yield mnt

@@ -274,23 +274,29 @@ def test_application_not_an_array_of_tables(
 
 
 @pytest.mark.parametrize(
-    ("value", "message"),
+    ("field", "value", "message"),
     [
-        ('"10 parsecs"', "expected a duration"),
-        ('"10 parsecs"', "'10 parsecs'"),
-        ("0", "greater than zero"),
-        ("-1", "greater than zero"),
-        ("true", "expected a duration"),
-        ('"25h"', "a duration must be at most 1 day"),
-        ("0x" + "f" * 300, "a duration must be at most 1 day"),
+        ("freeze_timeout", '"10 parsecs"', "expected a duration"),
+        ("freeze_timeout", '"10 parsecs"', "'10 parsecs'"),
+        ("freeze_timeout", "0", "greater than zero"),
+        ("freeze_timeout", "-1", "greater than zero"),
+        ("freeze_timeout", "true", "expected a duration"),
+        ("freeze_timeout", '"25h"', "a duration must be at most 1 day"),
+        ("freeze_timeout", "0x" + "f" * 300, "a duration must be at most 1 day"),
+        ("max_copy_in_window", '"64 mb"', "expected a size"),
+        ("max_copy_in_window", '"lots"', "'lots'"),
+        ("max_copy_in_window", "1.5", "expected a size"),
+        ("max_copy_in_window", "true", "expected a size"),
+        ("max_copy_in_window", "-1", "from 0 to"),
+        ("max_copy_in_window", "0x" + "f" * 300, "a number of more than 19 digits"),
     ],
 )
-def test_bad_freeze_timeout(
-    write_profile: WriteProfile, registry: Registry, db: Path, value: str, message: str
+def test_bad_profile_number(
+    write_profile: WriteProfile, registry: Registry, db: Path, field: str, value: str, message: str
 ) -> None:
-    path = write_profile(HEAD + f"freeze_timeout = {value}\n" + app(db) + SNAP)
+    path = write_profile(HEAD + f"{field} = {value}\n" + app(db) + SNAP)
     line = one_problem(path, registry)
-    assert line.startswith(f'{path}: [profile]: field "freeze_timeout": ')
+    assert line.startswith(f'{path}: [profile]: field "{field}": ')
     assert message in line
 
 
@@ -300,6 +306,31 @@ def test_freeze_timeout_nan_or_inf_is_refused(
 ) -> None:
     path = write_profile(HEAD + f"freeze_timeout = {value}\n" + app(db) + SNAP)
     assert 'field "freeze_timeout"' in one_problem(path, registry)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("1048576", 1 << 20),
+        ('"64MiB"', 64 << 20),
+        ('"1.5 GiB"', 3 << 29),
+        ('"500MB"', 500 * 10**6),
+        ('"0"', 0),
+    ],
+)
+def test_max_copy_in_window(
+    write_profile: WriteProfile, registry: Registry, db: Path, value: str, size: int
+) -> None:
+    path = write_profile(HEAD + f"max_copy_in_window = {value}\n" + app(db) + SNAP)
+    assert load_profile(path, registry).max_copy_in_window == size
+
+
+def test_max_copy_in_window_defaults_to_64_mib(
+    write_profile: WriteProfile, registry: Registry, db: Path
+) -> None:
+    assert load_profile(write_profile(HEAD + app(db) + SNAP), registry).max_copy_in_window == (
+        64 << 20
+    )
 
 
 def test_bad_thaw(write_profile: WriteProfile, registry: Registry, db: Path) -> None:

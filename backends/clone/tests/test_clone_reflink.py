@@ -101,3 +101,56 @@ def test_on_ext4_every_file_is_copied_onto_blocks_of_its_own(
         "a plain copy must not share a block with its source"
     )
     assert not any("shared" in e[3] for e in extents(copy))
+
+
+def clone_in(fs: LoopFs) -> CloneBackend:
+    return CloneBackend(
+        "snap", Table({"dir": str(fs.mountpoint / "snaps")}, base_dir=fs.mountpoint)
+    )
+
+
+def leftovers(fs: LoopFs, data: Path) -> set[Path]:
+    return {p for p in fs.mountpoint.rglob("*") if not p.is_relative_to(data)}
+
+
+@pytest.mark.parametrize("fstype", ["xfs", "btrfs"])
+def test_the_estimate_says_reflink_where_the_run_reflinks(
+    loop_fs: Callable[..., LoopFs], fstype: str
+) -> None:
+    fs = loop_fs(fstype)
+    data = fs.mountpoint / "data"
+    make_data(data)
+    backend = clone_in(fs)
+    backend.check()
+    before = leftovers(fs, data)
+    estimate = backend.window_estimate((data,))
+    assert (estimate.how, estimate.bytes_copied) == ("reflink", 0)
+    assert leftovers(fs, data) == before, "the probe leaves nothing behind"
+    assert snapshot(fs, data).metadata["method"] == "cloned"
+
+
+def test_the_estimate_counts_the_bytes_ext4_copies(loop_fs: Callable[..., LoopFs]) -> None:
+    fs = loop_fs("ext4")
+    data = fs.mountpoint / "data"
+    make_data(data)
+    os.link(data / "big.bin", data / "nested" / "big-again.bin")  # copied once
+    backend = clone_in(fs)
+    estimate = backend.window_estimate((data,))  # before check(): dir does not exist yet
+    art = snapshot(fs, data)
+    assert art.metadata["method"] == "copied"
+    assert estimate.how == "copy"
+    assert estimate.bytes_copied == art.bytes == BIG + 18, "every byte the run copied"
+    assert str(backend.dir) in estimate.note
+
+
+def test_the_estimate_says_copy_across_filesystems(loop_fs: Callable[..., LoopFs]) -> None:
+    """XFS reflinks, but not from another XFS filesystem: the probe is made across them."""
+    a, b = loop_fs("xfs"), loop_fs("xfs")
+    data = a.mountpoint / "data"
+    make_data(data)
+    backend = clone_in(b)
+    backend.check()
+    estimate = backend.window_estimate((data,))
+    assert (estimate.how, estimate.bytes_copied) == ("copy", BIG + 18)
+    art = backend.run(StageContext("r1", "test", "snap", (data,)))
+    assert art.metadata["method"] == "copied"

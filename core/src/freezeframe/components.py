@@ -35,6 +35,7 @@ __all__ = [
     "Role",
     "SnapshotKind",
     "StageContext",
+    "WindowEstimate",
 ]
 
 #: The plug-in API this core implements. A component declares the version it
@@ -167,6 +168,21 @@ class RestoreOptions:
 
 
 ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class WindowEstimate:
+    """What a snapshot stage predicts, before the run, it will do inside the freeze window
+    (:meth:`Backend.window_estimate`)."""
+
+    #: ``"reflink"`` (every file shared, no data copied), ``"copy"`` (``bytes_copied``
+    #: bytes copied), ``"mixed"`` (some paths reflinked, ``bytes_copied`` copied), or
+    #: ``"unknown"`` (the backend cannot tell: nothing is bounded).
+    how: str = "unknown"
+    #: The bytes of file data copied inside the window; ``None`` when unknown.
+    bytes_copied: int | None = None
+    #: Why, in a few words (``"dir /snap is on another filesystem than /srv/db"``).
+    note: str = ""
 
 
 @dataclass
@@ -425,3 +441,14 @@ class Backend(_Component):
     def writes_to(self) -> Sequence[Path]:
         """Local folders this backend writes into while it runs (its ``dir``)."""
         return ()
+
+    def window_estimate(self, data_paths: Sequence[Path]) -> WindowEstimate:
+        """For a snapshot stage, before anything freezes: how it would take ``data_paths``
+        (the applications' paths it copies inside the window, those completed after the
+        thaw left out) and how many bytes it would copy there.
+
+        Cheap and side-effect free (``check`` and ``plan`` call it); by default
+        ``WindowEstimate()``, unknown, which no limit applies to. ``check`` refuses a
+        stage that would copy more than the profile's ``max_copy_in_window``.
+        """
+        return WindowEstimate()

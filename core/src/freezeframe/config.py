@@ -26,7 +26,9 @@ __all__ = [
     "Secret",
     "Table",
     "brief",
+    "format_size",
     "parse_duration",
+    "parse_size",
     "read_regular_file",
 ]
 
@@ -40,6 +42,14 @@ _D = TypeVar("_D")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _LONGEST = 365 * 86400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]iB|[kKMGT]B|B)?\s*$")
+_UNIT_BYTES: dict[str | None, int] = {
+    None: 1,
+    "B": 1,
+    **{f"{u}iB": 1024 ** (i + 1) for i, u in enumerate("KMGT")},
+    **{f"{u}B": 1000 ** (i + 1) for i, u in enumerate("KMGT")},
+    "kB": 1000,
+}
 #: The largest integer any field takes: TOML's own limit (a signed 64-bit integer), which
 #: Python's reader does not enforce (``0x`` followed by a thousand ``f`` parses).
 INT_MAX: Final = 2**63 - 1
@@ -84,6 +94,35 @@ def parse_duration(value: object, *, maximum: float = _LONGEST) -> float:
     if seconds > maximum:
         raise ValueError(f"a duration must be at most {_days(maximum)}")
     return seconds
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an integer or ``"64MiB"``, ``"1.5GiB"``, ``"500MB"`` (``KiB``... ``TiB``
+    are powers of 1024, ``kB``... ``TB`` of 1000, ``B`` or no unit bytes); at least 0."""
+    if isinstance(value, bool):
+        raise ValueError('expected a size such as "64MiB"')
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(float(m.group(1)) * _UNIT_BYTES[m.group(2)])
+    else:
+        raise ValueError(
+            'expected a size: bytes as an integer, or such as "64MiB" or "1GiB", '
+            f"got {brief(value)}"
+        )
+    if not 0 <= size <= INT_MAX:
+        raise ValueError(f"a size must be from 0 to {INT_MAX} bytes, got {brief(value)}")
+    return size
+
+
+def format_size(size: int) -> str:
+    """``size`` bytes in the largest binary unit that leaves at least 1: ``"1.0 GiB"``."""
+    value, unit = float(size), "B"
+    for u in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, u
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 def read_regular_file(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
@@ -276,6 +315,14 @@ class Table:
             return value
         try:
             return parse_duration(value, maximum=maximum)
+        except ValueError as e:
+            raise ConfigError(key, str(e)) from None
+
+    def get_size(self, key: str, default: int) -> int:
+        """Bytes, from an integer or ``"64MiB"``/``"1GiB"`` (:func:`parse_size`)."""
+        value = self._get(key, default)
+        try:
+            return parse_size(value)
         except ValueError as e:
             raise ConfigError(key, str(e)) from None
 

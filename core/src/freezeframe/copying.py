@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import stat
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,13 @@ from pathlib import Path
 __all__ = [
     "FICLONE",
     "CopyStats",
+    "can_reflink",
     "copy_contents",
     "copy_metadata",
     "copy_tree",
     "make_parents",
     "outermost",
+    "tree_size",
 ]
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
@@ -220,3 +223,63 @@ def outermost(paths: Iterable[Path]) -> list[Path]:
         if not any(p.is_relative_to(r) for r in out):
             out.append(p)
     return out
+
+
+def can_reflink(src: Path, dst_dir: Path) -> bool | None:
+    """Whether a file of ``src``'s filesystem (``src`` a folder or a file) reflinks into
+    ``dst_dir`` (or its nearest existing parent): ``None`` when it cannot be told.
+
+    Probed with one 4 KiB nameless temporary file on each side (``O_TMPFILE``, gone
+    when closed); where ``src``'s folder is not writable, with ``src`` itself if it is a
+    regular file. Nothing is left behind and nothing of ``src`` is written.
+    """
+    dst_dir = next((p for p in (dst_dir, *dst_dir.parents) if p.is_dir()), dst_dir)
+    source = _probe_source(src)
+    if source is None:
+        return None
+    try:
+        with tempfile.TemporaryFile(dir=dst_dir) as dst:
+            fcntl.ioctl(dst.fileno(), FICLONE, source)
+    except OSError as e:
+        return False if e.errno in _NO_REFLINK else None
+    finally:
+        os.close(source)
+    return True
+
+
+def _probe_source(src: Path) -> int | None:
+    """A descriptor of a file on ``src``'s filesystem holding data: a new nameless one, or
+    ``src`` itself read-only."""
+    try:
+        fd = os.open(src if src.is_dir() else src.parent, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except OSError:
+        try:
+            return os.open(src, os.O_RDONLY | os.O_NOFOLLOW) if src.is_file() else None
+        except OSError:
+            return None
+    try:
+        os.write(fd, bytes(4096))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def tree_size(path: Path) -> int:
+    """The bytes :func:`copy_tree` would copy from file or tree ``path``: the lengths of its
+    regular files, each hard-linked file once, symlinks not followed; 0 if it is gone."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    todo = [path]
+    while todo:
+        p = todo.pop()
+        try:
+            st = p.lstat()
+            if stat.S_ISDIR(st.st_mode):
+                todo.extend(p.iterdir())
+        except OSError:
+            continue  # vanished or unreadable: the copy will say so
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total

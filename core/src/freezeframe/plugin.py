@@ -13,7 +13,7 @@ What ``API_VERSION`` covers, by job:
 - components and hooks: ``ApplicationPlugin``, ``Backend``, ``hookimpl``,
   ``API_VERSION``, ``Role``, ``SnapshotKind``, ``CrashSafety``;
 - records passed to and returned by components: ``Artifact``, ``StageContext``,
-  ``Deadline``, ``RestoreOptions``, ``ProgressCallback``;
+  ``Deadline``, ``RestoreOptions``, ``ProgressCallback``, ``WindowEstimate``;
 - configuration: ``Table``, ``Secret``, ``parse_duration``;
 - errors: ``FreezeframeError``, ``ConfigError``, ``QuiesceError``, ``StageError``,
   ``Cancelled``, ``ToolError``;
@@ -21,7 +21,7 @@ What ``API_VERSION`` covers, by job:
 - files: ``under`` (an original absolute path below another root), ``fsync_dir``,
   ``syncfs``, ``sqlite_uri``;
 - copying a tree (snapshot backends): ``copy_tree``, ``CopyStats``, ``make_parents``,
-  ``outermost``;
+  ``outermost``, ``can_reflink``, ``tree_size``;
 - content digests of a folder-tree view (snapshot backends): the ``digests`` module,
   its ``seal``, ``sealed``, ``check``, ``remove`` and ``UNSEALED``;
 - running a backup tool on a view at the original paths (copy backends): ``laid_out``,
@@ -50,9 +50,17 @@ from freezeframe.components import (
     Role,
     SnapshotKind,
     StageContext,
+    WindowEstimate,
 )
 from freezeframe.config import Secret, Table, parse_duration
-from freezeframe.copying import CopyStats, copy_tree, make_parents, outermost
+from freezeframe.copying import (
+    CopyStats,
+    can_reflink,
+    copy_tree,
+    make_parents,
+    outermost,
+    tree_size,
+)
 from freezeframe.errors import Cancelled, ConfigError, FreezeframeError, QuiesceError, StageError
 from freezeframe.fsutil import fsync_dir, sqlite_uri, syncfs, under
 from freezeframe.hookspecs import hookimpl
@@ -107,6 +115,8 @@ __all__ = [
     "Table",
     "Target",
     "ToolError",
+    "WindowEstimate",
+    "can_reflink",
     "copy_in",
     "copy_tree",
     "digests",
@@ -135,6 +145,7 @@ __all__ = [
     "strip_special",
     "syncfs",
     "tool_version",
+    "tree_size",
     "under",
     "unlink_below",
 ]

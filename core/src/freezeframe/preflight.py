@@ -1,8 +1,9 @@
 """Before a run: which pairings of applications and snapshots are consistent, what must
 not be written while frozen, each component's own check, and ``plan``.
 
-Everything here but :func:`check` (which calls each component's ``check()``) and
-:func:`data_paths` / :func:`completed_paths` reads the loaded profile only.
+Everything here but :func:`check` (which calls each component's ``check()``),
+:func:`data_paths` / :func:`completed_paths` and :func:`window_estimates` (which ask the
+applications and the snapshot backends) reads the loaded profile only.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from freezeframe.components import ApplicationPlugin, CrashSafety, Role, SnapshotKind
+from freezeframe.components import (
+    ApplicationPlugin,
+    CrashSafety,
+    Role,
+    SnapshotKind,
+    WindowEstimate,
+)
+from freezeframe.config import format_size
 from freezeframe.errors import FreezeframeError, one_line
 from freezeframe.profile import ApplicationSpec, Profile, StageSpec
 from freezeframe.registry import Registry
@@ -26,6 +34,8 @@ __all__ = [
     "plan",
     "quiesce_levels",
     "snapshot_kinds",
+    "window_estimates",
+    "window_problems",
     "windowed_stages",
 ]
 
@@ -80,6 +90,55 @@ def check(session: Session) -> list[str]:
             problems.append(f"{label}: {one_line(e)}")
         except Exception as e:
             problems.append(f"{label}: check failed: {one_line(e)}")
+    if not problems:  # the estimate needs reachable applications and a stage's dir
+        problems += window_problems(session)
+    return problems
+
+
+def window_estimates(session: Session) -> dict[str, WindowEstimate]:
+    """What each snapshot stage inside the freeze window predicts it would copy there
+    (:meth:`~freezeframe.components.Backend.window_estimate`), by stage name."""
+    paths = data_paths(session)
+    estimates = {}
+    for stage in windowed_stages(session.profile):
+        if stage.role == Role.SNAPSHOT:
+            with session.alone(stage.component):
+                estimates[stage.name] = stage.component.window_estimate(paths)
+    return estimates
+
+
+def window_problems(session: Session) -> list[str]:
+    """A snapshot stage that would copy more than ``max_copy_in_window`` inside the
+    window, with what to use instead."""
+    profile, limit = session.profile, session.profile.max_copy_in_window
+    try:
+        estimates = window_estimates(session)
+    except Exception as e:  # an application's data paths, or a backend's bug
+        return [f"the freeze window cannot be predicted: {one_line(e)}"]
+    problems = []
+    for name, estimate in estimates.items():
+        if estimate.bytes_copied is None or estimate.bytes_copied <= limit:
+            continue
+        stage = profile.stage(name)
+        instead = [
+            f'capture = "{m}" for application {a.name!r}'
+            for a in profile.applications
+            if not a.component.completes
+            for m in [m for m in a.component.capture_modes if m != "snapshot"][:1]
+        ]
+        atomic = sorted(
+            b.kind
+            for b in session.registry.backends.values()
+            if b.cls.role == Role.SNAPSHOT and b.cls.snapshot_kind == SnapshotKind.ATOMIC
+        )
+        if atomic:
+            instead.append(f"an atomic snapshot backend ({', '.join(atomic)})")
+        instead.append("a larger max_copy_in_window")
+        problems.append(
+            f"stage {name!r} ({stage.info.kind}) would copy {format_size(estimate.bytes_copied)} "
+            f"inside the freeze window ({estimate.note or estimate.how}), more than "
+            f"max_copy_in_window = {format_size(limit)}: use {', or '.join(instead)}"
+        )
     return problems
 
 
@@ -192,11 +251,16 @@ def plan(session: Session) -> dict[str, Any]:
     except Exception as e:
         paths = f"unknown until the applications are reachable: {one_line(e)}"
     windowed = windowed_stages(profile)
+    try:
+        estimates: dict[str, WindowEstimate] | str = window_estimates(session)
+    except Exception as e:
+        estimates = f"unknown until the applications are reachable: {one_line(e)}"
     return {
         "profile": profile.name,
         "freeze_timeout_s": profile.freeze_timeout,
         "thaw": profile.thaw,
         "state_dir": str(profile.home),
+        "max_copy_in_window": profile.max_copy_in_window,
         "data_paths": paths,
         "quiesce_order": quiesce_levels({a.name: a.after for a in apps}),
         "applications": [
@@ -218,10 +282,19 @@ def plan(session: Session) -> dict[str, Any]:
                 "in_freeze_window": s in windowed,
                 "keep": s.keep.to_json() if s.keep else None,
                 "released_after_run": profile.released_after_run(s),
+                "window": _window(estimates, s.name),
             }
             for s in profile.stages
         ],
     }
+
+
+def _window(estimates: dict[str, WindowEstimate] | str, stage: str) -> dict[str, Any] | None:
+    """A stage's estimate for ``plan --json``: ``None`` for a stage outside the window."""
+    if isinstance(estimates, str):
+        return {"how": "unknown", "bytes_copied": None, "note": estimates}
+    e = estimates.get(stage)
+    return None if e is None else {"how": e.how, "bytes_copied": e.bytes_copied, "note": e.note}
 
 
 def _device(path: Path) -> int | None:

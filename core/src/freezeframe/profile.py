@@ -25,7 +25,9 @@ __all__ = ["ApplicationSpec", "Profile", "StageSpec", "default_state_dir", "load
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 THAW_MODES = ("after-snapshot", "after-backup")
 ON_QUIESCE_FAILURE = ("fail", "crash-consistent")
-_PROFILE_FIELDS = {"name", "freeze_timeout", "thaw", "state_dir"}
+_PROFILE_FIELDS = {"name", "freeze_timeout", "thaw", "state_dir", "max_copy_in_window"}
+#: The default ``max_copy_in_window``: what a disk copies in well under a second.
+MAX_COPY_IN_WINDOW = 64 << 20
 #: The largest profile read: a profile of hundreds of applications is a few dozen KiB.
 PROFILE_LIMIT = 1 << 20
 #: The longest ``freeze_timeout``: an application frozen for longer is an outage, not a backup.
@@ -69,6 +71,8 @@ class Profile:
     state_dir: Path
     applications: tuple[ApplicationSpec, ...]
     stages: tuple[StageSpec, ...]
+    #: The most bytes a snapshot stage may copy inside the freeze window (``check``).
+    max_copy_in_window: int = MAX_COPY_IN_WINDOW
 
     @property
     def home(self) -> Path:
@@ -139,14 +143,21 @@ class _Loader:
     def load(self, data: dict[str, Any]) -> Profile:
         for key in sorted(set(data) - {"profile", "application", "backup"}):
             self.problem(key, "unknown top-level key (use [profile], [[application]], [[backup]])")
-        name, freeze_timeout, thaw, state_dir = self._profile_table(data.get("profile"))
+        name, freeze_timeout, thaw, state_dir, max_copy = self._profile_table(data.get("profile"))
         applications = self._applications(self._array(data, "application"))
         stages = self._stages(self._array(data, "backup"))
         applications = [self._capture(a, stages) for a in applications]
         if self.problems:
             raise ProfileError(self.problems)
         return Profile(
-            self.path, name, freeze_timeout, thaw, state_dir, tuple(applications), tuple(stages)
+            self.path,
+            name,
+            freeze_timeout,
+            thaw,
+            state_dir,
+            tuple(applications),
+            tuple(stages),
+            max_copy,
         )
 
     def _array(self, data: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -156,10 +167,10 @@ class _Loader:
             return []
         return value
 
-    def _profile_table(self, raw: object) -> tuple[str, float, str, Path]:
+    def _profile_table(self, raw: object) -> tuple[str, float, str, Path, int]:
         if not isinstance(raw, dict):
             self.problem("[profile]", 'missing (it needs at least name = "...")')
-            return "?", 10.0, THAW_MODES[0], default_state_dir()
+            return "?", 10.0, THAW_MODES[0], default_state_dir(), MAX_COPY_IN_WINDOW
         table = Table(raw, base_dir=self.base_dir)
         where = "[profile]"
         raw_name = self._field(where, None, table.get_str, "name")
@@ -173,9 +184,12 @@ class _Loader:
         state_dir: Path = self._field(
             where, default_state_dir(), table.get_path, "state_dir", default_state_dir()
         )
+        max_copy: int = self._field(
+            where, MAX_COPY_IN_WINDOW, table.get_size, "max_copy_in_window", MAX_COPY_IN_WINDOW
+        )
         for key in table.unread():
             self.problem("[profile]", f'field "{key}": unknown field')
-        return name, timeout, thaw, state_dir
+        return name, timeout, thaw, state_dir, max_copy
 
     def _field(
         self, where: str, fallback: Any, read: Callable[..., Any], *args: Any, **kwargs: Any

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from freezeframe.config import format_size
 from freezeframe.engine import Engine
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus
 
@@ -54,15 +55,6 @@ def out(args: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
         human()
 
 
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def _frozen(apps: Sequence[ApplicationRecord]) -> str:
     """The longest freeze window; ``?`` when a quiesce began and no thaw was recorded
     (the run was killed while frozen), ``-`` when nothing was quiesced."""
@@ -88,7 +80,7 @@ def print_run(run: RunRecord, *, detail: bool = False) -> None:
                 print(f"      {k}: {v}")
     for s in run.stages:
         art = s.artifact
-        what = f"{art.id}  {art.files} files, {_size(art.bytes)}" if art else "-"
+        what = f"{art.id}  {art.files} files, {format_size(art.bytes)}" if art else "-"
         gone = "  (deleted)" if s.deleted_at else ""
         method = f"  [{art.metadata['method']}]" if art and "method" in art.metadata else ""
         print(
@@ -132,9 +124,14 @@ def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:
             print(f"     {p}")
         for i, level in enumerate(plan["quiesce_order"]):
             print(f"3.{i + 1} quiesce in parallel: {', '.join(level)}")
+        for a in plan["applications"]:
+            print(f"   {a['name']} ({a['plugin']}): capture {a['capture']}")
         for s in plan["stages"]:
             if s["in_freeze_window"]:
-                print(f"4. stage {s['name']} ({s['backend']}, {s['role']}) while frozen")
+                print(
+                    f"4. stage {s['name']} ({s['backend']}, {s['role']}) while frozen"
+                    + _window(s["window"], plan["max_copy_in_window"])
+                )
         print("5. unquiesce every application (reverse order)")
         for a in plan["applications"]:
             if a["capture"] != "snapshot":
@@ -151,6 +148,20 @@ def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:
 
     out(args, plan, human)
     return 0
+
+
+def _window(estimate: dict[str, Any] | None, limit: int) -> str:
+    """What a stage does inside the window, in words: ": reflinks" or ": copies 1.0 GiB"."""
+    if estimate is None:
+        return ""
+    if estimate["how"] == "reflink":
+        return ": reflinks every file (no data copied)"
+    if estimate["bytes_copied"] is None:
+        return f": copies an unknown amount ({estimate['note']})" if estimate["note"] else ""
+    if not estimate["bytes_copied"]:
+        return ": copies nothing inside the window"
+    over = " (over max_copy_in_window)" if estimate["bytes_copied"] > limit else ""
+    return f": copies {format_size(estimate['bytes_copied'])} inside the window{over}"
 
 
 def _cmd_backup(args: argparse.Namespace, engine: Engine) -> int:
@@ -182,7 +193,7 @@ def _cmd_list(args: argparse.Namespace, engine: Engine) -> int:
             size = sum(s.artifact.bytes for s in r.stages if s.artifact and not s.deleted_at)
             print(
                 f"{r.run_id}  {r.status:<9}  frozen {_frozen(r.applications):>8} ms  "
-                f"{_size(size):>10}" + (f"  {r.error}" if r.error else "")
+                f"{format_size(size):>10}" + (f"  {r.error}" if r.error else "")
             )
 
     out(args, [r.to_json() for r in runs], human)

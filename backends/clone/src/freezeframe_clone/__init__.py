@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,15 @@ from freezeframe.plugin import (
     StageContext,
     Table,
     Target,
+    WindowEstimate,
+    can_reflink,
     copy_in,
     copy_tree,
     digests,
     hookimpl,
     make_parents,
     outermost,
+    tree_size,
     under,
 )
 
@@ -73,6 +76,37 @@ class CloneBackend(Backend):
             raise FreezeframeError(f"dir {self.dir}: cannot create it: {e.strerror}") from None
         if not os.access(self.dir, os.W_OK | os.X_OK):
             raise FreezeframeError(f"dir {self.dir}: not writable by this user")
+
+    def window_estimate(self, data_paths: Sequence[Path]) -> WindowEstimate:
+        """Probe, per filesystem, whether each path reflinks into ``dir``
+        (:func:`~freezeframe.plugin.can_reflink`); what does not is copied whole inside
+        the window: the sum of its files' lengths."""
+        copied, reflinked, unknown = 0, 0, []
+        copies = False
+        probed: dict[int, bool | None] = {}
+        for src in outermost([*data_paths, *self.paths]):
+            try:
+                dev = src.stat().st_dev
+            except OSError:
+                continue  # a path gone by now: the run says so
+            if dev not in probed:
+                probed[dev] = can_reflink(src, self.dir)
+            if probed[dev] is None:
+                unknown.append(src)
+            elif probed[dev]:
+                reflinked += 1
+            else:
+                copies = True
+                copied += tree_size(src)
+        if unknown:
+            return WindowEstimate(note=f"cannot tell whether {unknown[0]} reflinks into {self.dir}")
+        if copies and reflinked:
+            return WindowEstimate("mixed", copied, f"some paths do not reflink into {self.dir}")
+        if copies:
+            return WindowEstimate("copy", copied, f"{self.dir} cannot reflink from the data")
+        if not reflinked:  # every application completes after the thaw
+            return WindowEstimate("copy", 0, "no path to copy")
+        return WindowEstimate("reflink", 0)
 
     def _partial(self, run_id: str) -> Path:
         return self.dir / f".{run_id}.partial"

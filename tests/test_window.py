@@ -1,0 +1,94 @@
+"""The freeze window predicted before anything freezes: ``check`` refuses a ``clone``
+stage that would copy more than ``max_copy_in_window`` inside it, and ``plan`` says what
+each snapshot stage will do there. Real filesystems on loop devices: ext4 cannot
+reflink, XFS can.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from freezeframe.config import format_size
+from freezeframe_testing.plugin import LoopFs, make_counter_db, run_cli, sqlite_clone_profile
+
+#: Above the default max_copy_in_window (64 MiB).
+BIG_DB_MIB = 72
+
+
+def big_db(fs: LoopFs) -> Path:
+    """A WAL SQLite database of a little more than 72 MiB on ``fs``."""
+    (fs.mountpoint / "data").mkdir()
+    db = make_counter_db(fs.mountpoint / "data" / "shop.db")
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE blobs (b BLOB)")
+        c.executemany("INSERT INTO blobs VALUES (zeroblob(?))", [(1 << 20,)] * BIG_DB_MIB)
+    c.close()
+    with sqlite3.connect(db) as c:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+    return db
+
+
+def profile_on(fs: LoopFs, db: Path, *, capture: str | None = None, limit: str = "") -> Path:
+    folder = fs.mountpoint / "profile"
+    folder.mkdir(exist_ok=True)
+    path = sqlite_clone_profile(folder, db, name="window", capture=capture)
+    if limit:
+        path.write_text(path.read_text().replace("[profile]\n", f"[profile]\n{limit}\n", 1))
+    return path
+
+
+def test_check_refuses_a_plain_copy_over_the_limit_naming_the_logical_capture(
+    loop_fs: Callable[..., LoopFs],
+) -> None:
+    fs = loop_fs("ext4")
+    db = big_db(fs)
+    r = run_cli("check", profile_on(fs, db))
+    assert r.returncode == 1
+    line = r.stderr.strip()
+    assert "\n" not in line, line
+    assert f"stage 'snap' (clone) would copy {format_size(db.stat().st_size)} inside" in line
+    assert "more than max_copy_in_window = 64.0 MiB" in line
+    assert "capture = \"logical\" for application 'shop'" in line
+    assert "btrfs" in line  # the atomic snapshot backend installed
+
+    # what it names works: the logical capture copies nothing inside the window
+    assert run_cli("check", profile_on(fs, db, capture="logical")).returncode == 0
+    # and so does a larger limit
+    r = run_cli("check", profile_on(fs, db, limit='max_copy_in_window = "1GiB"'))
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_passes_where_the_same_data_reflinks(loop_fs: Callable[..., LoopFs]) -> None:
+    fs = loop_fs("xfs")
+    db = big_db(fs)
+    r = run_cli("check", profile_on(fs, db))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("plan", profile_on(fs, db), "--json")
+    window = r.json()["stages"][0]["window"]
+    assert (window["how"], window["bytes_copied"]) == ("reflink", 0)
+
+
+def test_plan_shows_the_capture_and_what_the_window_copies(
+    loop_fs: Callable[..., LoopFs],
+) -> None:
+    fs = loop_fs("ext4")
+    db = big_db(fs)
+    size = db.stat().st_size
+    r = run_cli("plan", profile_on(fs, db), "--json")
+    assert r.returncode == 0, r.stderr
+    plan = r.json()
+    assert plan["max_copy_in_window"] == 64 << 20
+    assert [a["capture"] for a in plan["applications"]] == ["snapshot"]
+    window = plan["stages"][0]["window"]
+    assert (window["how"], window["bytes_copied"]) == ("copy", size)
+    text = run_cli("plan", profile_on(fs, db)).stdout
+    assert "shop (sqlite): capture snapshot" in text
+    assert f"copies {format_size(size)} inside the window (over max_copy_in_window)" in text
+
+    plan = run_cli("plan", profile_on(fs, db, capture="logical"), "--json").json()
+    assert [a["capture"] for a in plan["applications"]] == ["logical"]
+    window = plan["stages"][0]["window"]
+    assert (window["how"], window["bytes_copied"]) == ("copy", 0), "nothing copied in the window"

@@ -10,15 +10,16 @@ import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from freezeframe.components import ApplicationPlugin, Backend, Role
+from freezeframe.components import Role
 from freezeframe.config import Table, brief, read_regular_file
 from freezeframe.errors import ConfigError, PluginError, ProfileError
 from freezeframe.registry import ComponentInfo, Registry
 from freezeframe.retention import KeepPolicy
+from freezeframe.specs import MAX_COPY_IN_WINDOW, ApplicationSpec, Profile, StageSpec
 
 __all__ = ["ApplicationSpec", "Profile", "StageSpec", "default_state_dir", "load_profile"]
 
@@ -26,73 +27,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 THAW_MODES = ("after-snapshot", "after-backup")
 ON_QUIESCE_FAILURE = ("fail", "crash-consistent")
 _PROFILE_FIELDS = {"name", "freeze_timeout", "thaw", "state_dir", "max_copy_in_window"}
-#: The default ``max_copy_in_window``: what a disk copies in well under a second.
-MAX_COPY_IN_WINDOW = 64 << 20
 #: The largest profile read: a profile of hundreds of applications is a few dozen KiB.
 PROFILE_LIMIT = 1 << 20
 #: The longest ``freeze_timeout``: an application frozen for longer is an outage, not a backup.
 LONGEST_FREEZE = 86400.0
-
-
-@dataclass(frozen=True)
-class ApplicationSpec:
-    """One ``[[application]]``: its plug-in instance and the core's fields around it."""
-
-    name: str
-    info: ComponentInfo
-    component: ApplicationPlugin
-    after: tuple[str, ...] = ()
-    on_quiesce_failure: str = "fail"
-    #: The capture mode (one of the plug-in's ``capture_modes``), chosen by the profile
-    #: or by default the first one consistent with the profile's stages.
-    capture: str = "snapshot"
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One ``[[backup]]``: its backend instance and the core's fields around it."""
-
-    name: str
-    info: ComponentInfo
-    component: Backend
-    role: Role
-    source: str | None = None
-    keep: KeepPolicy | None = None
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A loaded, validated profile."""
-
-    path: Path
-    name: str
-    freeze_timeout: float
-    thaw: str
-    state_dir: Path
-    applications: tuple[ApplicationSpec, ...]
-    stages: tuple[StageSpec, ...]
-    #: The most bytes a snapshot stage may copy inside the freeze window (``check``).
-    max_copy_in_window: int = MAX_COPY_IN_WINDOW
-
-    @property
-    def home(self) -> Path:
-        """This profile's folder in the state dir: its catalog and lock."""
-        return self.state_dir / self.name
-
-    def stage(self, name: str) -> StageSpec:
-        """The stage called ``name``."""
-        for s in self.stages:
-            if s.name == name:
-                return s
-        raise ProfileError([f"{self.path}: no [[backup]] stage named {name!r}"])
-
-    def released_after_run(self, stage: StageSpec) -> bool:
-        """A snapshot that a copy stage reads and that has no ``keep`` is released after the run."""
-        return (
-            stage.role == Role.SNAPSHOT
-            and stage.keep is None
-            and any(s.source == stage.name for s in self.stages)
-        )
 
 
 def default_state_dir() -> Path:

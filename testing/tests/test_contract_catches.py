@@ -25,6 +25,7 @@ EXPECTED_FAILURES = {
         "test_unquiesce_without_a_quiesce",
         "test_quiesce_with_an_expired_deadline_returns_and_unquiesce_resumes",  # never quiesced
         "test_crash_safety_as_declared",  # unquiesce after the watchdog thawed
+        "test_each_capture_mode_completes_and_releases",  # unquiesce again before release
     },
     "TestLeaky": {"test_no_secret_in_describe_or_paths"},
     "TestIgnoresDeadline": {"test_quiesce_with_an_expired_deadline_returns_and_unquiesce_resumes"},

@@ -17,8 +17,8 @@ from typing import Any
 from freezeframe.components import Role
 from freezeframe.config import Table, brief, read_regular_file
 from freezeframe.errors import ConfigError, PluginError, ProfileError
+from freezeframe.keep import KeepPolicy
 from freezeframe.registry import ComponentInfo, Registry
-from freezeframe.retention import KeepPolicy
 from freezeframe.specs import MAX_COPY_IN_WINDOW, ApplicationSpec, Profile, StageSpec
 
 __all__ = ["ApplicationSpec", "Profile", "StageSpec", "default_state_dir", "load_profile"]

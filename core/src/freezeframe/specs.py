@@ -9,8 +9,8 @@ from pathlib import Path
 
 from freezeframe.components import ApplicationPlugin, Backend, Role
 from freezeframe.errors import ProfileError
+from freezeframe.keep import KeepPolicy
 from freezeframe.registry import ComponentInfo
-from freezeframe.retention import KeepPolicy
 
 __all__ = ["MAX_COPY_IN_WINDOW", "ApplicationSpec", "Profile", "StageSpec"]
 

@@ -74,7 +74,7 @@ class Engine:
             pass
 
     # -- the verbs --------------------------------------------------------------
-    def check(self) -> list[str]:
+    def check(self) -> preflight.Problems:
         """Preflight every component and application/snapshot pairing; returns the problems."""
         return preflight.check(self.session)
 

@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlencode
 
-__all__ = ["ensure_private_dir", "fsync_dir", "sqlite_uri", "syncfs", "under"]
+from freezeframe.errors import FreezeframeError
+
+__all__ = ["ensure_private_dir", "fsync_dir", "sqlite_uri", "syncfs", "under", "writable_dir"]
 
 log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -29,6 +31,19 @@ def ensure_private_dir(path: Path) -> Path:
             folder.chmod(0o700)  # whatever the umask
     if path.stat().st_mode & 0o777 != 0o700:
         path.chmod(0o700)
+    return path
+
+
+def writable_dir(path: Path, what: str = "dir") -> Path:
+    """Make the folder ``path`` (mode 0700, with its parents) if it is missing, and make
+    sure this user may write in it; a one-line :class:`FreezeframeError` naming ``what``
+    (a backend's ``dir``) if not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise FreezeframeError(f"{what} {path}: cannot create it: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise FreezeframeError(f"{what} {path}: not writable by this user")
     return path
 
 

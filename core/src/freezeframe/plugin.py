@@ -19,11 +19,13 @@ What ``API_VERSION`` covers, by job:
   ``Cancelled``, ``ToolError``;
 - running tools: ``find_tool``, ``run_tool``, ``streaming_tool``;
 - files: ``under`` (an original absolute path below another root), ``fsync_dir``,
-  ``syncfs``, ``sqlite_uri``;
+  ``syncfs``, ``sqlite_uri``, ``writable_dir`` (a backend's ``dir``, made and checked);
 - copying a tree (snapshot backends): ``copy_tree``, ``CopyStats``, ``make_parents``,
   ``outermost``, ``can_reflink``, ``tree_size``;
 - content digests of a folder-tree view (snapshot backends): the ``digests`` module,
-  its ``seal``, ``sealed``, ``check``, ``remove`` and ``UNSEALED``;
+  its ``seal``, ``sealed``, ``check``, ``remove`` and ``UNSEALED``; ``FolderView``, a
+  snapshot backend whose view is ``<dir>/<run id>/`` (restore, seal, verify, delete
+  and discard done; a subclass writes ``run``);
 - running a backup tool on a view at the original paths (copy backends): ``laid_out``,
   ``Layout``;
 - a repository tool's backend (restic, borg): ``Repository``, ``read_repository``,
@@ -62,7 +64,8 @@ from freezeframe.copying import (
     tree_size,
 )
 from freezeframe.errors import Cancelled, ConfigError, FreezeframeError, QuiesceError, StageError
-from freezeframe.fsutil import fsync_dir, sqlite_uri, syncfs, under
+from freezeframe.folder_view import FolderView
+from freezeframe.fsutil import fsync_dir, sqlite_uri, syncfs, under, writable_dir
 from freezeframe.hookspecs import hookimpl
 from freezeframe.layout import Layout, laid_out
 from freezeframe.repository import (
@@ -100,6 +103,7 @@ __all__ = [
     "CopyStats",
     "CrashSafety",
     "Deadline",
+    "FolderView",
     "FreezeframeError",
     "Layout",
     "Meta",
@@ -148,6 +152,7 @@ __all__ = [
     "tree_size",
     "under",
     "unlink_below",
+    "writable_dir",
 ]
 
 if __name__ == "__main__":  # ``python -m freezeframe.plugin`` lists the API

@@ -20,12 +20,14 @@ from freezeframe.components import (
     WindowEstimate,
 )
 from freezeframe.config import format_size
-from freezeframe.errors import FreezeframeError, one_line
+from freezeframe.dumps import DUMPS, DumpsView
+from freezeframe.errors import ConfigError, FreezeframeError, one_line
 from freezeframe.profile import ApplicationSpec, Profile, StageSpec
 from freezeframe.registry import Registry
 from freezeframe.session import Session
 
 __all__ = [
+    "Problems",
     "check",
     "completed_paths",
     "data_paths",
@@ -74,10 +76,18 @@ def _paths(session: Session, of: Callable[[ApplicationPlugin], Sequence[Path]]) 
     return tuple(seen)
 
 
-def check(session: Session) -> list[str]:
+class Problems(list[str]):
+    """What ``check`` found, one line each, and the exit code they call for: 2 when a
+    component found its table asking for what cannot be (a :class:`ConfigError`: a
+    capture mode the server is too old for, a dump tool of another version), else 1."""
+
+    exit_code = 1
+
+
+def check(session: Session) -> Problems:
     """Preflight every component and application/snapshot pairing; returns the problems."""
     profile = session.profile
-    problems = pairing_problems(profile, session.registry)
+    problems = Problems(pairing_problems(profile, session.registry))
     components: list[tuple[str, Any]] = [
         *((f"application {a.name!r}", a.component) for a in profile.applications),
         *((f"stage {s.name!r}", s.component) for s in profile.stages),
@@ -88,6 +98,8 @@ def check(session: Session) -> list[str]:
                 component.check()
         except FreezeframeError as e:
             problems.append(f"{label}: {one_line(e)}")
+            if isinstance(e, ConfigError):
+                problems.exit_code = e.exit_code
         except Exception as e:
             problems.append(f"{label}: check failed: {one_line(e)}")
     if not problems:  # the estimate needs reachable applications and a stage's dir
@@ -157,6 +169,9 @@ def pairing_problems(profile: Profile, registry: Registry) -> list[str]:
                 if not stage.component.takes_completions:
                     problems.append(_completion_problem(app, stage, registry))
                 continue  # its data is produced into the view, not copied by the snapshot
+            if isinstance(stage.component, DumpsView):
+                problems.append(_no_snapshot_problem(app))
+                continue
             if kind not in app.component.consistent_on:
                 fits = sorted(
                     b.kind
@@ -201,6 +216,17 @@ def pairing_problems(profile: Profile, registry: Registry) -> list[str]:
                 "but gives no thaw command (a bug of its plug-in)"
             )
     return problems
+
+
+def _no_snapshot_problem(app: ApplicationSpec) -> str:
+    completing = [m for m in app.component.capture_modes if m != "snapshot"]
+    instead = f"capture = {completing[0]!r} or " if completing else ""
+    return (
+        f"application {app.name!r} ({app.info.kind}) captures 'snapshot', but the profile "
+        f"has no snapshot stage to copy its files (its copy stages read the {DUMPS!r} view, "
+        f"which holds only what applications complete after the thaw): use {instead}"
+        "a snapshot stage before the copies"
+    )
 
 
 def _completion_problem(app: ApplicationSpec, stage: StageSpec, registry: Registry) -> str:

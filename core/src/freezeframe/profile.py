@@ -5,6 +5,7 @@ Relative paths in a profile are taken from the profile's own folder.
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import os
 import re
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 from freezeframe.components import Role
 from freezeframe.config import Table, brief, read_regular_file
+from freezeframe.dumps import DUMPS, DumpsView
 from freezeframe.errors import ConfigError, PluginError, ProfileError
 from freezeframe.keep import KeepPolicy
 from freezeframe.registry import ComponentInfo, Registry
@@ -83,7 +85,7 @@ class _Loader:
             self.problem(key, "unknown top-level key (use [profile], [[application]], [[backup]])")
         name, freeze_timeout, thaw, state_dir, max_copy = self._profile_table(data.get("profile"))
         applications = self._applications(self._array(data, "application"))
-        stages = self._stages(self._array(data, "backup"))
+        stages = self._stages(self._array(data, "backup"), state_dir / name)
         applications = [self._capture(a, stages) for a in applications]
         if self.problems:
             raise ProfileError(self.problems)
@@ -247,14 +249,16 @@ class _Loader:
     def _capture(app: ApplicationSpec, stages: Sequence[StageSpec]) -> ApplicationSpec:
         """``app`` with its capture mode settled and told to its plug-in: the profile's,
         or the first mode of the plug-in consistent with the stages (``"snapshot"``
-        needs snapshots of the kinds the plug-in is consistent on; a mode that
-        completes needs snapshot views that take completions)."""
+        needs snapshots of the kinds the plug-in is consistent on, and not the dumps
+        view; a mode that completes needs snapshot views that take completions)."""
         mode = app.capture
         if not mode:
             snapshots = [s for s in stages if s.role == Role.SNAPSHOT]
             completable = bool(snapshots) and all(s.component.takes_completions for s in snapshots)
             consistent = all(
-                s.component.snapshot_kind in app.component.consistent_on for s in snapshots
+                s.component.snapshot_kind in app.component.consistent_on
+                and not isinstance(s.component, DumpsView)  # it copies no file
+                for s in snapshots
             )
             modes = app.component.capture_modes
             mode = next(
@@ -291,11 +295,14 @@ class _Loader:
             if node not in state:
                 visit(node, [node])
 
-    def _stages(self, raws: list[dict[str, Any]]) -> list[StageSpec]:
+    def _stages(self, raws: list[dict[str, Any]], home: Path) -> list[StageSpec]:
+        """The stages, after the core's dumps view (:mod:`freezeframe.dumps`) when the
+        profile lists no snapshot stage: its copy stages then read the dumps."""
         if not raws:
             self.problem("[[backup]]", "the profile has no [[backup]] stage")
         specs: list[StageSpec] = []
-        seen: dict[str, Role | None] = {}
+        dumps = self._dumps(raws, home)
+        seen: dict[str, Role | None] = {DUMPS: Role.SNAPSHOT} if dumps else {}
         for i, raw in enumerate(raws):
             where, name, kind = self._head(raw, "backup", i, "backend")
             rest = {k: v for k, v in raw.items() if k not in ("name", "backend")}
@@ -330,7 +337,37 @@ class _Loader:
             component = self._build(where, info, name, Table(rest, base_dir=self.base_dir))
             if component is not None:
                 specs.append(StageSpec(name, info, component, role, source, keep))
-        return specs
+        return [dumps, *specs] if dumps else specs
+
+    def _dumps(self, raws: list[dict[str, Any]], home: Path) -> StageSpec | None:
+        """The dumps view, for a profile whose stages are all copies (none when one of its
+        stages is, or may be, a snapshot stage, or when a stage takes the name)."""
+        roles = []
+        for raw in raws:
+            info = None
+            if isinstance(kind := raw.get("backend"), str):
+                try:
+                    pin = raw.get("distribution")
+                    info = self.registry.backend(kind, pin if isinstance(pin, str) else None)
+                except (ConfigError, PluginError):
+                    pass  # _stages says why
+            roles.append(info.cls.role if info is not None else None)
+        if not roles or any(r != Role.COPY for r in roles):
+            return None
+        if any(raw.get("name") == DUMPS for raw in raws):
+            self.problem(
+                f"[[backup]] {DUMPS!r}",
+                f'field "name": {DUMPS!r} is the name of the view that the copy stages of a '
+                "profile without a snapshot stage read; name the stage otherwise",
+            )
+            return None
+        try:
+            version = md.version("freezeframe")
+        except md.PackageNotFoundError:  # run from a source tree
+            version = "0"
+        info = ComponentInfo(DumpsView.kind, "backend", DumpsView, "freezeframe", version)
+        view = DumpsView(DUMPS, Table({"dir": str(home / DUMPS)}, base_dir=self.base_dir))
+        return StageSpec(DUMPS, info, view, Role.SNAPSHOT)
 
     def _resolve_source(
         self, where: str, source: str | None, earlier: dict[str, Role | None]

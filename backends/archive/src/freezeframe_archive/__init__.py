@@ -47,6 +47,7 @@ from freezeframe.plugin import (
     run_tool,
     streaming_tool,
     under,
+    writable_dir,
 )
 
 __all__ = ["ArchiveBackend"]
@@ -393,12 +394,7 @@ class ArchiveBackend(Backend):
     def check(self) -> None:
         """``dir`` exists (it is created) and is writable; GNU tar 1.28+ is there (``--sort``);
         zstandard imports."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as e:
-            raise FreezeframeError(f"dir {self.dir}: cannot create it: {e.strerror}") from None
-        if not os.access(self.dir, os.W_OK | os.X_OK):
-            raise FreezeframeError(f"dir {self.dir}: not writable by this user")
+        writable_dir(self.dir)
         self._tar = _gnu_tar()
         import zstandard  # noqa: F401 - fail here, not mid-run
 

@@ -49,6 +49,7 @@ from freezeframe.plugin import (
     hookimpl,
     outermost,
     run_tool,
+    writable_dir,
 )
 from freezeframe_btrfs._fs import (
     SUBVOLUME_ROOT_INO,
@@ -109,12 +110,7 @@ class BtrfsBackend(Backend):
                 f"dir {self.dir} is on {kind}, not btrfs; btrfs snapshots stay on the "
                 "filesystem they snapshot: put dir on the btrfs filesystem of the data"
             )
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as e:
-            raise FreezeframeError(f"dir {self.dir}: cannot create it: {e.strerror}") from None
-        if not os.access(self.dir, os.W_OK | os.X_OK):
-            raise FreezeframeError(f"dir {self.dir}: not writable by this user")
+        writable_dir(self.dir)
         self._plan(outermost(self.paths))
 
     # -- run -----------------------------------------------------------------

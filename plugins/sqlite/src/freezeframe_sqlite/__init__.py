@@ -99,9 +99,10 @@ class SqlitePlugin(ApplicationPlugin):
                 )
         mode = str(self._facts["journal_mode"]).lower()
         if self.capture == "logical" and mode != "wal":
-            raise FreezeframeError(
-                f'{self.path}: capture = "logical" needs a database in WAL mode (it is in '
-                f'{mode!r} mode): use capture = "snapshot", or PRAGMA journal_mode=WAL'
+            raise ConfigError(
+                "capture",
+                f'"logical" needs a database in WAL mode ({self.path} is in {mode!r} mode): '
+                'use capture = "snapshot", or PRAGMA journal_mode=WAL',
             )
 
     def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:

@@ -258,3 +258,33 @@ def test_sigkill_before_a_btrfs_completion_leaves_nothing_after_the_next_command
     assert [run["status"] for run in listed.json()] == ["failed"]
     assert not any(snaps.iterdir())
     assert no_snapshot_held(db)
+
+
+def test_the_record_says_when_each_capture_is_of_and_how_long_writes_were_blocked(
+    tmp_path: Path,
+) -> None:
+    """In snapshot mode the data is of the end of the snapshot stage (frozen until then);
+    in logical mode, of the end of the quiesce. The group's window spans both."""
+    (tmp_path / "data").mkdir()
+    db = make_counter_db(tmp_path / "data" / "shop.db")
+    other = make_counter_db(tmp_path / "data" / "ledger.db")
+    profile = sqlite_clone_profile(tmp_path, db, name="both", capture="snapshot")
+    profile.write_text(
+        profile.read_text()
+        + f'\n[[application]]\nplugin = "sqlite"\nname = "ledger"\npath = "{other}"\n'
+        + 'capture = "logical"\n'
+    )
+    r = run_cli("backup", profile, "--json")
+    assert r.returncode == 0, r.stderr
+    record = r.json()
+    shop, ledger = record["applications"]
+    (snap,) = record["stages"]
+    assert shop["capture"] == "snapshot" and ledger["capture"] == "logical"
+    assert shop["captured_at"] == snap["finished_at"]
+    assert shop["quiesce_end"] <= shop["captured_at"] <= shop["thaw_start"]
+    assert ledger["quiesce_start"] <= ledger["captured_at"] <= ledger["quiesce_end"]
+    for app in (shop, ledger):
+        assert app["writes_blocked_ms"] == app["frozen_ms"] > 0
+        assert app["frozen_ms"] <= record["frozen_ms"]
+    shown = run_cli("show", profile, "latest").stdout
+    assert f"group frozen {record['frozen_ms']:.1f} ms" in shown, shown

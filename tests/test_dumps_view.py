@@ -96,6 +96,9 @@ def test_the_copy_stage_reads_the_dumps_and_the_view_is_released(tmp_path: Path,
     (app,) = record["applications"]
     assert app["capture"] == "logical"
     assert app["complete_start"] >= app["thaw_end"]  # the copy was made after the thaw
+    # the capture exists once the quiesce returned; the writer was blocked its window
+    assert app["quiesce_start"] <= app["captured_at"] <= app["quiesce_end"]
+    assert app["writes_blocked_ms"] == app["frozen_ms"] == record["frozen_ms"]
     assert not any(dumps_dir(tmp_path).iterdir())  # released once the archive was made
     r = run_cli("restore", profile, "latest", "--to", tmp_path / "back", "--verify")
     assert r.returncode == 0, r.stderr

@@ -251,12 +251,19 @@ def test_a_catalog_from_a_newer_freezeframe_is_refused(tmp_path: Path) -> None:
 def test_a_catalog_of_schema_1_is_read_as_it_is_and_upgraded_when_written(
     tmp_path: Path,
 ) -> None:
-    """Schema 1 had no capture or completion columns: its runs read as "snapshot"."""
+    """Schema 1 had no capture or completion columns: its runs read as "snapshot" (and
+    schema 2 had no captured_at or writes_blocked_ms)."""
     path = tmp_path / "catalog.db"
     with Catalog(path) as cat:
         cat.save(a_run("r1", T0))
     with sqlite3.connect(path) as db:  # back to what schema 1 was
-        for column in ("capture", "complete_start", "complete_end"):
+        for column in (
+            "capture",
+            "complete_start",
+            "complete_end",
+            "captured_at",
+            "writes_blocked_ms",
+        ):
             db.execute(f"ALTER TABLE applications DROP COLUMN {column}")
         db.execute("PRAGMA user_version=1")
     db.close()
@@ -271,6 +278,8 @@ def test_a_catalog_of_schema_1_is_read_as_it_is_and_upgraded_when_written(
         capture="logical",
         complete_start=T0 + 1,
         complete_end=T0 + 2,
+        captured_at=T0 + 0.5,
+        writes_blocked_ms=3.25,
     )
     with Catalog(path) as cat:
         cat.save(replace(a_run("r2", T0 + 10), applications=(logical,)))
@@ -278,7 +287,7 @@ def test_a_catalog_of_schema_1_is_read_as_it_is_and_upgraded_when_written(
         assert cat.get("r1") == old
     assert new is not None and new.applications == (logical,)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     db.close()
 
 

@@ -146,8 +146,8 @@ class Catalog:
             db.executemany(
                 "INSERT INTO applications(run_id, position, name, plugin, distribution,"
                 " version, mode, quiesce_start, quiesce_end, thaw_start, thaw_end, facts,"
-                " error, capture, complete_start, complete_end)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " error, capture, complete_start, complete_end, captured_at, writes_blocked_ms)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         run.run_id,
@@ -166,6 +166,8 @@ class Catalog:
                         a.capture,
                         a.complete_start,
                         a.complete_end,
+                        a.captured_at,
+                        a.writes_blocked_ms,
                     )
                     for i, a in enumerate(run.applications)
                 ],
@@ -322,6 +324,8 @@ class Catalog:
                     capture=r[11] or "snapshot",  # runs recorded before modes were
                     complete_start=r[12],
                     complete_end=r[13],
+                    captured_at=r[14],
+                    writes_blocked_ms=r[15],
                 )
             )
         stages = []

@@ -103,6 +103,10 @@ class ApplicationPlugin(_Component):
     #: The mode the profile chose: the core sets it on the instance once the profile is
     #: loaded, before it calls any other method.
     capture: str = "snapshot"
+    #: Whether ``quiesce`` blocks the application's writes until ``unquiesce`` (the run
+    #: records its freeze window as ``writes_blocked_ms``); ``False`` for a plug-in that
+    #: fixes its point in time without blocking any write (PostgreSQL), recorded as 0.
+    blocks_writes: ClassVar[bool] = True
 
     @property
     def completes(self) -> bool:

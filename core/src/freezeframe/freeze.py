@@ -91,6 +91,8 @@ def quiesce_all(session: Session, run: Run, deadline: Deadline) -> None:
                 run.not_thawing()
                 point(f"quiesce.before.{name}")
                 component.quiesce(deadline)
+                if component.completes:  # the capture exists from now on
+                    run.app(name, captured_at=time.time())
                 point(f"quiesce.after.{name}")
         finally:
             run.app(name, quiesce_end=time.time())
@@ -160,12 +162,27 @@ def thaw_all(session: Session, run: Run, failure: BaseException | None) -> bool:
     # is asked to stop, and its unquiesce waits until it has returned.
     running = {n for o in (run.prepare, started) if o is not None for n in o.unfinished}
 
+    # A snapshot-mode application's data is of the end of the snapshot stages.
+    snapped = max(
+        (
+            s.finished_at or 0.0
+            for s in run.record.stages
+            if s.role == "snapshot" and s.status == "succeeded"
+        ),
+        default=None,
+    )
+
     def thaw(name: str) -> None:
         component = session.app(name).component
         if name in running:
             _interrupt(name, component)
+        if snapped and run.mode(name) == "quiesced" and not component.completes:
+            run.app(name, captured_at=snapped)
         with session.alone(component, THAW_TIMEOUT):
             _timed(run, name, "thaw", "unquiesce", lambda: component.unquiesce(artifacts))
+        frozen = next(a for a in run.record.applications if a.name == name).frozen_ms
+        if frozen is not None:
+            run.app(name, writes_blocked_ms=frozen if component.blocks_writes else 0.0)
 
     outcome = _ordered.run_ordered(
         names, reverse, thaw, timeout=THAW_TIMEOUT, stop_on_failure=False, thread_name="thaw"

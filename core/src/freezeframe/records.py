@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -10,7 +10,14 @@ from typing import Any
 
 from freezeframe.components import Artifact
 
-__all__ = ["ApplicationRecord", "RunRecord", "RunStatus", "StageRecord", "iso"]
+__all__ = [
+    "ApplicationRecord",
+    "RunRecord",
+    "RunStatus",
+    "StageRecord",
+    "group_window_ms",
+    "iso",
+]
 
 
 class RunStatus(StrEnum):
@@ -48,6 +55,13 @@ class ApplicationRecord:
     #: When its completion ran (after the thaw), for a mode that completes.
     complete_start: float | None = None
     complete_end: float | None = None
+    #: The instant its data is of: in a mode that completes, when its quiesce returned
+    #: (the capture existed); in ``"snapshot"`` mode, when the snapshot stages ended (it
+    #: was frozen from ``quiesce_end`` until then).
+    captured_at: float | None = None
+    #: How long its own writes were blocked: its freeze window, or 0 for a plug-in whose
+    #: quiesce blocks no write (PostgreSQL); beside the group's window (``RunRecord``).
+    writes_blocked_ms: float | None = None
 
     @property
     def frozen_ms(self) -> float | None:
@@ -72,9 +86,22 @@ class ApplicationRecord:
             "thaw_end": iso(self.thaw_end),
             "complete_start": iso(self.complete_start),
             "complete_end": iso(self.complete_end),
+            "captured_at": iso(self.captured_at),
+            "writes_blocked_ms": self.writes_blocked_ms,
             "facts": dict(self.facts),
             "error": self.error,
         }
+
+
+def group_window_ms(apps: Sequence[ApplicationRecord]) -> float | None:
+    """The freeze window of ``apps`` together: from the first quiesce to the last thaw of
+    those quiesced (``None`` when none was, or a thaw is not recorded)."""
+    frozen = [a for a in apps if a.quiesce_start is not None]
+    starts = [a.quiesce_start for a in frozen if a.quiesce_start is not None]
+    ends = [a.thaw_end for a in frozen if a.thaw_end is not None]
+    if not frozen or len(ends) < len(frozen):
+        return None
+    return round((max(ends) - min(starts)) * 1000, 3)
 
 
 @dataclass(frozen=True)
@@ -134,6 +161,11 @@ class RunRecord:
     stages: tuple[StageRecord, ...] = ()
     error: str | None = None
 
+    @property
+    def frozen_ms(self) -> float | None:
+        """The group's freeze window (:func:`group_window_ms`)."""
+        return group_window_ms(self.applications)
+
     def stage(self, name: str) -> StageRecord | None:
         """The stage called ``name``, if the run has one."""
         return next((s for s in self.stages if s.name == name), None)
@@ -147,6 +179,7 @@ class RunRecord:
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
             "thaw": self.thaw,
+            "frozen_ms": self.frozen_ms,
             "applications": [a.to_json() for a in self.applications],
             "stages": [s.to_json() for s in self.stages],
             "error": self.error,

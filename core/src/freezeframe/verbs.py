@@ -13,7 +13,7 @@ from typing import Any
 
 from freezeframe.config import format_size
 from freezeframe.engine import Engine
-from freezeframe.records import ApplicationRecord, RunRecord, RunStatus
+from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, group_window_ms
 
 __all__ = ["VERBS", "all_on_one_line", "out", "print_run", "progress_bars"]
 
@@ -56,22 +56,24 @@ def out(args: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
 
 
 def _frozen(apps: Sequence[ApplicationRecord]) -> str:
-    """The longest freeze window; ``?`` when a quiesce began and no thaw was recorded
-    (the run was killed while frozen), ``-`` when nothing was quiesced."""
-    windows = [a.frozen_ms for a in apps if a.quiesce_start is not None]
-    if not windows:
+    """The freeze window of ``apps`` together, from the first quiesce to the last thaw;
+    ``?`` when a quiesce began and no thaw was recorded (the run was killed while
+    frozen), ``-`` when nothing was quiesced."""
+    if not any(a.quiesce_start is not None for a in apps):
         return "-"
-    if any(w is None for w in windows):
-        return "?"
-    return f"{max(w for w in windows if w is not None):.1f}"
+    window = group_window_ms(apps)
+    return "?" if window is None else f"{window:.1f}"
 
 
 def print_run(run: RunRecord, *, detail: bool = False) -> None:
     took = f" in {run.finished_at - run.started_at:.1f} s" if run.finished_at else ""
-    print(f"run {run.run_id} {run.status}{took}" + (f": {run.error}" if run.error else ""))
+    group = f", group frozen {run.frozen_ms:.1f} ms" if run.frozen_ms is not None else ""
+    print(f"run {run.run_id} {run.status}{took}{group}" + (f": {run.error}" if run.error else ""))
     for a in run.applications:
         frozen = "not frozen" if a.quiesce_start is None else f"frozen {_frozen([a])} ms"
         line = f"  application {a.name:<16} {a.plugin:<12} {a.mode:<16} {frozen}"
+        if a.writes_blocked_ms is not None and a.writes_blocked_ms != a.frozen_ms:
+            line += f", writes blocked {a.writes_blocked_ms:.1f} ms"
         if a.capture != "snapshot":
             line += f"  [capture {a.capture}]"
         print(line + (f"  ({a.error})" if a.error else ""))

@@ -45,7 +45,7 @@ def test_check_refuses_a_plain_copy_over_the_limit_naming_the_logical_capture(
 ) -> None:
     fs = loop_fs("ext4")
     db = big_db(fs)
-    r = run_cli("check", profile_on(fs, db))
+    r = run_cli("check", profile_on(fs, db, capture="snapshot"))
     assert r.returncode == 1
     line = r.stderr.strip()
     assert "\n" not in line, line
@@ -57,8 +57,32 @@ def test_check_refuses_a_plain_copy_over_the_limit_naming_the_logical_capture(
     # what it names works: the logical capture copies nothing inside the window
     assert run_cli("check", profile_on(fs, db, capture="logical")).returncode == 0
     # and so does a larger limit
-    r = run_cli("check", profile_on(fs, db, limit='max_copy_in_window = "1GiB"'))
+    r = run_cli(
+        "check", profile_on(fs, db, capture="snapshot", limit='max_copy_in_window = "1GiB"')
+    )
     assert r.returncode == 0, r.stderr
+
+
+def test_the_default_capture_is_the_one_that_copies_nothing_inside_the_window(
+    loop_fs: Callable[..., LoopFs],
+) -> None:
+    """Left to the default, an application the clone would copy (no reflink) is captured
+    in its completing mode where that is consistent, and stays in snapshot mode where it
+    is not (a database not in WAL mode), which check then refuses."""
+    fs = loop_fs("ext4")
+    db = big_db(fs)
+    r = run_cli("check", profile_on(fs, db))
+    assert r.returncode == 0, r.stderr
+    assert "application shop: capture logical by default" in r.stderr
+    r = run_cli("backup", profile_on(fs, db), "--json")
+    assert r.returncode == 0, r.stderr
+    assert [a["capture"] for a in r.json()["applications"]] == ["logical"]
+    with sqlite3.connect(db) as c:
+        c.execute("PRAGMA journal_mode=DELETE")
+    c.close()
+    r = run_cli("check", profile_on(fs, db))
+    assert r.returncode == 1
+    assert "would copy" in r.stderr and 'capture = "logical"' in r.stderr
 
 
 def test_check_passes_where_the_same_data_reflinks(loop_fs: Callable[..., LoopFs]) -> None:
@@ -77,18 +101,18 @@ def test_plan_shows_the_capture_and_what_the_window_copies(
     fs = loop_fs("ext4")
     db = big_db(fs)
     size = db.stat().st_size
-    r = run_cli("plan", profile_on(fs, db), "--json")
+    r = run_cli("plan", profile_on(fs, db, capture="snapshot"), "--json")
     assert r.returncode == 0, r.stderr
     plan = r.json()
     assert plan["max_copy_in_window"] == 64 << 20
     assert [a["capture"] for a in plan["applications"]] == ["snapshot"]
     window = plan["stages"][0]["window"]
     assert (window["how"], window["bytes_copied"]) == ("copy", size)
-    text = run_cli("plan", profile_on(fs, db)).stdout
+    text = run_cli("plan", profile_on(fs, db, capture="snapshot")).stdout
     assert "shop (sqlite): capture snapshot" in text
     assert f"copies {format_size(size)} inside the window (over max_copy_in_window)" in text
 
-    plan = run_cli("plan", profile_on(fs, db, capture="logical"), "--json").json()
+    plan = run_cli("plan", profile_on(fs, db), "--json").json()  # the default: logical
     assert [a["capture"] for a in plan["applications"]] == ["logical"]
     window = plan["stages"][0]["window"]
     assert (window["how"], window["bytes_copied"]) == ("copy", 0), "nothing copied in the window"

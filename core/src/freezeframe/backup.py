@@ -101,6 +101,8 @@ def _stages(session: Session, run: Run, signals: Signals, progress: ProgressFact
     problems = check(session)
     if problems:
         raise FreezeframeError("; ".join(problems))
+    for a in profile.applications:  # check may have settled a default capture mode
+        run.app(a.name, capture=a.capture)
     windowed = windowed_stages(profile)
     later = [s for s in profile.stages if s not in windowed]
 

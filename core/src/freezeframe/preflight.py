@@ -8,6 +8,7 @@ applications and the snapshot backends) reads the loaded profile only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "pairing_problems",
     "plan",
     "quiesce_levels",
+    "settle_captures",
     "snapshot_kinds",
     "window_estimates",
     "window_problems",
@@ -53,6 +55,9 @@ def windowed_stages(profile: Profile) -> list[StageSpec]:
     snapshots = [s for s in profile.stages if s.role == Role.SNAPSHOT]
     copies = [s for s in profile.stages if s.role == Role.COPY]
     return snapshots + (copies if profile.thaw == "after-backup" else [])
+
+
+log = logging.getLogger("freezeframe")
 
 
 def data_paths(session: Session) -> tuple[Path, ...]:
@@ -103,8 +108,55 @@ def check(session: Session) -> Problems:
         except Exception as e:
             problems.append(f"{label}: check failed: {one_line(e)}")
     if not problems:  # the estimate needs reachable applications and a stage's dir
+        settle_captures(session)
         problems += window_problems(session)
     return problems
+
+
+def settle_captures(session: Session) -> list[str]:
+    """Each application left to the default capture that a snapshot stage inside the
+    window would copy (it cannot reflink it) takes its plug-in's first completing mode
+    instead, where the profile allows one and the plug-in's ``check()`` passes in it: the
+    fastest consistent mode. Called once every component's check passed; returns the
+    names switched (logged)."""
+    profile = session.profile
+    snapshots = [s for s in windowed_stages(profile) if s.role == Role.SNAPSHOT]
+    if profile.thaw == "after-backup" or not snapshots:
+        return []
+    if not all(s.component.takes_completions for s in snapshots):
+        return []
+    switched = []
+    for app in profile.applications:
+        c = app.component
+        completing = [m for m in c.capture_modes if m != "snapshot"]
+        if app.chosen or c.completes or not completing:
+            continue
+        if app.on_quiesce_failure == "crash-consistent":
+            continue
+        with session.alone(c):
+            paths = tuple(c.data_paths())
+        copied = 0
+        for stage in snapshots:
+            with session.alone(stage.component):
+                copied += stage.component.window_estimate(paths).bytes_copied or 0
+        if not copied:
+            continue
+        c.capture = completing[0]
+        try:
+            with session.alone(c):
+                c.check()
+        except Exception as e:
+            c.capture = "snapshot"  # checked in it already
+            log.info("application %s: stays in capture snapshot: %s", app.name, one_line(e))
+            continue
+        switched.append(app.name)
+        log.info(
+            "application %s: capture %s by default (the window would copy %s of it)",
+            app.name,
+            c.capture,
+            format_size(copied),
+        )
+    return switched
 
 
 def window_estimates(session: Session) -> dict[str, WindowEstimate]:
@@ -273,6 +325,7 @@ def plan(session: Session) -> dict[str, Any]:
     profile = session.profile
     apps = profile.applications
     try:
+        settle_captures(session)  # as the backup's check will
         paths: list[str] | str = [str(p) for p in data_paths(session)]
     except Exception as e:
         paths = f"unknown until the applications are reachable: {one_line(e)}"

@@ -11,7 +11,6 @@ import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -239,8 +238,8 @@ class _Loader:
                     f"{kind!r} (it has: {', '.join(component.capture_modes)})",
                 )
             else:
-                # "" until the stages are known: _capture() picks the default then
-                spec = ApplicationSpec(name, info, component, after, on_fail, capture or "")
+                # without it, _capture() picks the default once the stages are known
+                spec = ApplicationSpec(name, info, component, after, on_fail, capture)
                 specs.append(spec)
         self._check_after(afters)
         return specs
@@ -251,7 +250,7 @@ class _Loader:
         or the first mode of the plug-in consistent with the stages (``"snapshot"``
         needs snapshots of the kinds the plug-in is consistent on, and not the dumps
         view; a mode that completes needs snapshot views that take completions)."""
-        mode = app.capture
+        mode = app.chosen
         if not mode:
             snapshots = [s for s in stages if s.role == Role.SNAPSHOT]
             completable = bool(snapshots) and all(s.component.takes_completions for s in snapshots)
@@ -265,7 +264,7 @@ class _Loader:
                 (m for m in modes if (consistent if m == "snapshot" else completable)), modes[0]
             )
         app.component.capture = mode
-        return replace(app, capture=mode)
+        return app
 
     def _check_after(self, afters: Mapping[str, Sequence[str]]) -> None:
         for name, after in afters.items():

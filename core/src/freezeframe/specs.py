@@ -27,9 +27,16 @@ class ApplicationSpec:
     component: ApplicationPlugin
     after: tuple[str, ...] = ()
     on_quiesce_failure: str = "fail"
-    #: The capture mode (one of the plug-in's ``capture_modes``), chosen by the profile
-    #: or by default the first one consistent with the profile's stages.
-    capture: str = "snapshot"
+    #: The capture mode the profile names (``capture = ...``); ``None``: the default.
+    chosen: str | None = None
+
+    @property
+    def capture(self) -> str:
+        """The capture mode (one of the plug-in's ``capture_modes``): the profile's, or by
+        default the first one consistent with the profile's stages, settled again before a
+        run when a stage would copy the application inside the window
+        (:func:`freezeframe.preflight.settle_captures`)."""
+        return self.component.capture
 
 
 @dataclass(frozen=True)

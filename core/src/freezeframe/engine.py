@@ -74,8 +74,9 @@ class Engine:
             pass
 
     # -- the verbs --------------------------------------------------------------
-    def check(self) -> list[str]:
-        """Preflight every component and application/snapshot pairing; returns the problems."""
+    def check(self) -> preflight.Problems:
+        """Preflight every component and application/snapshot pairing; returns the problems
+        (a list of lines, with the ``exit_code`` that ``freezeframe check`` gives)."""
         return preflight.check(self.session)
 
     def plan(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from freezeframe.registry import Registry
 from freezeframe.session import Session
 
 __all__ = [
+    "Problems",
     "check",
     "completed_paths",
     "data_paths",
@@ -74,10 +75,23 @@ def _paths(session: Session, of: Callable[[ApplicationPlugin], Sequence[Path]]) 
     return tuple(seen)
 
 
-def check(session: Session) -> list[str]:
+class Problems(list[str]):
+    """What :func:`check` found, one line each, and the exit code ``check`` gives for them:
+    the highest of the errors the components raised (2 for a field of the profile that is
+    wrong or missing, a :class:`~freezeframe.ConfigError`), else 1; 0 for none."""
+
+    raised = 1
+
+    @property
+    def exit_code(self) -> int:
+        """0 when there is no problem, else the highest exit code among them."""
+        return self.raised if self else 0
+
+
+def check(session: Session) -> Problems:
     """Preflight every component and application/snapshot pairing; returns the problems."""
     profile = session.profile
-    problems = pairing_problems(profile, session.registry)
+    problems = Problems(pairing_problems(profile, session.registry))
     components: list[tuple[str, Any]] = [
         *((f"application {a.name!r}", a.component) for a in profile.applications),
         *((f"stage {s.name!r}", s.component) for s in profile.stages),
@@ -88,6 +102,7 @@ def check(session: Session) -> list[str]:
                 component.check()
         except FreezeframeError as e:
             problems.append(f"{label}: {one_line(e)}")
+            problems.raised = max(problems.raised, e.exit_code)
         except Exception as e:
             problems.append(f"{label}: check failed: {one_line(e)}")
     if not problems:  # the estimate needs reachable applications and a stage's dir

@@ -106,7 +106,7 @@ def _cmd_check(args: argparse.Namespace, engine: Engine) -> int:
     out(args, data, human)
     if problems:
         sys.stderr.write(f"freezeframe: error: {all_on_one_line(problems)}\n")
-    return 1 if problems else 0
+    return problems.exit_code
 
 
 def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:

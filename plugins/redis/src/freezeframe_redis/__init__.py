@@ -31,6 +31,11 @@ own in the AOF folder, which is what such a server loads). Nothing
 backup-specific is ever written in the data folder, so a kill of
 freezeframe leaves nothing behind there.
 
+A server that persists nothing (``save ""``, ``appendonly no``) is refused
+unless the profile sets ``persistence = "rdb"``: then the same ``BGSAVE``
+writes a dump for the backup at ``dir/dbfilename``, in either capture, and
+it stays there as Redis leaves any dump.
+
 The password (``password_env``/``password_file``)
 reaches only redis-py's connect call; every message is scrubbed of it.
 """
@@ -120,6 +125,11 @@ class RedisPlugin(ApplicationPlugin):
             raise ConfigError(field, "the password is empty")
         #: The server's data folder as this machine sees it (default: ``CONFIG GET dir``).
         self.dir = table.get_path("dir", None)
+        #: ``persistence = "rdb"``: a server that persists nothing is backed up all the same,
+        #: from a dump its ``BGSAVE`` writes for the backup at ``dir/dbfilename``.
+        self.dump_for_backup = (
+            "persistence" in table and table.get_choice("persistence", ("rdb",), "rdb") == "rdb"
+        )
         self._server = Server(self.endpoint, secret)
         self._lock = threading.Lock()
         self._layout: Layout | None = None
@@ -172,7 +182,8 @@ class RedisPlugin(ApplicationPlugin):
         return layout, aof or saves
 
     def check(self) -> None:
-        """Reachable, authenticated, 6.2 or later, persisting, loaded, data folder here."""
+        """Reachable, authenticated, 6.2 or later, persisting (or ``persistence = "rdb"``),
+        loaded, data folder here."""
         info = self._server.info("server")
         version = str(info.get("redis_version", "?"))
         if version_tuple(version) < MIN_VERSION:
@@ -184,10 +195,19 @@ class RedisPlugin(ApplicationPlugin):
         if persistence.get("loading") or persistence.get("async_loading"):
             raise FreezeframeError(f"{self.where}: still loading its data set; try again later")
         layout, persists = self._read_layout()
-        if not persists:
-            raise FreezeframeError(
+        if not persists and not self.dump_for_backup:
+            raise ConfigError(
+                "persistence",
                 f'{self.where} persists nothing (save "" and appendonly no), so there is no '
-                "file to back up: enable RDB snapshots (save) or the AOF (appendonly yes)"
+                'file to back up: set persistence = "rdb" to have each backup write a dump '
+                "(it stays at dir/dbfilename, and a restart loads it), or enable RDB snapshots "
+                "(save) or the AOF (appendonly yes)",
+            )
+        if persists and self.dump_for_backup:
+            log.info(
+                '%s: persistence = "rdb" changes nothing: the server persists (%s)',
+                self.name,
+                "appendonly yes: its AOF is backed up" if layout.aof else "save points",
             )
         if layout.aof and version_tuple(version) < MIN_AOF_VERSION:
             raise FreezeframeError(
@@ -227,8 +247,10 @@ class RedisPlugin(ApplicationPlugin):
         """Read where the files are; let a background save already running end before the window."""
         self._kinds = snapshot_kinds
         self._facts = {k: v for k, v in self._facts.items() if k in ("redis_version", "role")}
-        self._layout, _ = self._read_layout()
+        self._layout, persists = self._read_layout()
         self._facts.update(persistence=self._layout.mode, dir=str(self._layout.dir))
+        if not persists:  # persistence = "rdb" (check refuses it otherwise)
+            self._facts["dump_for_backup"] = True
         try:
             self._server.wait("saving in the background", no_child, Deadline.after(PREPARE_WAIT))
         except ServerError as e:

@@ -40,12 +40,13 @@ from pathlib import Path
 
 from freezeframe import RunStatus
 from freezeframe.engine import Engine
-from freezeframe.fsutil import syncfs
 from freezeframe.profile import load_profile
 from freezeframe.registry import build_registry
 from freezeframe.tools import ToolError, find_tool, run_tool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testing"))
+from _btrfs import bare_snapshot  # bench/, this script's folder
+
 from freezeframe_testing.mariadb_server import MariaDB, start_mariadb
 
 TOOLS = ("losetup", "mount", "umount", "btrfs", "mkfs.btrfs", "mariadbd", "mariadb-install-db")
@@ -143,17 +144,6 @@ class Row:
     commit: list[float] = field(default_factory=list)
 
 
-def raw_snapshot(subvolume: Path, scratch: Path) -> float:
-    """``btrfs subvolume snapshot -r`` alone (after syncfs), in ms; the snapshot removed after."""
-    btrfs = find_tool("btrfs")
-    syncfs([subvolume])
-    t0 = time.perf_counter()
-    run_tool([btrfs, "subvolume", "snapshot", "-r", str(subvolume), str(scratch)], timeout=120)
-    ms = (time.perf_counter() - t0) * 1000
-    run_tool([btrfs, "subvolume", "delete", str(scratch)], timeout=120)
-    return ms
-
-
 def backups(engine: Engine, row: Row, runs: int, writers: Writers | None, mnt: Path) -> None:
     """``runs`` backups into ``row``; each snapshot deleted after its run."""
     windows = []
@@ -169,7 +159,7 @@ def backups(engine: Engine, row: Row, runs: int, writers: Writers | None, mnt: P
         row.snapshot.append((st.finished_at - st.started_at) * 1000)
         windows.append((app.quiesce_start, app.thaw_end))
         engine.profile.stage("snap").component.delete(st.artifact)
-        row.raw.append(raw_snapshot(mnt / "db", mnt / "raw"))
+        row.raw.append(bare_snapshot(mnt / "db", mnt / "raw"))
         time.sleep(0.2)  # let the writers run between windows
     if writers is None:
         return

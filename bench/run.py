@@ -1,4 +1,5 @@
-"""Run the benchmarks: every ``bench/*.py`` script but this one, one after another.
+"""Run the benchmarks: every ``bench/*.py`` script but this one (and the ``_*.py`` helpers
+they share), one after another.
 
 ``python bench/run.py`` runs them all; ``python bench/run.py freeze_window``
 runs those named. Each runs in its own interpreter (this one's), so one that
@@ -16,8 +17,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def scripts() -> list[Path]:
-    """Every benchmark script, by name."""
-    return sorted(p for p in HERE.glob("*.py") if p.name != Path(__file__).name)
+    """Every benchmark script, by name (``_*.py``: helpers they share)."""
+    return sorted(
+        p for p in HERE.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_")
+    )
 
 
 def main(names: list[str]) -> int:

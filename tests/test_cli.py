@@ -8,13 +8,24 @@ import resource
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from freezeframe.cli import main
-from freezeframe.plugin import Artifact, Backend, Role, StageContext, hookimpl
+from freezeframe.plugin import (
+    ApplicationPlugin,
+    Artifact,
+    Backend,
+    ConfigError,
+    Deadline,
+    FreezeframeError,
+    Role,
+    StageContext,
+    Table,
+    hookimpl,
+)
 from freezeframe.registry import build_registry
 from freezeframe_testing.plugin import make_counter_db, read_counter, restored, run_cli
 
@@ -517,3 +528,49 @@ def test_a_backend_missing_abstract_methods_is_broken_and_fails_check(
         f"backend 'ff-half' is broken (<{__name__}>): {missing}"
     ]
     assert "Traceback" not in out.err
+
+
+class PickyApp(ApplicationPlugin):
+    """An application whose check refuses: a field (``refuse = "field"``), or not."""
+
+    kind = "ff-picky"
+
+    def __init__(self, name: str, table: Table) -> None:
+        super().__init__(name, table)
+        self.refuse = table.get_choice("refuse", ("field", "other", "nothing"), "nothing")
+
+    def check(self) -> None:
+        """Raise what ``refuse`` says."""
+        if self.refuse == "field":
+            raise ConfigError("refuse", "the server says this field must change")
+        if self.refuse == "other":
+            raise FreezeframeError("cannot reach it")
+
+    def quiesce(self, deadline: Deadline) -> None:
+        """Nothing to freeze."""
+
+    def unquiesce(self, snapshots: Sequence[Artifact]) -> None:
+        """Nothing to thaw."""
+
+
+@hookimpl
+def freezeframe_register_applications(register: Callable[[type[ApplicationPlugin]], None]) -> None:
+    """Registers the picky application (this test module is its plug-in module)."""
+    register(PickyApp)
+
+
+@pytest.mark.parametrize(("refuse", "code"), [("field", 2), ("other", 1), ("nothing", 0)])
+def test_check_exits_2_when_a_check_refuses_a_field_of_the_profile(
+    shop: tuple[Path, Path], capsys: pytest.CaptureFixture[str], refuse: str, code: int
+) -> None:
+    registry = build_registry(modules=[sys.modules[__name__]])
+    profile, _ = shop
+    app = f'[[application]]\nplugin = "ff-picky"\nname = "picky"\nrefuse = "{refuse}"\n'
+    profile.write_text(profile.read_text() + app)
+    assert main(["check", str(profile)], registry=registry) == code
+    errors = capsys.readouterr().err.splitlines()
+    if refuse == "field":
+        assert errors == [
+            "freezeframe: error: application 'picky': field \"refuse\": "
+            "the server says this field must change"
+        ]

@@ -72,4 +72,8 @@ class TestRedisContract(ApplicationPluginContract):
 
     @pytest.fixture
     def bad_tables(self) -> Sequence[tuple[Mapping[str, Any], str]]:
-        return [({}, "url"), ({"url": "ftp://x"}, "url")]
+        return [
+            ({}, "url"),
+            ({"url": "ftp://x"}, "url"),
+            ({"url": "redis://h", "persistence": "aof"}, "persistence"),
+        ]

@@ -23,7 +23,7 @@ from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe_testing.plugin import run_cli
-from freezeframe_testing.redis_server import RedisServer, start_redis
+from freezeframe_testing.redis_server import RedisServer, redis_clone_profile, start_redis
 
 KEYS = 200
 #: µs per key: the dump of KEYS keys takes about a second.
@@ -41,25 +41,7 @@ def slow(redis_server: Callable[..., RedisServer]) -> RedisServer:
 
 
 def profile_for(tmp_path: Path, server: RedisServer, capture: str) -> Path:
-    path = tmp_path / "profile.toml"
-    path.write_text(f"""
-[profile]
-name = "capture"
-freeze_timeout = "20s"
-state_dir = "{tmp_path / "state"}"
-
-[[application]]
-plugin = "redis"
-name = "cache"
-url = "{server.url}"
-capture = "{capture}"
-
-[[backup]]
-backend = "clone"
-name = "snap"
-dir = "{tmp_path / "snaps"}"
-""")
-    return path
+    return redis_clone_profile(tmp_path, server, fields=f'capture = "{capture}"')
 
 
 def no_child(server: RedisServer) -> bool:

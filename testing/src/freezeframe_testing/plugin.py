@@ -372,6 +372,19 @@ def sqlite_clone_profile(
 
     Paths are written as TOML strings, so any file name works; state goes in ``folder/state``.
     """
+    application = f"""
+plugin = "sqlite"
+name = "shop"
+path = {json.dumps(str(db))}
+{f"capture = {json.dumps(capture)}" if capture else ""}
+"""
+    return clone_profile(folder, application, name=name, then=then)
+
+
+def clone_profile(folder: Path, application: str, *, name: str, then: str = "") -> Path:
+    """``folder/profile.toml``: one ``[[application]]`` (its fields: ``application``, TOML),
+    a clone snapshot stage ``snap`` in ``folder/snaps``, then ``then`` (more TOML: the copy
+    stages); ``freeze_timeout = "10s"``, state in ``folder/state``."""
     path = folder / "profile.toml"
     path.write_text(f"""
 [profile]
@@ -380,10 +393,7 @@ freeze_timeout = "10s"
 state_dir = {json.dumps(str(folder / "state"))}
 
 [[application]]
-plugin = "sqlite"
-name = "shop"
-path = {json.dumps(str(db))}
-{f"capture = {json.dumps(capture)}" if capture else ""}
+{application}
 
 [[backup]]
 backend = "clone"

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from freezeframe import RunRecord
-from freezeframe_testing.plugin import need, require_tool
+from freezeframe_testing.plugin import clone_profile, need, require_tool
 
 __all__ = [
     "ACCOUNTS",
@@ -37,6 +37,7 @@ __all__ = [
     "TransferWriter",
     "ledger_problems",
     "read_ledger",
+    "redis_clone_profile",
     "redis_server",
     "seed_ledger",
     "start_redis",
@@ -262,6 +263,16 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
             errors.append(e)
     if errors:
         raise errors[0]
+
+
+def redis_clone_profile(
+    folder: Path, server: RedisServer, *, fields: str = "", then: str = ""
+) -> Path:
+    """``folder/profile.toml`` (:func:`~freezeframe_testing.plugin.clone_profile`): ``server``
+    as application ``cache``, with the TOML ``fields`` (``capture``, ``persistence``, ...),
+    a clone snapshot stage ``snap``, then ``then`` (the copy stages)."""
+    application = f'plugin = "redis"\nname = "cache"\nurl = "{server.url}"\n{fields}'
+    return clone_profile(folder, application, name="cache", then=then)
 
 
 # -- the ledger: transfers that keep a total, counted by a sequence -----------------

@@ -31,6 +31,11 @@ own in the AOF folder, which is what such a server loads). Nothing
 backup-specific is ever written in the data folder, so a kill of
 freezeframe leaves nothing behind there.
 
+A server that persists nothing (``save ""``, ``appendonly no``) is refused
+unless the profile sets ``persistence = "rdb"``: then the same ``BGSAVE``
+writes a dump for the backup at ``dir/dbfilename``, in either capture, and
+it stays there as Redis leaves any dump.
+
 The password (``password_env``/``password_file``)
 reaches only redis-py's connect call; every message is scrubbed of it.
 """
@@ -40,12 +45,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +64,9 @@ from freezeframe.plugin import (
     ToolError,
     find_tool,
     hookimpl,
-    is_folder_below,
-    make_parents,
-    replace_below,
-    unlink_below,
 )
-from freezeframe_redis._layout import Layout, manifest_line, read_manifest
+from freezeframe_redis._complete import put_dump
+from freezeframe_redis._layout import Layout
 from freezeframe_redis._persist import (
     Fork,
     complete_aof,
@@ -78,6 +77,7 @@ from freezeframe_redis._persist import (
     save_rdb,
     window_state,
 )
+from freezeframe_redis._restore import restored_layout, tidy_restored
 from freezeframe_redis._server import Server, ServerError, parse_url, version_tuple
 from freezeframe_redis._verify import load_in_temporary_server
 
@@ -92,8 +92,6 @@ MIN_AOF_VERSION = (7, 0)
 PREPARE_WAIT = 300.0
 #: How long a logical capture's completion waits for the dump of its fork.
 COMPLETE_WAIT = 3600.0
-#: How much of the dump is copied between two looks for ``interrupt()``.
-CHUNK = 4 << 20
 
 
 class RedisPlugin(ApplicationPlugin):
@@ -120,6 +118,11 @@ class RedisPlugin(ApplicationPlugin):
             raise ConfigError(field, "the password is empty")
         #: The server's data folder as this machine sees it (default: ``CONFIG GET dir``).
         self.dir = table.get_path("dir", None)
+        #: ``persistence = "rdb"``: a server that persists nothing is backed up all the same,
+        #: from a dump its ``BGSAVE`` writes for the backup at ``dir/dbfilename``.
+        self.dump_for_backup = (
+            "persistence" in table and table.get_choice("persistence", ("rdb",), "rdb") == "rdb"
+        )
         self._server = Server(self.endpoint, secret)
         self._lock = threading.Lock()
         self._layout: Layout | None = None
@@ -172,7 +175,8 @@ class RedisPlugin(ApplicationPlugin):
         return layout, aof or saves
 
     def check(self) -> None:
-        """Reachable, authenticated, 6.2 or later, persisting, loaded, data folder here."""
+        """Reachable, authenticated, 6.2 or later, persisting (or ``persistence = "rdb"``),
+        loaded, data folder here."""
         info = self._server.info("server")
         version = str(info.get("redis_version", "?"))
         if version_tuple(version) < MIN_VERSION:
@@ -184,10 +188,19 @@ class RedisPlugin(ApplicationPlugin):
         if persistence.get("loading") or persistence.get("async_loading"):
             raise FreezeframeError(f"{self.where}: still loading its data set; try again later")
         layout, persists = self._read_layout()
-        if not persists:
-            raise FreezeframeError(
+        if not persists and not self.dump_for_backup:
+            raise ConfigError(
+                "persistence",
                 f'{self.where} persists nothing (save "" and appendonly no), so there is no '
-                "file to back up: enable RDB snapshots (save) or the AOF (appendonly yes)"
+                'file to back up: set persistence = "rdb" to have each backup write a dump '
+                "(it stays at dir/dbfilename, and a restart loads it), or enable RDB snapshots "
+                "(save) or the AOF (appendonly yes)",
+            )
+        if persists and self.dump_for_backup:
+            log.info(
+                '%s: persistence = "rdb" changes nothing: the server persists (%s)',
+                self.name,
+                "appendonly yes: its AOF is backed up" if layout.aof else "save points",
             )
         if layout.aof and version_tuple(version) < MIN_AOF_VERSION:
             raise FreezeframeError(
@@ -227,8 +240,10 @@ class RedisPlugin(ApplicationPlugin):
         """Read where the files are; let a background save already running end before the window."""
         self._kinds = snapshot_kinds
         self._facts = {k: v for k, v in self._facts.items() if k in ("redis_version", "role")}
-        self._layout, _ = self._read_layout()
+        self._layout, persists = self._read_layout()
         self._facts.update(persistence=self._layout.mode, dir=str(self._layout.dir))
+        if not persists:  # persistence = "rdb" (check refuses it otherwise)
+            self._facts["dump_for_backup"] = True
         try:
             self._server.wait("saving in the background", no_child, Deadline.after(PREPARE_WAIT))
         except ServerError as e:
@@ -384,10 +399,7 @@ class RedisPlugin(ApplicationPlugin):
         try:
             written = time.monotonic()
             for snapshot in (s for s in snapshots if s.view is not None):
-                if layout.aof:
-                    self._put_aof(fd, layout, self._image(snapshot, layout.aof_dir))
-                else:
-                    self._copy_dump(fd, self._image(snapshot, layout.dump))
+                put_dump(fd, layout, snapshot, self._interrupted.is_set, self.where)
         finally:
             os.close(fd)
         log.info(
@@ -396,60 +408,6 @@ class RedisPlugin(ApplicationPlugin):
             (written - fork.began) * 1000,
             (time.monotonic() - written) * 1000,
         )
-
-    @staticmethod
-    def _image(snapshot: Artifact, original: Path) -> Path:
-        """Where ``original`` goes in the snapshot's view (its parents made if the
-        snapshot does not hold them)."""
-        assert snapshot.view is not None
-        dst = snapshot.image(original)
-        return dst if dst.parent.is_dir() else make_parents(original, snapshot.view)
-
-    def _put_aof(self, fd: int, layout: Layout, dst: Path) -> None:
-        """At ``dst``, an AOF folder whose manifest lists the dump open as ``fd`` as its
-        base and an empty incremental file (what Redis itself lists once it has loaded a
-        dump as its AOF), replacing whatever the snapshot holds there (a snapshot of the
-        whole filesystem holds the live AOF of another instant)."""
-        base, incr = (f"{layout.appendfilename}.1.{t}" for t in ("base.rdb", "incr.aof"))
-        listing = manifest_line(base, 1, "b") + manifest_line(incr, 1, "i")
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
-        old = dst.with_name(f".{dst.name}.{os.getpid()}.old")
-        try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            with suppress(OSError):
-                os.chmod(tmp, layout.aof_dir.stat().st_mode & 0o7777)
-            self._copy_dump(fd, tmp / base)
-            (tmp / incr).write_bytes(b"")
-            (tmp / layout.manifest.name).write_bytes(listing.encode("utf-8", "surrogateescape"))
-            with suppress(FileNotFoundError):
-                os.rename(dst, old)
-            os.rename(tmp, dst)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(old, ignore_errors=True)
-
-    def _copy_dump(self, fd: int, dst: Path) -> None:
-        """The file open as ``fd`` put whole at ``dst`` (a temporary name, then a rename),
-        with its mode, owner and times."""
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
-        st = os.fstat(fd)
-        try:
-            with open(tmp, "wb") as out:
-                offset = 0
-                while chunk := os.pread(fd, CHUNK, offset):
-                    if self._interrupted.is_set():
-                        raise FreezeframeError(f"{self.where}: interrupted while copying its dump")
-                    out.write(chunk)
-                    offset += len(chunk)
-                os.fchmod(out.fileno(), st.st_mode & 0o7777)
-                with suppress(PermissionError):  # not root: the copy stays ours
-                    os.fchown(out.fileno(), st.st_uid, st.st_gid)
-            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-            os.rename(tmp, dst)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     def release(self) -> None:
         """Forget the fork of the capture (its child ends by itself; nothing else is held)."""
@@ -482,18 +440,7 @@ class RedisPlugin(ApplicationPlugin):
 
     def _restored(self, root: Path) -> Layout | None:
         """The restored files below ``root``, and whether they are an AOF or a dump."""
-        original = self._original_layout()
-        layout = original.under(root)
-        if not layout.dir.is_dir():
-            return None
-        if layout.whole_dir:
-            layout = layout.find_manifest().find_dump()
-        has_aof, has_rdb = layout.manifest.is_file(), layout.dump.is_file()
-        if has_aof and (original.aof or not has_rdb):
-            return replace(layout, aof=True)
-        if has_rdb:
-            return replace(layout, aof=False)
-        return None
+        return restored_layout(self._original_layout(), root)
 
     def prepare_restored(self, root: Path) -> None:
         """Remove what Redis must not find beside the restored data: temp files, AOF history.
@@ -509,28 +456,7 @@ class RedisPlugin(ApplicationPlugin):
         if layout is None:
             return
         try:  # nothing through a symlink inside the restored tree
-            for folder in {layout.dir, layout.aof_dir} if layout.aof else {layout.dir}:
-                is_folder_below(root, folder)
-            for pattern in ("temp-*.rdb", "temp-*.aof"):
-                for leftover in layout.dir.glob(pattern):  # a save or rewrite cut short
-                    if leftover.is_symlink() or leftover.is_file():
-                        unlink_below(root, leftover)
-            if not layout.aof:
-                return
-            if layout.manifest.is_symlink():
-                raise FreezeframeError(f"{layout.manifest}: a symlink; refusing to follow it")
-            try:
-                entries = read_manifest(layout.manifest)
-            except (OSError, ValueError) as e:
-                raise FreezeframeError(str(e)) from None
-            history = [f for f in entries if f.type == "h"]
-            if not history:
-                return
-            # Redis deletes them at its next start: do it now, so that it writes nothing then.
-            for f in history:
-                unlink_below(root, layout.aof_dir / f.name)
-            kept = "".join(f"{f.line}\n" for f in entries if f.type != "h")
-            replace_below(root, layout.manifest, kept.encode("utf-8", "surrogateescape"))
+            tidy_restored(layout, root)
         except FreezeframeError as e:
             raise FreezeframeError(f"application {self.name!r}: {e}") from None
 

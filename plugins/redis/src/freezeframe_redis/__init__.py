@@ -232,9 +232,7 @@ class RedisPlugin(ApplicationPlugin):
         elif "rdb_saves" not in self._server.info("persistence"):
             why = "needs INFO persistence rdb_saves (Redis 7.0 or later)"
         if why:
-            raise FreezeframeError(
-                f'{self.where}: capture = "logical" {why}: use capture = "snapshot"'
-            )
+            raise ConfigError("capture", f'{self.where}: "logical" {why}: use capture = "snapshot"')
 
     def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
         """Read where the files are; let a background save already running end before the window."""

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from freezeframe.plugin import SnapshotKind, hookimpl
-from freezeframe.preflight import pairing_problems, quiesce_levels, windowed_stages
+from freezeframe.preflight import (
+    pairing_problems,
+    quiesce_after,
+    quiesce_levels,
+    windowed_stages,
+)
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe_clone import CloneBackend
@@ -128,6 +133,13 @@ class CompletesPerFile(SqlitePlugin):
     consistent_on = frozenset({SnapshotKind.ATOMIC})
 
 
+class NonBlocking(SqlitePlugin):
+    """A plug-in whose capture blocks no write (as PostgreSQL's)."""
+
+    kind = "sqlite-nonblocking"
+    blocks_writes = False
+
+
 class NoCompletions(CloneBackend):
     """A snapshot backend whose views cannot be written after the thaw."""
 
@@ -141,6 +153,7 @@ class ExtraComponents:
     def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
         register(LogicalFirst)
         register(CompletesPerFile)
+        register(NonBlocking)
 
     @staticmethod
     @hookimpl
@@ -212,3 +225,20 @@ def test_a_completing_capture_on_a_stage_that_cannot_take_completions_is_refused
     assert "stage 'snap' (clone-no-completions) cannot take completions" in problem
     assert "capture = 'snapshot'" in problem
     assert "a snapshot backend that takes completions (btrfs, clone)" in problem
+
+
+def test_a_capture_that_blocks_no_write_quiesces_after_every_one_that_does(
+    write_profile: WriteProfile, registry_with: Callable[..., Registry], db: Path, tmp_path: Path
+) -> None:
+    """PostgreSQL's exported snapshot fixes its instant when it is taken: after every
+    blocking application holds its writers. The profile's own order is kept, and an
+    implicit order that would close a cycle is left out."""
+    registry = registry_with(ExtraComponents())
+    free = sqlite_app(db).replace('"sqlite"', '"sqlite-nonblocking"')
+    free = free.replace('name = "orders"', 'name = "free"')
+    text = '[profile]\nname = "p"\n' + exec_app(tmp_path, "a") + free
+    text += exec_app(tmp_path, "b", 'after = ["a"]') + exec_app(tmp_path, "c", 'after = ["free"]')
+    profile = load_profile(write_profile(text + SNAP.format(d=tmp_path)), registry)
+    after = quiesce_after(profile)
+    assert after == {"a": (), "free": ("a", "b"), "b": ("a",), "c": ("free",)}
+    assert quiesce_levels(after) == [["a"], ["b"], ["free"], ["c"]]

@@ -19,7 +19,7 @@ from freezeframe._faults import point
 from freezeframe.components import ApplicationPlugin, Artifact, Deadline, Role
 from freezeframe.errors import CompletionError, QuiesceError, one_line
 from freezeframe.fsutil import syncfs
-from freezeframe.preflight import data_paths, snapshot_kinds
+from freezeframe.preflight import data_paths, quiesce_after, snapshot_kinds
 from freezeframe.running import Run
 from freezeframe.session import Session
 
@@ -99,7 +99,7 @@ def quiesce_all(session: Session, run: Run, deadline: Deadline) -> None:
 
     quiescing = _ordered.Ordered(
         [a.name for a in apps],
-        {a.name: a.after for a in apps},
+        quiesce_after(profile),
         quiesce,
         stop_on_failure=True,
         thread_name="quiesce",

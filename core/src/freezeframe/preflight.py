@@ -35,6 +35,7 @@ __all__ = [
     "frozen_write_problems",
     "pairing_problems",
     "plan",
+    "quiesce_after",
     "quiesce_levels",
     "settle_captures",
     "snapshot_kinds",
@@ -341,7 +342,7 @@ def plan(session: Session) -> dict[str, Any]:
         "state_dir": str(profile.home),
         "max_copy_in_window": profile.max_copy_in_window,
         "data_paths": paths,
-        "quiesce_order": quiesce_levels({a.name: a.after for a in apps}),
+        "quiesce_order": quiesce_levels(quiesce_after(profile)),
         "applications": [
             {
                 "name": a.name,
@@ -384,6 +385,39 @@ def _device(path: Path) -> int | None:
         except OSError:
             continue
     return None
+
+
+def quiesce_after(profile: Profile) -> dict[str, tuple[str, ...]]:
+    """Whom each application quiesces after: its ``after``, and, for a plug-in whose
+    capture blocks no write (PostgreSQL), every application whose quiesce does. A capture
+    that blocks nothing fixes its instant when it runs; were it to run before another
+    application is blocked, a write to that one could land after a write to this one
+    that the capture missed. Once every blocking application holds its writers, every
+    writer that touches one of them waits, and the non-blocking capture sees all that
+    came before. An implicit order that would close a cycle with the profile's ``after``
+    is left out."""
+    after = {a.name: tuple(a.after) for a in profile.applications}
+    blocking = [a.name for a in profile.applications if a.component.blocks_writes]
+    for a in profile.applications:
+        if a.component.blocks_writes:
+            continue
+        extra = [
+            b for b in blocking if b not in after[a.name] and a.name not in _upstream(after, b)
+        ]
+        after[a.name] = (*after[a.name], *extra)
+    return after
+
+
+def _upstream(after: dict[str, tuple[str, ...]], name: str) -> set[str]:
+    """Every application ``name`` waits for, directly or not."""
+    seen: set[str] = set()
+    todo = list(after.get(name, ()))
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(after.get(n, ()))
+    return seen
 
 
 def quiesce_levels(after: dict[str, tuple[str, ...]]) -> list[list[str]]:

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from freezeframe.plugin import SnapshotKind, hookimpl
-from freezeframe.preflight import pairing_problems, quiesce_levels, windowed_stages
+from freezeframe.preflight import (
+    Problem,
+    exit_code,
+    pairing_problems,
+    quiesce_levels,
+    windowed_stages,
+)
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe_clone import CloneBackend
@@ -212,3 +218,11 @@ def test_a_completing_capture_on_a_stage_that_cannot_take_completions_is_refused
     assert "stage 'snap' (clone-no-completions) cannot take completions" in problem
     assert "capture = 'snapshot'" in problem
     assert "a snapshot backend that takes completions (btrfs, clone)" in problem
+
+
+def test_check_exits_2_only_for_what_a_component_calls_bad_input() -> None:
+    assert exit_code([]) == 0
+    assert exit_code(["a pairing problem", Problem("a server that is down")]) == 1
+    assert exit_code(["a pairing problem", Problem("pg_dump of another version", 2)]) == 2
+    assert exit_code([Problem("busy", 3)]) == 1  # only bad input has its own code
+    assert Problem("as text", 2) == "as text"  # printed and written as JSON as before

@@ -15,6 +15,7 @@ import pytest
 
 from freezeframe import Cancelled, StageContext, Table
 from freezeframe.tools import ToolError, find_tool, run_tool, streaming_tool
+from freezeframe_testing.procs import processes
 
 
 def test_output_and_failure_in_one_line() -> None:
@@ -57,11 +58,7 @@ def test_a_profiles_secret_variable_does_not_reach_other_tools(
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return any(p.pid == pid and p.running for p in processes())
 
 
 @pytest.mark.parametrize("tied", [True, False])

@@ -26,9 +26,11 @@ from freezeframe.registry import Registry
 from freezeframe.session import Session
 
 __all__ = [
+    "Problem",
     "check",
     "completed_paths",
     "data_paths",
+    "exit_code",
     "frozen_write_problems",
     "pairing_problems",
     "plan",
@@ -38,6 +40,24 @@ __all__ = [
     "window_problems",
     "windowed_stages",
 ]
+
+
+class Problem(str):
+    """One line that ``check`` found wrong; ``exit_code`` is 2 when a component's check
+    said it is bad input the user fixes in the profile or the installation (its error's
+    ``exit_code`` was 2: a field, a missing or mismatched tool), 1 otherwise."""
+
+    exit_code: int
+
+    def __new__(cls, text: str, exit_code: int = 1) -> Problem:
+        problem = super().__new__(cls, text)
+        problem.exit_code = 2 if exit_code == 2 else 1
+        return problem
+
+
+def exit_code(problems: Sequence[str]) -> int:
+    """What ``check`` exits with: 0 when nothing is wrong, 2 when any problem is bad input."""
+    return max((getattr(p, "exit_code", 1) for p in problems), default=0)
 
 
 def snapshot_kinds(profile: Profile) -> frozenset[SnapshotKind]:
@@ -87,7 +107,7 @@ def check(session: Session) -> list[str]:
             with session.alone(component):
                 component.check()
         except FreezeframeError as e:
-            problems.append(f"{label}: {one_line(e)}")
+            problems.append(Problem(f"{label}: {one_line(e)}", e.exit_code))
         except Exception as e:
             problems.append(f"{label}: check failed: {one_line(e)}")
     if not problems:  # the estimate needs reachable applications and a stage's dir

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from freezeframe import preflight
 from freezeframe.config import format_size
 from freezeframe.engine import Engine
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus
@@ -106,7 +107,7 @@ def _cmd_check(args: argparse.Namespace, engine: Engine) -> int:
     out(args, data, human)
     if problems:
         sys.stderr.write(f"freezeframe: error: {all_on_one_line(problems)}\n")
-    return 1 if problems else 0
+    return preflight.exit_code(problems)
 
 
 def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:

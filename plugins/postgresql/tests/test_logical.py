@@ -154,20 +154,27 @@ def test_logical_backups_under_a_writer_restore_consistent(
     assert bank_state(server).problems(writer.committed) == []
 
 
-def test_databases_narrows_what_is_dumped(
+def test_a_role_of_its_own_dumps_the_databases_it_names(
     postgres: PostgresFactory, tmp_path: Path, write_profile: Callable[[str], Path]
 ) -> None:
+    """Not a superuser, the owner of what it dumps (pg_read_all_data would do too): it may
+    not read pg_authid, so the roles are dumped without their passwords; ``databases``
+    and ``dump_path``."""
     server = postgres.new()
     server.sql("CREATE DATABASE shop TEMPLATE postgres")
     server.sql("CREATE DATABASE other TEMPLATE postgres")
     server.sql("CREATE TABLE items (id int)", dbname="shop")
     server.sql("CREATE ROLE clerk LOGIN PASSWORD 'a-clerk-s-password'")
     server.sql("GRANT SELECT ON items TO clerk", dbname="shop")
+    server.sql("CREATE ROLE dumper LOGIN IN ROLE pg_read_all_settings")
+    server.sql("ALTER DATABASE shop OWNER TO dumper")
+    server.sql("ALTER TABLE items OWNER TO dumper", dbname="shop")
     fields = 'databases = ["shop"]\ndump_path = "/srv/dumps/bank"'
-    profile = write_profile(profile_text(server, tmp_path, fields=fields))
+    profile = write_profile(profile_text(server.dsn(user="dumper"), tmp_path, fields=fields))
     r = run_cli("backup", profile, "--json")
     assert r.returncode == 0, r.stderr
-    assert r.json()["applications"][0]["facts"]["databases"] == ["shop"]
+    facts = r.json()["applications"][0]["facts"]
+    assert facts["databases"] == ["shop"] and facts["role_passwords"] is False
     target = postgres.folder("ffpg-restore-", owner="root") / "back"
     r = run_cli("restore", profile, "latest", "--to", target, "--verify", timeout=600)
     assert r.returncode == 0, r.stderr
@@ -177,6 +184,7 @@ def test_databases_narrows_what_is_dumped(
     assert "shop" in names and "other" not in names
     granted = "SELECT has_table_privilege('clerk', 'items', 'SELECT')"
     assert copy.sql(granted, dbname="shop") == [(True,)]
+    assert copy.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'clerk'") == [(None,)]
 
 
 # -- a kill between the capture and the completion ------------------------------------------
@@ -304,6 +312,14 @@ def test_check_refuses_a_missing_pg_dump(
     fields = f'bin_dir = "{tmp_path / "bin"}"'
     profile = write_profile(profile_text(idle_server, tmp_path, fields=fields))
     refused(profile, "no pg_dump in bin_dir")
+
+
+def test_check_refuses_a_dump_path_inside_the_data_directory(
+    idle_server: PgServer, tmp_path: Path, write_profile: Callable[[str], Path]
+) -> None:
+    fields = f'dump_path = "{idle_server.data_dir / "dumps"}"'
+    profile = write_profile(profile_text(idle_server, tmp_path, fields=fields))
+    refused(profile, "dump_path", "overlap")
 
 
 def test_check_refuses_a_database_the_server_lacks(

@@ -371,7 +371,7 @@ class PostgresqlPlugin(ApplicationPlugin):
         try:
             server, layout = self._inspect(conn, local=self.capture != LOGICAL)
             if self.capture == LOGICAL:
-                self._logical.check(conn, server.major)
+                self._logical.check(conn, server.major, layout.data_dir)
             else:
                 self._privileged(conn, server)
         finally:

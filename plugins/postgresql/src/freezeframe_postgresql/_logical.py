@@ -125,9 +125,14 @@ class LogicalCapture:
     ) -> list[str]:
         """The databases to dump: ``databases``, each of which must exist and accept
         connections, or every one that does, templates left out."""
-        rows = conn.execute(
-            "SELECT datname, datallowconn, datistemplate FROM pg_database ORDER BY datname"
-        ).fetchall()
+        import psycopg
+
+        try:
+            rows = conn.execute(
+                "SELECT datname, datallowconn, datistemplate FROM pg_database ORDER BY datname"
+            ).fetchall()
+        except psycopg.Error as e:
+            raise self._error(f"listing the databases: {e}", QuiesceError) from None
         if not self.wanted:
             return [name for name, allow, template in rows if allow and not template]
         known = {name: (allow, template) for name, allow, template in rows}
@@ -151,8 +156,15 @@ class LogicalCapture:
                 cls,
             ) from None
 
-    def check(self, conn: psycopg.Connection[Any], major: int) -> None:
-        """The databases to dump are there; pg_dump and pg_dumpall match the server."""
+    def check(self, conn: psycopg.Connection[Any], major: int, data_dir: Path) -> None:
+        """The databases to dump are there; pg_dump and pg_dumpall match the server; the
+        dump path is apart from the data directory (a restore builds a cluster there)."""
+        if self.dump_path.is_relative_to(data_dir) or data_dir.is_relative_to(self.dump_path):
+            raise self._error(
+                f"dump_path {self.dump_path} and the data directory {data_dir} overlap: a "
+                "restore builds a fresh cluster at the data directory's path; move dump_path",
+                BadInput,
+            )
         self.databases(conn)
         self.tools(major)
 
@@ -171,7 +183,12 @@ class LogicalCapture:
         self._interrupted.clear()
         self.facts = {"method": "logical"}
         self._tools = self.tools(major, QuiesceError)
-        self._cluster = read_cluster(conn, server_version, major, data_dir, segment_size)
+        import psycopg
+
+        try:
+            self._cluster = read_cluster(conn, server_version, major, data_dir, segment_size)
+        except psycopg.Error as e:
+            raise self._error(f"reading what a restore needs: {e}", QuiesceError) from None
         names = self.databases(conn, QuiesceError)
         try:
             for name in names:

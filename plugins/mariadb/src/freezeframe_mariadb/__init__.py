@@ -21,7 +21,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from freezeframe.plugin import (
 )
 from freezeframe_mariadb import _restored
 from freezeframe_mariadb._layout import VARIABLES, Layout
+from freezeframe_mariadb._server import Server, global_privileges, positions
 
 __all__ = ["MariadbPlugin"]
 
@@ -62,45 +62,6 @@ _PER_RUN = (
     "gtid_binlog_pos",
     "executed_gtid_set",
 )
-_GRANT = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class _Server:
-    """What the server said about itself."""
-
-    version: str  # VERSION(): "10.11.6-MariaDB-0+deb12u1-log", "8.0.36"
-    mariadb: bool
-    number: tuple[int, int, int]
-
-    @classmethod
-    def parse(cls, version: str) -> _Server:
-        m = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
-        number = (int(m[1]), int(m[2]), int(m[3])) if m else (0, 0, 0)
-        return cls(version, "mariadb" in version.lower(), number)
-
-    @property
-    def product(self) -> str:
-        return ("MariaDB " if self.mariadb else "MySQL ") + ".".join(map(str, self.number))
-
-    @property
-    def backup_stage(self) -> bool:
-        """MariaDB 10.4 brought BACKUP STAGE."""
-        return self.mariadb and self.number >= (10, 4, 0)
-
-    def unsupported(self) -> str | None:
-        if self.mariadb and self.number < (10, 2, 0):
-            return f"{self.product} is not supported (freezeframe needs MariaDB 10.2 or later)"
-        if not self.mariadb and self.number < (5, 7, 0):
-            return f"{self.product} is not supported (freezeframe needs MySQL 5.7 or later)"
-        return None
-
-    @property
-    def binlog_status(self) -> str:
-        """MySQL 8.4 removed SHOW MASTER STATUS."""
-        if not self.mariadb and self.number >= (8, 2, 0):
-            return "SHOW BINARY LOG STATUS"
-        return "SHOW MASTER STATUS"
 
 
 class MariadbPlugin(ApplicationPlugin):
@@ -138,7 +99,7 @@ class MariadbPlugin(ApplicationPlugin):
         self._quiesced = False
         self._backup_stage = False  # which lock the held connection took
         self._step = "connect"  # what the quiesce was doing, for its error message
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._layout: Layout | None = None
         self._facts: dict[str, Any] = {"address": where}
 
@@ -194,11 +155,11 @@ class MariadbPlugin(ApplicationPlugin):
         except (pymysql.MySQLError, OSError) as e:
             raise self._error("cannot connect", e, FreezeframeError) from None
 
-    def _inspect(self, conn: Any) -> tuple[_Server, Layout]:
+    def _inspect(self, conn: Any) -> tuple[Server, Layout]:
         """The server's version and file layout."""
         with conn.cursor() as cur:
             cur.execute("SELECT VERSION()")
-            server = _Server.parse(str(cur.fetchone()[0]))
+            server = Server.parse(str(cur.fetchone()[0]))
             names = ", ".join(f"'{v}'" for v in VARIABLES)
             cur.execute(f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({names})")
             variables = {str(k).lower(): str(v) for k, v in cur.fetchall()}
@@ -207,7 +168,7 @@ class MariadbPlugin(ApplicationPlugin):
         self._facts.update(server=server.product, version=server.version)
         return server, self._layout
 
-    def _uses_backup_stage(self, server: _Server) -> bool:
+    def _uses_backup_stage(self, server: Server) -> bool:
         """BACKUP STAGE where the server has it, unless ``lock`` says otherwise."""
         return self.lock == "backup-stage" or (self.lock == "auto" and server.backup_stage)
 
@@ -239,7 +200,7 @@ class MariadbPlugin(ApplicationPlugin):
                 )
             with conn.cursor() as cur:
                 cur.execute("SHOW GRANTS")
-                privileges = _global_privileges(row[0] for row in cur.fetchall())
+                privileges = global_privileges(row[0] for row in cur.fetchall())
                 if "RELOAD" not in privileges and "ALL PRIVILEGES" not in privileges:
                     stage = self._uses_backup_stage(server)
                     lock = "BACKUP STAGE" if stage else "FLUSH TABLES WITH READ LOCK"
@@ -340,7 +301,7 @@ class MariadbPlugin(ApplicationPlugin):
             if self._server is None:
                 self._step = "SELECT VERSION()"
                 cur.execute("SELECT VERSION()")
-                self._server = _Server.parse(str(cur.fetchone()[0]))
+                self._server = Server.parse(str(cur.fetchone()[0]))
             server = self._server
             # Should freezeframe hang (not die) while frozen, the server drops us after this.
             idle = math.ceil(deadline.remaining()) + HANG_MARGIN
@@ -365,7 +326,7 @@ class MariadbPlugin(ApplicationPlugin):
                 self._step = "FLUSH TABLES WITH READ LOCK"
                 cur.execute("FLUSH TABLES WITH READ LOCK")
             self._step = "reading the binary log position"
-            self._facts.update(_positions(cur, server, self._layout))
+            self._facts.update(positions(cur, server, self._layout))
 
     def _release(self) -> str | None:
         """End the backup lock and close; returns why, if the lock was found already lost."""
@@ -439,39 +400,6 @@ class MariadbPlugin(ApplicationPlugin):
         who = f"application {self.name!r}"
         with _restored.temporary_server(layout, root, who) as conn:
             _restored.check_tables(conn, who)
-
-
-def _global_privileges(grants: Any) -> set[str]:
-    """Privileges granted ON *.* in ``SHOW GRANTS`` lines (never echoed: they hold hashes)."""
-    found: set[str] = set()
-    for line in grants:
-        if m := _GRANT.match(str(line)):
-            found |= {p.strip().upper() for p in m[1].split(",")}
-    return found
-
-
-def _positions(cur: Any, server: _Server, layout: Layout | None) -> dict[str, Any]:
-    """The binary log file, position and GTID state, read under the lock."""
-    facts: dict[str, Any] = {}
-    if layout is None:  # quiesce without check(): ask (needs no privilege, unlike the status)
-        cur.execute("SELECT @@GLOBAL.log_bin")
-        logging = bool(int(cur.fetchone()[0]))
-    else:
-        logging = layout.log_bin_basename is not None
-    if not logging:
-        facts["log_bin"] = False
-        return facts
-    cur.execute(server.binlog_status)
-    row = cur.fetchone()
-    facts["log_bin"] = row is not None
-    if row is not None:
-        facts["binlog_file"], facts["binlog_position"] = str(row[0]), int(row[1])
-        if not server.mariadb and len(row) > 4 and row[4]:
-            facts["executed_gtid_set"] = str(row[4]).replace("\n", "")
-    if server.mariadb:
-        cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
-        facts["gtid_binlog_pos"] = str(cur.fetchone()[0])
-    return facts
 
 
 @hookimpl

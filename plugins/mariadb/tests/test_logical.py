@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from freezeframe_mariadb import _logical
+from freezeframe.plugin import Deadline, Table
+from freezeframe_mariadb import MariadbPlugin, _logical
 from freezeframe_mariadb._layout import Layout
 from freezeframe_mariadb._server import Server
 from freezeframe_testing.mariadb_bank import (
@@ -221,6 +222,35 @@ def test_kill_9_between_the_capture_and_the_completion(
     assert [run["status"] for run in listed.json()] == ["failed"]
     assert wait_until(lambda: sessions_of(server) == 0, 5)
     assert nothing_kept(tmp_path)
+
+
+def test_the_password_reaches_the_dump_in_memory_only_and_release_kills_it(
+    tmp_path: Path, mariadb_factory: Callable[..., MariaDB], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = mariadb_factory()
+    add_backup_user(server)
+    server.sql(
+        "CREATE DATABASE shop",
+        "CREATE TABLE shop.big (id INT PRIMARY KEY, pad VARCHAR(100))",
+        f"INSERT INTO shop.big SELECT seq, REPEAT('x', 100) FROM shop.seq_1_to_{BIG}",
+    )
+    monkeypatch.setenv(PASSWORD_ENV, SECRET)
+    table = {"unix_socket": str(server.socket), "user": "backup", "password_env": PASSWORD_ENV}
+    p = MariadbPlugin("shop", Table(table, base_dir=tmp_path))
+    p.capture = "logical"
+    p.check()
+    p.quiesce(Deadline.after(10))
+    try:
+        [dump] = dumps_of(server)  # still reading its snapshot
+        assert dump.argv[1].startswith("--defaults-extra-file=/dev/fd/"), dump.argv
+        assert not any(SECRET in a for a in dump.argv)
+        environ = Path(f"/proc/{dump.pid}/environ").read_bytes()
+        assert PASSWORD_ENV.encode() not in environ and SECRET.encode() not in environ
+    finally:
+        p.unquiesce(())
+        p.release()
+    assert not dumps_of(server)  # release killed and reaped it
+    assert wait_until(lambda: sessions_of(server) == 0, 5)
 
 
 def test_a_failing_dump_fails_the_run_and_leaves_nothing(

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
+    "ACCESS_FILES",
     "DATABASES",
     "GLOBALS",
     "MANIFEST",
@@ -41,6 +42,8 @@ __all__ = [
 
 MANIFEST = "freezeframe-postgresql.json"
 GLOBALS = "globals.sql"
+#: The server's access rules, as it read them at the completion (when this role may).
+ACCESS_FILES = ("pg_hba.conf", "pg_ident.conf")
 DATABASES = "databases"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from freezeframe.plugin import FreezeframeError, run_tool, under
-from freezeframe_postgresql._dump import GLOBALS, Dumped
+from freezeframe_postgresql._dump import ACCESS_FILES, GLOBALS, Dumped
 from freezeframe_postgresql._programs import find_pg_tool
 from freezeframe_postgresql._restored import as_owner, temporary_server
 
@@ -165,4 +165,10 @@ def build(root: Path, dumped: Dumped, *, bin_dir: Path | None, hide: list[str]) 
                 run_tool(argv, timeout=LOAD_TIMEOUT, env=env)
             except FreezeframeError as e:
                 raise FreezeframeError(f"restoring database {db['name']!r}: {e}") from None
+    for name in ACCESS_FILES:  # the original's access rules, where the dump has them
+        kept = dumped.folder / name
+        if kept.is_file() and not kept.is_symlink():
+            (data_dir / name).write_bytes(kept.read_bytes())
+            (data_dir / name).chmod(0o600)
+            os.chown(data_dir / name, owner.pw_uid, owner.pw_gid)
     return data_dir

@@ -41,6 +41,7 @@ from freezeframe.plugin import (
     syncfs,
 )
 from freezeframe_postgresql._dump import (
+    ACCESS_FILES,
     DATABASES,
     GLOBALS,
     Cluster,
@@ -270,6 +271,7 @@ class LogicalCapture:
             if not cluster.role_passwords:
                 globals_argv.append("--no-role-passwords")
             self._run(*globals_argv)
+            access = self._access_files(tmp)
             lsns = {name: s.lsn or "" for name, s in self._sessions.items()}
             write_manifest(tmp, cluster, lsns)
             _replace(tmp, first)
@@ -283,7 +285,31 @@ class LogicalCapture:
             dump_ms=round((dumped - started) * 1000, 1),
             dump_bytes=sum(f.stat().st_size for f in first.rglob("*") if f.is_file()),
             role_passwords=cluster.role_passwords,
+            access_files=access,
         )
+
+    def _access_files(self, folder: Path) -> bool:
+        """The server's ``pg_hba.conf`` and ``pg_ident.conf``, as it reads them now, into
+        ``folder`` (a restore puts them in the fresh cluster, so it lets in whom the
+        original let in); ``False`` when this role may not read them (``pg_read_file``
+        needs superuser or pg_read_server_files): the fresh cluster keeps initdb's."""
+        import psycopg
+
+        session = next(iter(self._sessions.values()))
+        try:
+            with session.conn.transaction():  # a savepoint: the snapshot stays usable
+                row = session.conn.execute(
+                    "SELECT pg_read_file(current_setting('hba_file')),"
+                    " pg_read_file(current_setting('ident_file'))"
+                ).fetchone()
+        except psycopg.Error:
+            return False
+        assert row is not None
+        for name, text in zip(ACCESS_FILES, row, strict=True):
+            path = folder / name
+            path.write_text(text, encoding="utf-8")
+            path.chmod(0o600)
+        return True
 
     def _target(self, snapshot: Artifact) -> Path:
         dst = snapshot.image(self.dump_path)

@@ -4,6 +4,9 @@ kept from children."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +15,7 @@ import pytest
 
 from freezeframe import Cancelled, StageContext, Table
 from freezeframe.tools import ToolError, find_tool, run_tool, streaming_tool
+from freezeframe_testing.procs import processes
 
 
 def test_output_and_failure_in_one_line() -> None:
@@ -51,6 +55,42 @@ def test_a_profiles_secret_variable_does_not_reach_other_tools(
     # handed on purpose, it arrives
     handed = run_tool(["env"], env={"PGPASSWORD": secret.reveal()}).stdout
     assert "PGPASSWORD=s3cret-value" in handed
+
+
+def _alive(pid: int) -> bool:
+    return any(p.pid == pid and p.running for p in processes())
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_tool_dies_with_us_only_when_asked(tmp_path: Path, tied: bool) -> None:
+    """``kill -9`` of the process that runs the tool (from a thread, as completions do)."""
+    pid_file = tmp_path / "pid"
+    script = (
+        "import sys, threading\n"
+        "from freezeframe.tools import run_tool\n"
+        "argv = ['sh', '-c', f'echo $$ > {sys.argv[1]}; exec sleep 60']\n"
+        "t = threading.Thread(target=run_tool, args=(argv,), "
+        "kwargs={'dies_with_us': sys.argv[2] == 'True'})\n"
+        "t.start(); t.join()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(pid_file), str(tied)])
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        tool = int(pid_file.read_text())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    try:
+        deadline = time.monotonic() + (5 if tied else 0.5)  # untied: it lives on
+        while _alive(tool) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _alive(tool) is not tied
+    finally:
+        if _alive(tool):
+            os.kill(tool, signal.SIGKILL)
 
 
 # -- streaming_tool ------------------------------------------------------------------------

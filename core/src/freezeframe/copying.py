@@ -197,8 +197,9 @@ def copy_tree(
 
 def make_parents(original: Path, dst_root: Path, src_root: Path = Path("/")) -> Path:
     """Create ``dst_root/<parents of original>`` with the modes and owners of the same
-    parents under ``src_root`` (the live system, or a view); returns where ``original``
-    itself goes. Several threads may make the same parents at once."""
+    parents under ``src_root`` (the live system, or a view); a parent that is not there
+    (a dump's folder, made only in the view) gets the default mode. Returns where
+    ``original`` itself goes. Several threads may make the same parents at once."""
     rel = original.relative_to(original.anchor)
     cur_src, cur_dst = src_root, dst_root
     dst_root.mkdir(parents=True, exist_ok=True)
@@ -211,7 +212,11 @@ def make_parents(original: Path, dst_root: Path, src_root: Path = Path("/")) -> 
                 if not cur_dst.is_dir():
                     raise
                 continue
-            copy_metadata(cur_src.stat(), cur_dst)
+            try:
+                copy_metadata(cur_src.stat(), cur_dst)
+            except FileNotFoundError:
+                if cur_src.exists() or not cur_dst.is_dir():
+                    raise
     return dst_root / rel
 
 

@@ -22,7 +22,7 @@ from freezeframe.components import (
 )
 from freezeframe.config import format_size
 from freezeframe.dumps import DUMPS, DumpsView
-from freezeframe.errors import ConfigError, FreezeframeError, one_line
+from freezeframe.errors import FreezeframeError, one_line
 from freezeframe.profile import ApplicationSpec, Profile, StageSpec
 from freezeframe.registry import Registry
 from freezeframe.session import Session
@@ -84,8 +84,9 @@ def _paths(session: Session, of: Callable[[ApplicationPlugin], Sequence[Path]]) 
 
 class Problems(list[str]):
     """What ``check`` found, one line each, and the exit code they call for: 2 when a
-    component found its table asking for what cannot be (a :class:`ConfigError`: a
-    capture mode the server is too old for, a dump tool of another version), else 1."""
+    component found its table asking for what cannot be (an error whose ``exit_code`` is
+    2, a :class:`ConfigError`: a capture mode the server is too old for, a dump tool of
+    another version), else 1."""
 
     exit_code = 1
 
@@ -104,8 +105,8 @@ def check(session: Session) -> Problems:
                 component.check()
         except FreezeframeError as e:
             problems.append(f"{label}: {one_line(e)}")
-            if isinstance(e, ConfigError):
-                problems.exit_code = e.exit_code
+            if e.exit_code == 2:  # bad input, not a server down (a busy lock is 3)
+                problems.exit_code = 2
         except Exception as e:
             problems.append(f"{label}: check failed: {one_line(e)}")
     if not problems:  # the estimate needs reachable applications and a stage's dir

@@ -8,8 +8,10 @@ and cancellation from a stage context. A failure becomes one
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -31,6 +33,26 @@ class ToolError(FreezeframeError):
         super().__init__(message)
         self.returncode = returncode
         self.stderr = stderr
+
+
+#: ``prctl(2)``: the signal the kernel sends a process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _dies_with_us() -> Callable[[], None]:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when our thread that started
+    it dies (with the process: even ``kill -9``). prctl is looked up here, in the parent:
+    the child, forked from a process with threads, only calls it. A parent that died
+    before the call (the child's parent is then another) makes the child end at once."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def find_tool(name: str) -> str:
@@ -64,6 +86,7 @@ def run_tool(
     fatal: Sequence[str] = (),
     watch: Callable[[], str | None] | None = None,
     on_stdout: Callable[[str], None] | None = None,
+    dies_with_us: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` and return its result; raise :class:`ToolError` if it fails or times out.
 
@@ -76,6 +99,9 @@ def run_tool(
     so does ``watch``, called every 0.2 s while the tool runs, when it returns a
     reason (a tool that stalls silently on a full disk). ``on_stdout`` sees each
     line of stdout as it comes (from another thread), for such a watch.
+    ``dies_with_us`` has the kernel kill the tool if freezeframe dies (``kill -9``
+    included; Linux): for a tool that holds something of the application's (a dump
+    reading from an exported snapshot) and must not outlive the run.
     """
     tool = os.path.basename(argv[0])
     try:
@@ -87,6 +113,7 @@ def run_tool(
             text=True,
             env=_environment(env),
             cwd=cwd,
+            preexec_fn=_dies_with_us() if dies_with_us else None,
         )
     except OSError as e:
         raise ToolError(f"{tool}: cannot run it: {e.strerror}") from None

@@ -1,6 +1,6 @@
 """freezeframe application plug-in for PostgreSQL (12 or later). It never blocks a writer.
 
-Two capture modes:
+Three capture modes:
 
 - ``"base-backup"`` (the default on a **per-file** snapshot, ``clone``): a
   non-exclusive base backup around the snapshot. ``pg_backup_start(label,
@@ -18,6 +18,11 @@ Two capture modes:
   snapshot of several filesystems is not one instant, so the plug-in refuses
   one when the data directory, ``pg_wal`` and the tablespaces are not on one
   filesystem.
+
+- ``"logical"``: each database's snapshot exported inside the window, dumped by
+  ``pg_dump --snapshot`` after the thaw into each view at ``dump_path``; a restore
+  builds a fresh cluster from it (:mod:`freezeframe_postgresql._logical`,
+  :mod:`freezeframe_postgresql._fresh`).
 
 The backup mode and the slot live on a connection held open until ``release``
 (the stop ends the backup mode in ``unquiesce``): if freezeframe dies, the
@@ -51,7 +56,9 @@ from freezeframe.plugin import (
     hookimpl,
     under,
 )
-from freezeframe_postgresql import _restored
+from freezeframe_postgresql import _fresh, _restored
+from freezeframe_postgresql._dump import Dumped, read_manifest
+from freezeframe_postgresql._logical import LogicalCapture, Reach
 from freezeframe_postgresql._wal import WalRange, complete_copy, parse_lsn
 
 if TYPE_CHECKING:
@@ -69,6 +76,8 @@ APPLICATION_NAME = "freezeframe"
 BACKUP_MODE = "backup-mode"
 #: The capture mode that completes per-file views into a base backup after the thaw.
 BASE_BACKUP = "base-backup"
+#: The capture mode that exports each database's snapshot and dumps it after the thaw.
+LOGICAL = "logical"
 CRASH_CONSISTENT = "crash-consistent"
 
 
@@ -119,7 +128,10 @@ class PostgresqlPlugin(ApplicationPlugin):
     # in "snapshot" mode; "base-backup" completes any view that takes completions
     consistent_on = frozenset({SnapshotKind.ATOMIC})
     crash_safety = CrashSafety.PROCESS_EXIT
-    capture_modes = ("snapshot", BASE_BACKUP)
+    capture_modes = ("snapshot", BASE_BACKUP, LOGICAL)
+    # its quiesce blocks no writer: exported snapshots, the backup mode begun in prepare, or
+    # a crash-consistent atomic snapshot (the core quiesces it after those that block)
+    blocks_writes = False
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
@@ -129,6 +141,13 @@ class PostgresqlPlugin(ApplicationPlugin):
         self.bin_dir = table.get_path("bin_dir", None)
         self._secret = table.get_secret("password")
         self._secret_env = table.get_str("password_env", None)
+        reach = Reach(
+            connect=lambda dbname, cls: self._connect(cls, dbname),
+            conninfo=self._conninfo,
+            env={"PGPASSWORD": self._secret.reveal()} if self._secret else {},
+            message=self._message,
+        )
+        self._logical = LogicalCapture(reach, table, name, bin_dir=self.bin_dir)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._in_backup = False
@@ -176,20 +195,36 @@ class PostgresqlPlugin(ApplicationPlugin):
     ) -> FreezeframeError:
         return cls(self._message(text))
 
-    def _connect(self, cls: type[FreezeframeError] = FreezeframeError) -> psycopg.Connection[Any]:
-        import psycopg
-
+    def _defaults(self) -> dict[str, Any]:
+        """What the DSN leaves out: libpq's wait, our session's name."""
         extra: dict[str, Any] = {}
         if "connect_timeout" not in self._params:
             extra["connect_timeout"] = CONNECT_TIMEOUT
         if "application_name" not in self._params:
             extra["application_name"] = APPLICATION_NAME
+        return extra
+
+    def _connect(
+        self, cls: type[FreezeframeError] = FreezeframeError, dbname: str | None = None
+    ) -> psycopg.Connection[Any]:
+        import psycopg
+
+        extra = self._defaults()
+        if dbname is not None:
+            extra["dbname"] = dbname
         if self._secret is not None:
             extra["password"] = self._secret.reveal()
         try:
             return psycopg.connect(self.dsn, autocommit=True, **extra)
         except psycopg.Error as e:
-            raise self._error(f"cannot connect ({self._target()}): {e}", cls) from None
+            where = self._target() + (f", database {dbname}" if dbname is not None else "")
+            raise self._error(f"cannot connect ({where}): {e}", cls) from None
+
+    def _conninfo(self, dbname: str) -> str:
+        """A connection string to ``dbname`` for libpq's tools (the DSN holds no password)."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(**{**self._params, **self._defaults(), "dbname": dbname})
 
     def _query(
         self,
@@ -212,9 +247,14 @@ class PostgresqlPlugin(ApplicationPlugin):
 
     # -- what the server is and where its files are ----------------------------
     def _inspect(
-        self, conn: psycopg.Connection[Any], cls: type[FreezeframeError] = FreezeframeError
+        self,
+        conn: psycopg.Connection[Any],
+        cls: type[FreezeframeError] = FreezeframeError,
+        *,
+        local: bool = True,
     ) -> tuple[_Server, _Layout]:
-        """Version, role, settings; the data directory, pg_wal and tablespaces, found locally."""
+        """Version, role, settings; the data directory, pg_wal and tablespaces, found locally
+        (``local``: the logical capture reads nothing of them but their names)."""
         import psycopg
 
         row = self._query(
@@ -252,6 +292,8 @@ class PostgresqlPlugin(ApplicationPlugin):
                 "fix data_dir, or leave it out to use the server's",
                 cls,
             )
+        if not local:
+            return server, _Layout(data_dir, data_dir / "pg_wal", ())
         self._check_local(conn, server, data_dir, cls)
         wal = data_dir / "pg_wal"
         wal_dir = Path(os.path.normpath(data_dir / os.readlink(wal))) if wal.is_symlink() else wal
@@ -326,17 +368,24 @@ class PostgresqlPlugin(ApplicationPlugin):
 
     # -- the plug-in API -------------------------------------------------------
     def check(self) -> None:
-        """Reachable, authenticated, 12 or later, allowed to back up; its files are here."""
+        """Reachable, authenticated, 12 or later, allowed to back up; its files are here
+        (logical: the databases are there, pg_dump is the server's version)."""
         conn = self._connect()
         try:
-            server, layout = self._inspect(conn)
-            self._privileged(conn, server)
+            server, layout = self._inspect(conn, local=self.capture != LOGICAL)
+            if self.capture == LOGICAL:
+                self._logical.check(conn, server.major, layout.data_dir)
+            else:
+                self._privileged(conn, server)
         finally:
             conn.close()
         self._server, self._layout = server, layout
 
     def data_paths(self) -> Sequence[Path]:
-        """The data directory, what pg_wal points to if elsewhere, every tablespace."""
+        """The data directory, what pg_wal points to if elsewhere, every tablespace; none
+        in the logical capture, whose completion writes the dump."""
+        if self.capture == LOGICAL:
+            return ()
         if self._layout is None:
             conn = self._connect()
             try:
@@ -346,10 +395,14 @@ class PostgresqlPlugin(ApplicationPlugin):
         return self._layout.paths()
 
     def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
-        """Begin the backup mode ("base-backup") or checkpoint ("snapshot", atomic only)."""
+        """Begin the backup mode ("base-backup") or checkpoint ("snapshot", atomic only);
+        open a session per database to dump ("logical")."""
         with self._lock:
             self._release()  # whatever an earlier run may have left
             self._facts = {}
+            if self.capture == LOGICAL:
+                self._prepare_logical()
+                return
             conn = self._connect(QuiesceError)
             try:
                 self._server, self._layout = self._inspect(conn, QuiesceError)
@@ -373,6 +426,23 @@ class PostgresqlPlugin(ApplicationPlugin):
                 self._in_backup = False
                 raise
             self._conn = conn
+
+    def _prepare_logical(self) -> None:
+        conn = self._connect(QuiesceError)
+        try:
+            self._server, self._layout = self._inspect(conn, QuiesceError, local=False)
+            self._facts.update(
+                server_version=self._server.version, data_dir=str(self._layout.data_dir)
+            )
+            self._logical.prepare(
+                conn,
+                server_version=self._server.version,
+                major=self._server.major,
+                data_dir=self._layout.data_dir,
+                segment_size=self._server.segment_size,
+            )
+        finally:
+            conn.close()
 
     def _refuse_split(self, layout: _Layout) -> None:
         """An atomic snapshot of several filesystems (or btrfs subvolumes) is several instants."""
@@ -454,7 +524,12 @@ class PostgresqlPlugin(ApplicationPlugin):
         return str(row[0]) if row else ""
 
     def quiesce(self, deadline: Deadline) -> None:
-        """Nothing to do: writers go on; the backup mode (or the checkpoint) began in prepare."""
+        """Nothing to do: writers go on; the backup mode (or the checkpoint) began in prepare.
+        Logical: export each database's snapshot (the capture), back to back."""
+        if self.capture == LOGICAL:
+            assert self._server is not None, "prepare did not run"
+            self._logical.capture(deadline, self._server.in_recovery)
+            return
         if self._conn is None:
             raise self._error("prepare did not run: nothing to quiesce", QuiesceError)
 
@@ -500,7 +575,10 @@ class PostgresqlPlugin(ApplicationPlugin):
         )
 
     def completed_paths(self) -> Sequence[Path]:
-        """backup_label, tablespace_map (with tablespaces) and the WAL folder."""
+        """backup_label, tablespace_map (with tablespaces) and the WAL folder; logical:
+        the dump path."""
+        if self.capture == LOGICAL:
+            return (self._logical.dump_path,)
         if not self.completes:
             return ()
         layout = self._layout
@@ -515,8 +593,12 @@ class PostgresqlPlugin(ApplicationPlugin):
 
     def complete(self, snapshots: Sequence[Artifact]) -> None:
         """Write backup_label, tablespace_map and the WAL from the start LSN through the
-        stop LSN into each view (after the thaw: the window holds none of this copy)."""
+        stop LSN into each view (after the thaw: the window holds none of this copy).
+        Logical: pg_dump each database from its snapshot, and the globals, into each view."""
         with self._lock:
+            if self.capture == LOGICAL:
+                self._logical.complete(snapshots)
+                return
             wal, layout = self._stopped, self._layout
             if wal is None or layout is None:
                 raise self._error("the backup mode did not end: nothing to complete")
@@ -547,7 +629,12 @@ class PostgresqlPlugin(ApplicationPlugin):
         with self._lock:
             self._release()
 
+    def interrupt(self) -> None:
+        """Stop a logical capture or its dump under way (the other modes wait for nothing)."""
+        self._logical.interrupt()
+
     def _release(self) -> None:
+        self._logical.release()
         conn, self._conn = self._conn, None
         self._in_backup = False
         self._stopped = None
@@ -555,8 +642,9 @@ class PostgresqlPlugin(ApplicationPlugin):
             conn.close()
 
     def describe(self) -> Mapping[str, Any]:
-        """Server version, method (backup-mode or crash-consistent), start and stop LSNs."""
-        facts = dict(self._facts)
+        """Server version, method (backup-mode, crash-consistent, logical), start and stop
+        LSNs (logical: the LSN at each database's capture)."""
+        facts = {**self._facts, **(self._logical.facts if self.capture == LOGICAL else {})}
         if "start_lsn" in facts and "stop_lsn" in facts:
             with contextlib.suppress(ValueError):
                 start, stop = parse_lsn(facts["start_lsn"]), parse_lsn(facts["stop_lsn"])
@@ -564,8 +652,26 @@ class PostgresqlPlugin(ApplicationPlugin):
         return facts
 
     # -- restore ---------------------------------------------------------------
+    def _dumped(self, root: Path) -> Dumped | None:
+        """The logical dump restored below ``root``, when the run captured one."""
+        try:
+            return read_manifest(under(root, self._logical.dump_path))
+        except FreezeframeError as e:
+            raise self._error(e) from None
+
+    def _hidden(self) -> list[str]:
+        """The environment variables holding our password, blanked for the servers."""
+        return [n for n in (self._secret_env, "PGPASSWORD") if n and n in os.environ]
+
     def _restored_data_dir(self, root: Path) -> Path:
-        data_dir = self.data_dir or (self._layout.data_dir if self._layout else None)
+        dumped = self._dumped(root)
+        data_dir = dumped.data_directory if dumped else None
+        data_dir = data_dir or self.data_dir or (self._layout.data_dir if self._layout else None)
+        if data_dir is None and self.capture == LOGICAL:
+            raise self._error(
+                f"{root} holds no logical dump at {under(root, self._logical.dump_path)} and "
+                "no data directory: was dump_path changed since the backup?"
+            )
         if data_dir is None:
             try:
                 data_dir = self.data_paths()[0]
@@ -584,7 +690,18 @@ class PostgresqlPlugin(ApplicationPlugin):
 
     def prepare_restored(self, root: Path) -> None:
         """Remove the original's pid file; point pg_wal and tablespace links at the restored
-        folders (never at the original's); data directory mode 0700; ownership kept."""
+        folders (never at the original's); data directory mode 0700; ownership kept.
+        A logical dump: build a fresh cluster from it where the data directory was."""
+        dumped = self._dumped(root)
+        if dumped is not None:
+            try:
+                built = _fresh.build(root, dumped, bin_dir=self.bin_dir, hide=self._hidden())
+            except FreezeframeError as e:
+                raise self._error(e) from None
+            except OSError as e:
+                raise self._error(f"building a cluster from {dumped.folder}: {e}") from None
+            log.info("%s", self._message(f"{built}: built from the logical dump"))
+            return
         restored = self._restored_data_dir(root)
         try:
             changed = _restored.make_startable(restored, root)
@@ -598,13 +715,17 @@ class PostgresqlPlugin(ApplicationPlugin):
     def verify_restored(self, root: Path) -> None:
         """Start a temporary server on the restored copy, let it recover, query it, stop it."""
         restored = self._restored_data_dir(root)
+        dbname = self._params.get("dbname")
+        dumped = self._dumped(root)
+        if dumped is not None and dbname not in dumped.names():
+            dbname = None  # not dumped: initdb's postgres is there
         try:
             facts = _restored.start_and_query(
                 restored,
                 bin_dir=self.bin_dir,
                 user=self._params.get("user"),
-                dbname=self._params.get("dbname"),
-                hide=[n for n in (self._secret_env, "PGPASSWORD") if n and n in os.environ],
+                dbname=dbname,
+                hide=self._hidden(),
             )
         except FreezeframeError as e:
             raise self._error(e) from None

@@ -6,7 +6,8 @@ a restored data directory still holds absolute symlinks (``pg_wal``, the
 folders: a server started on it would write into the live cluster's files.
 :func:`make_startable` points them at the restored folders instead.
 
-:func:`start_and_query` starts a temporary server on the copy with
+:func:`start_and_query` starts a temporary server on the copy
+(:func:`temporary_server`, which the logical restore also loads its dump into) with
 ``pg_ctl``, as the copy's owner, on a private socket folder and port, with
 archiving and every outward-facing setting turned off, runs a query, and
 stops it.
@@ -22,7 +23,8 @@ import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,16 @@ from freezeframe.plugin import (
     under,
     unlink_below,
 )
+from freezeframe_postgresql._programs import find_pg_tool
 
-__all__ = ["data_dirs_below", "find_pg_ctl", "make_startable", "start_and_query"]
+__all__ = [
+    "Temporary",
+    "as_owner",
+    "data_dirs_below",
+    "make_startable",
+    "start_and_query",
+    "temporary_server",
+]
 
 #: How long the temporary server may take to recover and accept connections.
 START_TIMEOUT = 600
@@ -165,36 +175,14 @@ def _major(data_dir: Path) -> str:
         raise FreezeframeError(f"cannot read {data_dir / 'PG_VERSION'}: {e.strerror}") from None
 
 
-def find_pg_ctl(major: str, bin_dir: Path | None) -> str:
-    """A ``pg_ctl`` of PostgreSQL ``major``: in ``bin_dir``, the distributions' folders, PATH."""
-    candidates = [bin_dir / "pg_ctl"] if bin_dir else []
-    candidates += [
-        Path(f"/usr/lib/postgresql/{major}/bin/pg_ctl"),  # Debian, Ubuntu
-        Path(f"/usr/pgsql-{major}/bin/pg_ctl"),  # PGDG RPMs
-        Path("/usr/local/pgsql/bin/pg_ctl"),  # built from source
-    ]
-    with contextlib.suppress(ToolError):
-        candidates.append(Path(find_tool("pg_ctl")))
-    for path in candidates:
-        if not os.access(path, os.X_OK):
-            continue
-        out = run_tool([str(path), "--version"], timeout=30, check=False).stdout
-        m = re.search(r"\(PostgreSQL\) (\d+)", out)
-        if m and m.group(1) == major:
-            return str(path)
-    where = ", ".join(str(p.parent) for p in candidates)
-    raise FreezeframeError(
-        f"no pg_ctl of PostgreSQL {major} found (looked in {where}): set bin_dir in the profile"
-    )
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _as(owner: pwd.struct_passwd, argv: list[str], data_dir: Path) -> list[str]:
+def as_owner(owner: pwd.struct_passwd, argv: list[str], data_dir: Path) -> list[str]:
+    """``argv`` run as ``owner`` of ``data_dir`` (through runuser when we are root)."""
     if os.geteuid() == owner.pw_uid:
         return argv
     if os.geteuid() != 0:
@@ -215,25 +203,36 @@ def _last_fatal(log: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def start_and_query(
+@dataclass(frozen=True)
+class Temporary:
+    """A temporary server: reach it at ``socket_dir`` and ``port`` (trusted there only)."""
+
+    socket_dir: Path
+    port: int
+    #: The data directory's owner, whom the server runs as.
+    owner: str
+    log: Path
+
+
+@contextlib.contextmanager
+def temporary_server(
     data_dir: Path,
     *,
     bin_dir: Path | None,
-    user: str | None,
-    dbname: str | None,
     hide: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Start a temporary server on ``data_dir``, let it recover, query it, stop it.
+    settings: Mapping[str, str] | None = None,
+) -> Iterator[Temporary]:
+    """A server started on ``data_dir`` for the block, stopped after it (fast, else
+    immediate).
 
-    Connects as ``user`` (default: the data directory's owner) to ``dbname``
-    (default ``postgres``) through a private socket, trusted only there. The
-    environment variables named in ``hide`` (freezeframe's secrets) are blanked
-    for pg_ctl and the server, which run as another user.
-    Returns what the server said; raises :class:`FreezeframeError` with the
-    server's last FATAL line when it does not come up.
+    It runs as the data directory's owner, on a free port with its socket in a private
+    folder and no TCP listener, trusted only there, with archiving and every
+    outward-facing setting off (``settings`` are added). The environment variables named
+    in ``hide`` (freezeframe's secrets) are blanked for pg_ctl and the server, which run
+    as another user. Raises :class:`FreezeframeError` with the server's last FATAL line
+    when it does not come up; the private folder (and its log) is kept when the start or
+    the block failed.
     """
-    import psycopg
-
     st = data_dir.stat()
     if st.st_uid == 0:
         raise FreezeframeError(
@@ -252,7 +251,7 @@ def start_and_query(
             "(restore to another folder)"
         )
     major = _major(data_dir)
-    pg_ctl = find_pg_ctl(major, bin_dir)
+    pg_ctl = find_pg_tool("pg_ctl", major, bin_dir)
     env = {name: "" for name in hide}
     private = Path(tempfile.mkdtemp(prefix="freezeframe-pg-", dir="/tmp"))
     keep_private = False
@@ -261,7 +260,7 @@ def start_and_query(
         (private / "pg_hba.conf").write_text("local all all trust\n", encoding="utf-8")
         (private / "pg_ident.conf").write_text("", encoding="utf-8")
         port, log = _free_port(), private / "server.log"
-        settings = {
+        options = {
             "port": str(port),
             "listen_addresses": "''",
             "unix_socket_directories": f"'{private}'",
@@ -279,18 +278,19 @@ def start_and_query(
             "ssl": "off",
             "huge_pages": "off",
             "shared_buffers": "128MB",
+            **(settings or {}),
         }
         if int(major) < 15:
-            settings["stats_temp_directory"] = f"'{private}/stat'"
+            options["stats_temp_directory"] = f"'{private}/stat'"
         if not (data_dir / "postgresql.conf").exists():  # Debian keeps it in /etc
             (private / "postgresql.conf").write_text("", encoding="utf-8")
-            settings["config_file"] = f"'{private}/postgresql.conf'"
+            options["config_file"] = f"'{private}/postgresql.conf'"
         if os.geteuid() == 0:
             for f in [private, *private.iterdir()]:
                 os.chown(f, st.st_uid, st.st_gid)
-        options = " ".join(f"-c {k}={v}" for k, v in settings.items())
+        given = " ".join(f"-c {k}={v}" for k, v in options.items())
         start = [pg_ctl, "start", "-D", str(data_dir), "-w", "-t", str(START_TIMEOUT)]
-        start = _as(owner, [*start, "-l", str(log), "-o", options], data_dir)
+        start = as_owner(owner, [*start, "-l", str(log), "-o", given], data_dir)
         try:
             started = True
             run_tool(start, timeout=START_TIMEOUT + 30, cwd=private, env=env)
@@ -301,10 +301,39 @@ def start_and_query(
                 f"the restored copy {data_dir} did not start: {why} (server log: {log})"
             ) from None
         try:
+            yield Temporary(private, port, owner.pw_name, log)
+        except BaseException:
+            keep_private = True
+            raise
+    finally:
+        if started:
+            _stop(owner, pg_ctl, data_dir, private, env)
+        if not keep_private:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+def start_and_query(
+    data_dir: Path,
+    *,
+    bin_dir: Path | None,
+    user: str | None,
+    dbname: str | None,
+    hide: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Start a temporary server on ``data_dir`` (:func:`temporary_server`), let it recover,
+    query it, stop it.
+
+    Connects as ``user`` (default: the data directory's owner) to ``dbname``
+    (default ``postgres``). Returns what the server said.
+    """
+    import psycopg
+
+    with temporary_server(data_dir, bin_dir=bin_dir, hide=hide) as server:
+        try:
             with psycopg.connect(
-                host=str(private),
-                port=port,
-                user=user or owner.pw_name,
+                host=str(server.socket_dir),
+                port=server.port,
+                user=user or server.owner,
                 dbname=dbname or "postgres",
                 connect_timeout=30,
                 autocommit=True,
@@ -314,18 +343,12 @@ def start_and_query(
                     " (SELECT count(*) FROM pg_database)"
                 ).fetchone()
         except psycopg.Error as e:
-            keep_private = True
             text = "; ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip())
             raise FreezeframeError(
                 f"the restored copy {data_dir} started but refused a query: {text}"
             ) from None
-        assert row is not None
-        return {"server_version": row[0], "in_recovery": row[1], "databases": row[2]}
-    finally:
-        if started:
-            _stop(owner, pg_ctl, data_dir, private, env)
-        if not keep_private:
-            shutil.rmtree(private, ignore_errors=True)
+    assert row is not None
+    return {"server_version": row[0], "in_recovery": row[1], "databases": row[2]}
 
 
 def _stop(
@@ -337,7 +360,11 @@ def _stop(
     for mode in ("fast", "immediate"):
         argv = [pg_ctl, "stop", "-D", str(data_dir), "-m", mode, "-w", "-t", str(STOP_TIMEOUT)]
         result = run_tool(
-            _as(owner, argv, data_dir), timeout=STOP_TIMEOUT + 30, cwd=cwd, env=env, check=False
+            as_owner(owner, argv, data_dir),
+            timeout=STOP_TIMEOUT + 30,
+            cwd=cwd,
+            env=env,
+            check=False,
         )
         if result.returncode == 0:
             return

@@ -17,7 +17,9 @@ What ``API_VERSION`` covers, by job:
 - configuration: ``Table``, ``Secret``, ``parse_duration``;
 - errors: ``FreezeframeError``, ``ConfigError``, ``QuiesceError``, ``StageError``,
   ``Cancelled``, ``ToolError``;
-- running tools: ``find_tool``, ``run_tool``, ``streaming_tool``;
+- running tools: ``find_tool``, ``run_tool``, ``streaming_tool``, ``die_with_us`` (a
+  ``preexec_fn`` for a tool that must not outlive freezeframe, started from a thread
+  that lives as long as it);
 - files: ``under`` (an original absolute path below another root), ``fsync_dir``,
   ``syncfs``, ``sqlite_uri``, ``writable_dir`` (a backend's ``dir``, made and checked);
 - copying a tree (snapshot backends): ``copy_tree``, ``CopyStats``, ``make_parents``,
@@ -91,7 +93,7 @@ from freezeframe.restoring import (
     strip_special,
     unlink_below,
 )
-from freezeframe.tools import ToolError, find_tool, run_tool, streaming_tool
+from freezeframe.tools import ToolError, die_with_us, find_tool, run_tool, streaming_tool
 
 __all__ = [
     "API_VERSION",
@@ -123,6 +125,7 @@ __all__ = [
     "can_reflink",
     "copy_in",
     "copy_tree",
+    "die_with_us",
     "digests",
     "dotted",
     "exists_below",

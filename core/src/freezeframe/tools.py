@@ -23,7 +23,7 @@ from freezeframe.components import StageContext
 from freezeframe.config import SECRET_ENV_NAMES
 from freezeframe.errors import Cancelled, FreezeframeError
 
-__all__ = ["ToolError", "find_tool", "run_tool", "streaming_tool"]
+__all__ = ["ToolError", "die_with_us", "find_tool", "run_tool", "streaming_tool"]
 
 
 class ToolError(FreezeframeError):
@@ -39,7 +39,7 @@ class ToolError(FreezeframeError):
 _PR_SET_PDEATHSIG = 1
 
 
-def _dies_with_us() -> Callable[[], None]:
+def die_with_us() -> Callable[[], None]:
     """A ``preexec_fn`` that has the kernel SIGKILL the child when our thread that started
     it dies (with the process: even ``kill -9``). prctl is looked up here, in the parent:
     the child, forked from a process with threads, only calls it. A parent that died
@@ -48,9 +48,10 @@ def _dies_with_us() -> Callable[[], None]:
     parent = os.getpid()
 
     def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(126)
         if os.getppid() != parent:
-            os._exit(1)
+            os._exit(126)
 
     return preexec
 
@@ -113,7 +114,7 @@ def run_tool(
             text=True,
             env=_environment(env),
             cwd=cwd,
-            preexec_fn=_dies_with_us() if dies_with_us else None,
+            preexec_fn=die_with_us() if dies_with_us else None,
         )
     except OSError as e:
         raise ToolError(f"{tool}: cannot run it: {e.strerror}") from None

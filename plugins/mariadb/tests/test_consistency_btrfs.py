@@ -2,8 +2,9 @@
 
 Two writer processes keep moving money between accounts (the total never
 changes) and, in the same transaction, append the next number of their own
-gapless sequence. Meanwhile freezeframe backs the server up again and again
-through the real engine: a btrfs snapshot while quiesced, then an archive.
+gapless sequence (freezeframe_testing.mariadb_bank). Meanwhile freezeframe
+backs the server up again and again through the real engine: a btrfs
+snapshot while quiesced, then an archive.
 Each archive is restored and started on a server of its own beside the
 original; it must pass CHECK TABLE, hold the total, hold each sequence
 without a gap, hold everything committed before its backup began, and end
@@ -17,9 +18,7 @@ reject one of its first few backups.
 from __future__ import annotations
 
 import subprocess
-import sys
-import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,67 +29,15 @@ from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry
 from freezeframe.tools import run_tool
+from freezeframe_testing.mariadb_bank import WRITERS, bank_problems, committed, create_bank
 from freezeframe_testing.mariadb_server import MariaDB
 from freezeframe_testing.plugin import LoopFs, require_tool
 
 RUNS = 20
 #: Backups through the mutant before the checks must have rejected one.
 MUTANT_TRIES = 5
-ACCOUNTS = 20
-OPENING = 1000
-WRITERS = 2
 SECRET = "bank-Secret-3Jx9"  # noqa: S105
 PASSWORD_ENV = "FF_TEST_MARIADB_BANK_PASSWORD"  # noqa: S105
-
-WRITER = textwrap.dedent("""
-    import random, sys
-    import pymysql
-
-    sock, writer, accounts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    conn = pymysql.connect(unix_socket=sock, user="root", autocommit=False)
-    cur = conn.cursor()
-    rng = random.Random(writer)
-    n = 0
-    while True:
-        a, b = sorted(rng.sample(range(1, accounts + 1), 2))  # one lock order: no deadlock
-        amount = rng.randint(-50, 50)
-        move = "UPDATE bank.accounts SET balance = balance + %s WHERE id = %s"
-        try:
-            cur.execute(move, (-amount, a))
-            cur.execute(move, (amount, b))
-            cur.execute("INSERT INTO bank.seq (writer, n) VALUES (%s, %s)", (writer, n))
-            conn.commit()
-        except pymysql.err.OperationalError as e:
-            if e.args[0] not in (1205, 1213):  # lock wait timeout, deadlock: try again
-                raise
-            conn.rollback()
-            continue
-        n += 1
-""")
-
-
-@pytest.fixture
-def writers(tmp_path: Path) -> Iterator[Callable[[MariaDB], list[subprocess.Popen[bytes]]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(server: MariaDB) -> list[subprocess.Popen[bytes]]:
-        script = tmp_path / "writer.py"
-        script.write_text(WRITER)
-        for w in range(WRITERS):
-            argv = [sys.executable, str(script), str(server.socket), str(w), str(ACCOUNTS)]
-            procs.append(subprocess.Popen(argv))
-        return procs
-
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait(30)
-
-
-def committed(server: MariaDB) -> dict[int, int]:
-    """The highest sequence number each writer has committed."""
-    rows = server.sql("SELECT writer, MAX(n) FROM bank.seq GROUP BY writer")
-    return {int(w): int(n) for w, n in rows}
 
 
 def copy_problems(
@@ -112,16 +59,7 @@ def copy_problems(
         out.append(f"binary log ends at {size}, not at the run's {facts['binlog_position']}")
     copy = mariadb_factory(datadir, init=False, networking=False)
     try:
-        total = copy.sql("SELECT SUM(balance), COUNT(*) FROM bank.accounts")
-        if total != [(OPENING * ACCOUNTS, ACCOUNTS)]:
-            out.append(f"torn transfer: {total}")
-        for w, n_min, n_max, count in copy.sql(
-            "SELECT writer, MIN(n), MAX(n), COUNT(*) FROM bank.seq GROUP BY writer"
-        ):
-            if (n_min, count) != (0, n_max + 1):
-                out.append(f"a gap in writer {w}")
-            if n_max < before.get(int(w), -1):
-                out.append(f"lost commits of writer {w}")
+        out += bank_problems(copy, before)
         if (gtid := copy.sql("SELECT @@gtid_binlog_pos")[0][0]) != facts["gtid_binlog_pos"]:
             out.append(f"GTID position {gtid}, not the run's {facts['gtid_binlog_pos']}")
     finally:
@@ -141,11 +79,8 @@ def bank_engine(
     server.sql(
         f"CREATE USER backup@'%' IDENTIFIED BY '{SECRET}'",
         "GRANT RELOAD, BINLOG MONITOR ON *.* TO backup@'%'",
-        "CREATE DATABASE bank",
-        "CREATE TABLE bank.accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)",
-        "CREATE TABLE bank.seq (writer INT, n INT, PRIMARY KEY (writer, n))",
-        f"INSERT INTO bank.accounts SELECT seq, {OPENING} FROM bank.seq_1_to_{ACCOUNTS}",
     )
+    create_bank(server)
     profile_path = write_profile(f"""
         [profile]
         name = "bank"

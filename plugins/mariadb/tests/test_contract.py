@@ -7,13 +7,12 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import pytest
 
 from freezeframe.plugin import ApplicationPlugin, SnapshotKind
 from freezeframe_mariadb import MariadbPlugin
 from freezeframe_testing import ApplicationPluginContract
-from freezeframe_testing.mariadb_server import MariaDB
+from freezeframe_testing.mariadb_server import MariaDB, commits_within
 
 SECRET = "Contract-secret-3Hq-mariadb"  # noqa: S105 - a test server's password
 PASSWORD_ENV = "FF_TEST_MARIADB_CONTRACT_PASSWORD"  # noqa: S105 - a variable name
@@ -24,7 +23,8 @@ def server(mariadb_module: MariaDB) -> MariaDB:
     """The module's server with a backup user and a table to write to."""
     mariadb_module.sql(
         f"CREATE USER backup@'%' IDENTIFIED BY '{SECRET}'",
-        "GRANT RELOAD, BINLOG MONITOR ON *.* TO backup@'%'",
+        # RELOAD and BINLOG MONITOR for the lock and the position; the rest for mariadb-dump
+        "GRANT RELOAD, BINLOG MONITOR, SELECT, SHOW VIEW, TRIGGER, EVENT ON *.* TO backup@'%'",
         "CREATE DATABASE shop",
         "CREATE TABLE shop.t (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB",
         "INSERT INTO shop.t VALUES (1, 0)",
@@ -34,19 +34,7 @@ def server(mariadb_module: MariaDB) -> MariaDB:
 
 def writes_within(server: MariaDB, seconds: float) -> bool:
     """Whether a commit to ``shop.t`` goes through within ``seconds``."""
-    try:
-        conn = server.connect(read_timeout=seconds, write_timeout=seconds)
-    except pymysql.MySQLError:
-        return False
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"SET SESSION lock_wait_timeout = {max(1, int(seconds))}")
-            cur.execute("UPDATE shop.t SET v = v + 1 WHERE id = 1")
-        return True
-    except pymysql.MySQLError:
-        return False
-    finally:
-        conn.close()
+    return commits_within(server, "UPDATE shop.t SET v = v + 1 WHERE id = 1", seconds)
 
 
 class TestMariadbContract(ApplicationPluginContract):

@@ -230,7 +230,7 @@ def test_check_refuses_a_datadir_that_is_not_here(
         plugin(shared, tmp_path, datadir=str(tmp_path / "empty")).check()
 
 
-def test_engine_check_refuses_a_per_file_snapshot(
+def test_engine_check_refuses_a_per_file_snapshot_in_snapshot_mode(
     shared: MariaDB, tmp_path: Path, password: str, write_profile: Any, registry: Registry
 ) -> None:
     path = write_profile(f"""
@@ -243,6 +243,7 @@ def test_engine_check_refuses_a_per_file_snapshot(
         unix_socket = "{shared.socket}"
         user = "backup"
         password_env = "{PASSWORD_ENV}"
+        capture = "snapshot"
 
         [[backup]]
         backend = "clone"
@@ -252,7 +253,8 @@ def test_engine_check_refuses_a_per_file_snapshot(
     engine = Engine(load_profile(path, registry), registry)
     problems = engine.check()
     assert any(
-        "'shop' (mariadb) is not consistent on per-file snapshots" in p and "atomic" in p
+        "'shop' (mariadb) is not consistent on per-file snapshots" in p
+        and "use capture = 'logical' or a snapshot backend that is atomic" in p
         for p in problems
     ), problems
     run = engine.backup().record

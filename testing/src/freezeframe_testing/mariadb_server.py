@@ -138,6 +138,26 @@ class MariaDB:
         self.process.wait(STOP_TIMEOUT)
 
 
+def commits_within(server: MariaDB, statement: str, seconds: float) -> bool:
+    """Whether the write ``statement`` (autocommitted) goes through within ``seconds``: not
+    while a backup lock blocks commits, nor when the server cannot be reached."""
+    import pymysql
+
+    try:
+        conn = server.connect(read_timeout=seconds, write_timeout=seconds)
+    except pymysql.MySQLError:
+        return False
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SET SESSION lock_wait_timeout = {max(1, int(seconds))}")
+            cur.execute(statement)
+        return True
+    except pymysql.MySQLError:
+        return False
+    finally:
+        conn.close()
+
+
 def init_datadir(datadir: Path, template: Path) -> Path:
     """A fresh datadir at ``datadir`` (a copy of the session's installed template)."""
     shutil.copytree(template, datadir, symlinks=True)

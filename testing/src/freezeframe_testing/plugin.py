@@ -34,6 +34,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 pytest_plugins = [
     "freezeframe_testing.postgres_server",
     "freezeframe_testing.mariadb_server",
+    "freezeframe_testing.mariadb_bank",
     "freezeframe_testing.redis_server",
     "freezeframe_testing.sshd",
     "freezeframe_testing.repositories",

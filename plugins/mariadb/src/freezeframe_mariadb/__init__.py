@@ -10,18 +10,23 @@ closes the connection and the server releases everything at once.
 
 InnoDB goes on writing pages and redo in the background under either lock,
 so only a snapshot that captures every file at one instant is sound: the
-plug-in is consistent on atomic snapshots only.
+datadir is consistent on atomic snapshots only.
+
+``capture = "logical"`` (MariaDB 10.4 and later; see :mod:`._logical`) copies
+no file: under the same block, a ``mariadb-dump --single-transaction`` begins
+its consistent snapshot, the thaw lets commits go on, and the completion
+places the finished dump into each view at ``dump_path``. Any filesystem then
+does, and no snapshot stage at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import re
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +40,22 @@ from freezeframe.plugin import (
     QuiesceError,
     SnapshotKind,
     Table,
+    exists_below,
     hookimpl,
     under,
 )
-from freezeframe_mariadb import _restored
+from freezeframe_mariadb import _logical, _reload, _restored
 from freezeframe_mariadb._layout import VARIABLES, Layout
+from freezeframe_mariadb._server import (
+    LOST,
+    Address,
+    Server,
+    driver_error,
+    global_privileges,
+    missing_privileges,
+    positions,
+    program,
+)
 
 __all__ = ["MariadbPlugin"]
 
@@ -50,8 +66,6 @@ READ_GRACE = 1.0
 #: The server drops the held connection (and so the lock) if freezeframe hangs this long past
 #: the deadline; by then the engine has failed the run, and the thaw reports the lost lock.
 HANG_MARGIN = 30
-#: PyMySQL error numbers meaning the connection is gone.
-_LOST = {2006, 2013, 2055, 0}
 #: Facts that each quiesce records afresh.
 _PER_RUN = (
     "method",
@@ -61,76 +75,40 @@ _PER_RUN = (
     "binlog_position",
     "gtid_binlog_pos",
     "executed_gtid_set",
+    "dump_snapshot_ms",
+    "dump_ms",
+    "dump_bytes",
+    "dump_warnings",
 )
-_GRANT = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class _Server:
-    """What the server said about itself."""
-
-    version: str  # VERSION(): "10.11.6-MariaDB-0+deb12u1-log", "8.0.36"
-    mariadb: bool
-    number: tuple[int, int, int]
-
-    @classmethod
-    def parse(cls, version: str) -> _Server:
-        m = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
-        number = (int(m[1]), int(m[2]), int(m[3])) if m else (0, 0, 0)
-        return cls(version, "mariadb" in version.lower(), number)
-
-    @property
-    def product(self) -> str:
-        return ("MariaDB " if self.mariadb else "MySQL ") + ".".join(map(str, self.number))
-
-    @property
-    def backup_stage(self) -> bool:
-        """MariaDB 10.4 brought BACKUP STAGE."""
-        return self.mariadb and self.number >= (10, 4, 0)
-
-    def unsupported(self) -> str | None:
-        if self.mariadb and self.number < (10, 2, 0):
-            return f"{self.product} is not supported (freezeframe needs MariaDB 10.2 or later)"
-        if not self.mariadb and self.number < (5, 7, 0):
-            return f"{self.product} is not supported (freezeframe needs MySQL 5.7 or later)"
-        return None
-
-    @property
-    def binlog_status(self) -> str:
-        """MySQL 8.4 removed SHOW MASTER STATUS."""
-        if not self.mariadb and self.number >= (8, 2, 0):
-            return "SHOW BINARY LOG STATUS"
-        return "SHOW MASTER STATUS"
 
 
 class MariadbPlugin(ApplicationPlugin):
-    """One MariaDB or MySQL server (``unix_socket``, or ``host`` and ``port``)."""
+    """One MariaDB or MySQL server (``unix_socket``, or ``host`` and ``port``: :attr:`address`)."""
 
     kind = "mariadb"
     # InnoDB flushes pages and writes redo in the background even while commits are
     # blocked: a file-by-file copy of a live datadir mixes instants.
     consistent_on = frozenset({SnapshotKind.ATOMIC})
     crash_safety = CrashSafety.PROCESS_EXIT
+    # snapshot first, where an atomic snapshot takes the datadir in milliseconds; the core
+    # picks "logical" where the stages cannot be consistent with it (clone)
+    capture_modes = ("snapshot", "logical")
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
-        self.unix_socket = table.get_path("unix_socket", None)
-        self.host = table.get_str("host", None)
-        port = table.get_int("port", None, minimum=1, maximum=65535)
-        if self.unix_socket is not None and self.host is not None:
-            raise ConfigError("host", 'give either "unix_socket" or "host", not both')
-        if self.unix_socket is None and self.host is None:
-            raise ConfigError(
-                "unix_socket", 'missing: give "unix_socket" (or "host" and "port") of the server'
-            )
-        if port is not None and self.host is None:
-            raise ConfigError("port", 'goes with "host"; a unix socket has no port')
-        self.port: int = port or 3306
-        self.user = table.get_str("user")
+        self.address = Address.from_table(table)
+        self.user = self.address.user
         self._password = table.get_secret("password")
         self.datadir = table.get_path("datadir", None)
         self.lock: str = table.get_choice("lock", ("auto", "backup-stage", "flush-tables"), "auto")
-        where = f"socket {self.unix_socket}" if self.unix_socket else f"{self.host}:{self.port}"
+        dump_path = table.get_str("dump_path", f"/freezeframe-dumps/{name}")
+        if not os.path.isabs(dump_path):
+            raise ConfigError("dump_path", f"{dump_path!r} is not an absolute path")
+        #: Where the logical capture's dump goes, as an original path of each view.
+        self.dump_path = Path(os.path.normpath(dump_path))
+        self.bin_dir = table.get_path("bin_dir", None)
+        self._secret_env = table.get_str("password_env", None)  # kept from mariadb-dump
+        where = self.address.where
         #: How messages name this application and its server (never with a secret).
         self.who = f"mariadb {name!r} at {where}"
         self._lock = threading.Lock()  # a late thaw waits for a quiesce still running
@@ -138,9 +116,11 @@ class MariadbPlugin(ApplicationPlugin):
         self._quiesced = False
         self._backup_stage = False  # which lock the held connection took
         self._step = "connect"  # what the quiesce was doing, for its error message
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._layout: Layout | None = None
         self._facts: dict[str, Any] = {"address": where}
+        self._dump: _logical.Dump | None = None
+        self._interrupted = threading.Event()
 
     # -- talking to the server ----------------------------------------------------
     def _error(
@@ -150,55 +130,23 @@ class MariadbPlugin(ApplicationPlugin):
 
         ``late``: the deadline has passed, so a read that timed out means we gave up.
         """
-        code = e.args[0] if e.args and isinstance(e.args[0], int) else None
-        text = str(e.args[1] if len(e.args) > 1 else e.args[0] if e.args else e)
-        if code == 1045:
-            text = f"access denied for user {self.user!r} (wrong password, or no such account)"
-        elif code in (2002, 2003):
-            reason = re.search(r"\(\[Errno -?\d+\] (.+)\)$", text) or re.search(r"\((.+)\)$", text)
-            text = f"cannot reach the server ({reason[1] if reason else text}); is it running?"
-        elif code in (1205, 1969):
-            text = f"gave up at the deadline ({text})"
-        elif late and (code in _LOST or "timed out" in text):
-            text = f"gave up at the deadline (no answer from the server: {text})"
-        elif code in _LOST or "timed out" in text:
-            text = f"lost the connection ({text})"
-        message = f"{self.who}: {what}: {text}".replace("\n", " ")
         secret = self._password.reveal() if self._password else ""
-        if len(secret) >= 3:
-            message = message.replace(secret, "***")
-        return cls(message)
+        return cls(driver_error(f"{self.who}: {what}", self.user, secret, e, late=late))
 
     def _connect(self, timeout: float, *, read_timeout: float | None = None) -> Any:
         import pymysql  # type: ignore[import-untyped]  # lazily: `freezeframe --help` stays fast
 
-        where: dict[str, Any] = (
-            # TLS adds nothing on a local socket, and PyMySQL's default ("preferred") loads
-            # the system's CA store on every connect: 50 ms, inside the freeze window.
-            {"unix_socket": str(self.unix_socket), "ssl_disabled": True}
-            if self.unix_socket
-            else {"host": self.host, "port": self.port}
-        )
         try:
-            return pymysql.connect(
-                **where,
-                user=self.user,
-                password=self._password.reveal() if self._password else "",
-                connect_timeout=max(0.001, timeout),
-                read_timeout=read_timeout,
-                write_timeout=read_timeout,
-                autocommit=True,
-                charset="utf8mb4",
-                program_name="freezeframe",
-            )
+            password = self._password.reveal() if self._password else ""
+            return self.address.connect(password, timeout, read_timeout)
         except (pymysql.MySQLError, OSError) as e:
             raise self._error("cannot connect", e, FreezeframeError) from None
 
-    def _inspect(self, conn: Any) -> tuple[_Server, Layout]:
+    def _inspect(self, conn: Any) -> tuple[Server, Layout]:
         """The server's version and file layout."""
         with conn.cursor() as cur:
             cur.execute("SELECT VERSION()")
-            server = _Server.parse(str(cur.fetchone()[0]))
+            server = Server.parse(str(cur.fetchone()[0]))
             names = ", ".join(f"'{v}'" for v in VARIABLES)
             cur.execute(f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({names})")
             variables = {str(k).lower(): str(v) for k, v in cur.fetchall()}
@@ -207,9 +155,12 @@ class MariadbPlugin(ApplicationPlugin):
         self._facts.update(server=server.product, version=server.version)
         return server, self._layout
 
-    def _uses_backup_stage(self, server: _Server) -> bool:
-        """BACKUP STAGE where the server has it, unless ``lock`` says otherwise."""
-        return self.lock == "backup-stage" or (self.lock == "auto" and server.backup_stage)
+    def _uses_backup_stage(self, server: Server) -> bool:
+        """BACKUP STAGE where the server has it, unless ``lock`` says otherwise (always in
+        the logical mode, whose dump would wait on FLUSH TABLES WITH READ LOCK)."""
+        if self.capture == "logical" or self.lock == "backup-stage":
+            return True
+        return self.lock == "auto" and server.backup_stage
 
     def _query_layout(self) -> Layout:
         import pymysql
@@ -224,7 +175,8 @@ class MariadbPlugin(ApplicationPlugin):
 
     # -- preflight ---------------------------------------------------------------
     def check(self) -> None:
-        """Reachable, logged in, version supported, privileged; datadir here, on one filesystem."""
+        """Reachable, logged in, version supported, privileged; datadir here, on one filesystem
+        (logical mode: BACKUP STAGE, the dump's privileges and ``mariadb-dump`` instead)."""
         import pymysql
 
         conn = self._connect(TIMEOUT, read_timeout=TIMEOUT)
@@ -232,21 +184,25 @@ class MariadbPlugin(ApplicationPlugin):
             server, layout = self._inspect(conn)
             if problem := server.unsupported():
                 raise FreezeframeError(f"{self.who}: {problem}")
-            if self.lock == "backup-stage" and not server.backup_stage:
+            if self.capture == "logical":
+                if problem := _logical.problem(
+                    server, layout, self.lock, self.dump_path, self.bin_dir
+                ):  # what the profile asks cannot be: exit 2
+                    raise ConfigError("capture", f"{self.who}: {problem}")
+            elif self.lock == "backup-stage" and not server.backup_stage:
                 raise FreezeframeError(
                     f'{self.who}: lock = "backup-stage" needs MariaDB 10.4 or later, '
                     f'not {server.product}; use lock = "flush-tables" (or "auto")'
                 )
             with conn.cursor() as cur:
                 cur.execute("SHOW GRANTS")
-                privileges = _global_privileges(row[0] for row in cur.fetchall())
-                if "RELOAD" not in privileges and "ALL PRIVILEGES" not in privileges:
-                    stage = self._uses_backup_stage(server)
-                    lock = "BACKUP STAGE" if stage else "FLUSH TABLES WITH READ LOCK"
-                    raise FreezeframeError(
-                        f"{self.who}: user {self.user!r} lacks the RELOAD privilege, which "
-                        f"{lock} needs (GRANT RELOAD ON *.* TO the user)"
-                    )
+                privileges = global_privileges(row[0] for row in cur.fetchall())
+                stage = self._uses_backup_stage(server)
+                needs = {"RELOAD": "BACKUP STAGE" if stage else "FLUSH TABLES WITH READ LOCK"}
+                if self.capture == "logical":
+                    needs |= dict.fromkeys(_logical.PRIVILEGES, "mariadb-dump")
+                if problem := missing_privileges(privileges, needs):
+                    raise FreezeframeError(f"{self.who}: user {self.user!r} {problem}")
                 if layout.log_bin_basename is not None:
                     try:
                         cur.execute(server.binlog_status)
@@ -262,53 +218,41 @@ class MariadbPlugin(ApplicationPlugin):
             raise self._error("check failed", e, FreezeframeError) from None
         finally:
             conn.close()
-        self._check_files(layout)
-
-    def _check_files(self, layout: Layout) -> None:
-        datadir = layout.datadir
-        if not datadir.is_dir():
-            raise FreezeframeError(
-                f"{self.who}: the datadir {datadir} does not exist on this machine; run "
-                "freezeframe on the server's host (or set datadir to where it is mounted here)"
-            )
-        if not (datadir / "mysql").is_dir():
-            raise FreezeframeError(
-                f"{self.who}: {datadir} has no mysql/ folder: it is not the server's datadir"
-            )
-        for what, p in layout.outside.items():
-            if not p.exists():
-                raise FreezeframeError(
-                    f"{self.who}: {what} is in {p}, which is not on this machine"
-                )
-        places = layout.filesystems()
-        if len(places) > 1:
-            where = "; ".join(", ".join(v) for v in places.values())
-            raise FreezeframeError(
-                f"{self.who}: its files are on {len(places)} filesystems or subvolumes ({where}); "
-                "several snapshots are not one instant: move them onto the datadir's filesystem "
-                "(btrfs: into its subvolume)"
-            )
+        if self.capture != "logical" and (problem := layout.problem_here()):
+            raise FreezeframeError(f"{self.who}: {problem}")  # a dump needs no datadir here
 
     def prepare(self, snapshot_kinds: frozenset[SnapshotKind]) -> None:
-        """Refuse anything but atomic snapshots; read the layout afresh (blocks nobody)."""
+        """Refuse anything but atomic snapshots; read the layout afresh (blocks nobody).
+        Nothing in the logical mode, which copies no file."""
+        if self.capture == "logical":
+            return
         if snapshot_kinds - self.consistent_on:
             raise FreezeframeError(
                 f"{self.who}: a live datadir is only consistent on an atomic snapshot "
                 "(btrfs, LVM, ZFS), not on a per-file one"
             )
         layout = self._query_layout()
-        self._check_files(layout)
+        if problem := layout.problem_here():
+            raise FreezeframeError(f"{self.who}: {problem}")
         self._facts["datadir"] = str(layout.datadir)
         self._facts["data_paths"] = [str(p) for p in layout.data_paths()]
 
     def data_paths(self) -> Sequence[Path]:
-        """The datadir, plus the redo, undo, system tablespace and log folders outside it."""
+        """The datadir, plus the redo, undo, system tablespace and log folders outside it;
+        nothing in the logical mode, whose completion writes the dump."""
+        if self.capture == "logical":
+            return ()
         layout = self._layout or self._query_layout()
         return layout.data_paths()
 
+    def completed_paths(self) -> Sequence[Path]:
+        """``dump_path``, in the logical mode."""
+        return (self.dump_path,) if self.capture == "logical" else ()
+
     # -- the freeze --------------------------------------------------------------
     def quiesce(self, deadline: Deadline) -> None:
-        """Take the backup lock on a connection of our own; read the binlog position under it."""
+        """Take the backup lock on a connection of our own; read the binlog position under it;
+        in the logical mode, start the dump and wait for its snapshot to begin."""
         import pymysql
 
         with self._lock:
@@ -325,22 +269,25 @@ class MariadbPlugin(ApplicationPlugin):
                 raise QuiesceError(str(e)) from None
             try:
                 self._freeze(self._conn, deadline)
+                self._facts["lock_wait_ms"] = round((time.monotonic() - started) * 1000, 3)
+                if self.capture == "logical":
+                    self._start_dump(deadline)
             except BaseException as e:
                 self._release()
+                self._drop_dump()
                 if isinstance(e, pymysql.MySQLError):
                     raise self._error(
                         self._step, e, QuiesceError, late=deadline.expired()
                     ) from None
                 raise
             self._quiesced = True
-            self._facts["lock_wait_ms"] = round((time.monotonic() - started) * 1000, 3)
 
     def _freeze(self, conn: Any, deadline: Deadline) -> None:
         with conn.cursor() as cur:
             if self._server is None:
                 self._step = "SELECT VERSION()"
                 cur.execute("SELECT VERSION()")
-                self._server = _Server.parse(str(cur.fetchone()[0]))
+                self._server = Server.parse(str(cur.fetchone()[0]))
             server = self._server
             # Should freezeframe hang (not die) while frozen, the server drops us after this.
             idle = math.ceil(deadline.remaining()) + HANG_MARGIN
@@ -365,7 +312,7 @@ class MariadbPlugin(ApplicationPlugin):
                 self._step = "FLUSH TABLES WITH READ LOCK"
                 cur.execute("FLUSH TABLES WITH READ LOCK")
             self._step = "reading the binary log position"
-            self._facts.update(_positions(cur, server, self._layout))
+            self._facts.update(positions(cur, server, self._layout))
 
     def _release(self) -> str | None:
         """End the backup lock and close; returns why, if the lock was found already lost."""
@@ -388,7 +335,7 @@ class MariadbPlugin(ApplicationPlugin):
             code = e.args[0] if e.args else None
             if code == 4146:  # no backup stage: a quiesce that failed before taking it
                 pass
-            elif code in _LOST or isinstance(e, pymysql.err.InterfaceError):
+            elif code in LOST or isinstance(e, pymysql.err.InterfaceError):
                 lost = f"lost the connection: {e.args[-1]}"
             else:
                 lost = f"{e.args[-1]} (error {code})"
@@ -407,14 +354,60 @@ class MariadbPlugin(ApplicationPlugin):
         with self._lock:
             was_quiesced, self._quiesced = self._quiesced, False
             lost = self._release()
+        self._interrupted.clear()  # an interrupted quiesce is over
         if lost and was_quiesced:
             raise QuiesceError(
                 f"{self.who}: the backup lock was lost before the thaw ({lost}); "
                 "the snapshot may not be consistent"
             )
 
+    # -- the logical capture -------------------------------------------------------
+    def _start_dump(self, deadline: Deadline) -> None:
+        """Under the block: start mariadb-dump; return once its snapshot exists."""
+        self._step = "starting mariadb-dump"
+        try:
+            argv = [program("mariadb-dump", self.bin_dir), *self.address.client_options()]
+        except FreezeframeError as e:
+            raise QuiesceError(f"{self.who}: {e}") from None
+        env = {k: v for k, v in os.environ.items() if k != self._secret_env}
+        password = self._password.reveal() if self._password else None
+        self._drop_dump()  # a run that was never released (it always is)
+        self._dump = _logical.Dump(self.who, argv, password, env)
+        self._dump.start(deadline, self._interrupted.is_set)
+        self._facts.update(self._dump.facts)
+        self._facts["dump_file"] = str(self.dump_path / _logical.DUMP_FILE)
+
+    def _drop_dump(self) -> None:
+        dump, self._dump = self._dump, None
+        if dump is not None:
+            dump.close()
+
+    def complete(self, snapshots: Sequence[Artifact]) -> None:
+        """Wait for the dump to finish whole; copy it into each view at ``dump_path``."""
+        dump = self._dump
+        if dump is None:
+            raise FreezeframeError(f"{self.who}: no dump was started to complete")
+        dump.finish(self._interrupted.is_set)
+        dump.place(snapshots, self.dump_path)
+        self._facts.update(dump.facts)
+
+    def release(self) -> None:
+        """Kill the dump if it still runs and drop its file; end a backup stage still held.
+        Idempotent."""
+        try:
+            self._drop_dump()
+            with self._lock:
+                self._release()
+        finally:
+            self._interrupted.clear()
+
+    def interrupt(self) -> None:
+        """Make a dump being waited for (its snapshot, or its end) give up within 50 ms."""
+        self._interrupted.set()
+
     def describe(self) -> Mapping[str, Any]:
-        """Server and version, lock method and wait, datadir, binary log file, position and GTID."""
+        """Server and version, lock method and wait, datadir, binary log file, position and
+        GTID; in the logical mode, the dump's file, size and times."""
         return dict(self._facts)
 
     # -- restore -------------------------------------------------------------------
@@ -430,48 +423,22 @@ class MariadbPlugin(ApplicationPlugin):
             ) from None
 
     def prepare_restored(self, root: Path) -> None:
-        """Remove the original's pid file and socket; make binlog index entries relative."""
-        _restored.prepare(self._restore_layout(root), root, f"application {self.name!r}")
+        """Remove the original's pid file and socket; make binlog index entries relative.
+        A restored dump (logical mode) is loaded into a fresh datadir at the original's."""
+        layout = self._restore_layout(root)
+        who = f"application {self.name!r}"
+        dump = under(root, self.dump_path) / _logical.DUMP_FILE
+        if exists_below(root, dump):
+            _reload.restore(layout, root, dump, who, self.bin_dir)
+        else:
+            _restored.prepare(layout, root, who)
 
     def verify_restored(self, root: Path) -> None:
         """Start a private server on the restored copy, ``CHECK TABLE`` every table, stop it."""
         layout = self._restore_layout(root)
         who = f"application {self.name!r}"
-        with _restored.temporary_server(layout, root, who) as conn:
-            _restored.check_tables(conn, who)
-
-
-def _global_privileges(grants: Any) -> set[str]:
-    """Privileges granted ON *.* in ``SHOW GRANTS`` lines (never echoed: they hold hashes)."""
-    found: set[str] = set()
-    for line in grants:
-        if m := _GRANT.match(str(line)):
-            found |= {p.strip().upper() for p in m[1].split(",")}
-    return found
-
-
-def _positions(cur: Any, server: _Server, layout: Layout | None) -> dict[str, Any]:
-    """The binary log file, position and GTID state, read under the lock."""
-    facts: dict[str, Any] = {}
-    if layout is None:  # quiesce without check(): ask (needs no privilege, unlike the status)
-        cur.execute("SELECT @@GLOBAL.log_bin")
-        logging = bool(int(cur.fetchone()[0]))
-    else:
-        logging = layout.log_bin_basename is not None
-    if not logging:
-        facts["log_bin"] = False
-        return facts
-    cur.execute(server.binlog_status)
-    row = cur.fetchone()
-    facts["log_bin"] = row is not None
-    if row is not None:
-        facts["binlog_file"], facts["binlog_position"] = str(row[0]), int(row[1])
-        if not server.mariadb and len(row) > 4 and row[4]:
-            facts["executed_gtid_set"] = str(row[4]).replace("\n", "")
-    if server.mariadb:
-        cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
-        facts["gtid_binlog_pos"] = str(cur.fetchone()[0])
-    return facts
+        with _restored.temporary_server(layout, root, who, bin_dir=self.bin_dir) as server:
+            _restored.check_tables(server.conn, who)
 
 
 @hookimpl

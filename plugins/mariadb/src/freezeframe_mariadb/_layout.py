@@ -149,6 +149,30 @@ class Layout:
             found.setdefault(p.stat().st_dev, []).append(f"{what.get(p, 'data')} ({p})")
         return found
 
+    def problem_here(self) -> str | None:
+        """Why a snapshot of this machine cannot hold these files at one instant, if it
+        cannot: the datadir is not here (or not one), a data folder is elsewhere, or they
+        lie on several filesystems (btrfs: subvolumes)."""
+        if not self.datadir.is_dir():
+            return (
+                f"the datadir {self.datadir} does not exist on this machine; run freezeframe "
+                "on the server's host (or set datadir to where it is mounted here)"
+            )
+        if not (self.datadir / "mysql").is_dir():
+            return f"{self.datadir} has no mysql/ folder: it is not the server's datadir"
+        for what, p in self.outside.items():
+            if not p.exists():
+                return f"{what} is in {p}, which is not on this machine"
+        places = self.filesystems()
+        if len(places) > 1:
+            where = "; ".join(", ".join(v) for v in places.values())
+            return (
+                f"its files are on {len(places)} filesystems or subvolumes ({where}); several "
+                "snapshots are not one instant: move them onto the datadir's filesystem "
+                "(btrfs: into its subvolume)"
+            )
+        return None
+
     def is_data(self, path: Path) -> bool:
         """Whether ``path`` lies in one of the data folders."""
         return any(path.is_relative_to(p) for p in self.data_paths())

@@ -6,6 +6,11 @@ my.cnf names the original's port, socket and datadir), listens on no port
 a private folder, starts no replication and no event, and trusts whoever
 reaches that folder's socket (``--skip-grant-tables``): freezeframe needs no
 password of the restored copy. It can therefore run beside the original.
+
+To load a logical dump into a fresh datadir (``loading``), the server keeps
+its grant tables (events cannot be created without them) and a fresh
+datadir's root needs no password; it writes no binary log, and it must stop
+cleanly: the datadir is then ready to start like a physical restore.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,6 @@ from freezeframe.plugin import (
     FreezeframeError,
     ToolError,
     exists_below,
-    find_tool,
     is_folder_below,
     read_below,
     replace_below,
@@ -34,8 +39,9 @@ from freezeframe.plugin import (
     unlink_below,
 )
 from freezeframe_mariadb._layout import Layout
+from freezeframe_mariadb._server import program
 
-__all__ = ["check_tables", "prepare", "temporary_server"]
+__all__ = ["Running", "check_tables", "prepare", "settings_options", "temporary_server"]
 
 #: How long a restored copy may take to start (InnoDB crash recovery of a big redo log).
 START_TIMEOUT = 600.0
@@ -100,12 +106,12 @@ def _relocate_index(layout: Layout, root: Path, index: Path) -> None:
         replace_below(root, index, "".join(f"{line}\n" for line in changed).encode())
 
 
-def _server_binary() -> str:
+def _server_binary(bin_dir: Path | None) -> str:
     try:
-        return str(find_tool("mariadbd"))
+        return program("mariadbd", bin_dir)
     except ToolError:
         try:
-            return str(find_tool("mysqld"))
+            return program("mysqld", bin_dir)
         except ToolError:
             raise FreezeframeError(
                 "neither mariadbd nor mysqld is installed: the restored copy cannot be started"
@@ -121,18 +127,30 @@ def _last_error(log: Path) -> str:
     return (errors or lines or ["empty error log"])[-1]
 
 
+@dataclass(frozen=True)
+class Running:
+    """A temporary server: a connection to it (as root) and its private socket."""
+
+    conn: Any
+    socket: Path
+
+
 @contextlib.contextmanager
-def temporary_server(layout: Layout, root: Path, who: str) -> Iterator[Any]:
-    """Start a private server on the copy restored under ``root``; yield a connection to it.
+def temporary_server(
+    layout: Layout, root: Path, who: str, *, loading: bool = False, bin_dir: Path | None = None
+) -> Iterator[Running]:
+    """Start a private server on the copy restored under ``root``; yield it.
 
     The server is shut down (SIGKILL if it will not) and its private folder
-    removed when the block ends, however it ends.
+    removed when the block ends, however it ends. ``loading``: a fresh datadir
+    that a dump is loaded into (see above); :class:`FreezeframeError` if it does
+    not stop cleanly.
     """
     import pymysql  # type: ignore[import-untyped]
 
     datadir = under(root, layout.datadir)
     owner = datadir.stat().st_uid
-    binary = _server_binary()
+    binary = _server_binary(bin_dir)
     run_dir = Path(tempfile.mkdtemp(prefix="freezeframe-mariadb-"))
     sock = run_dir / "mysqld.sock"
     argv = [
@@ -144,10 +162,9 @@ def temporary_server(layout: Layout, root: Path, who: str) -> Iterator[Any]:
         f"--log-error={run_dir / 'error.log'}",
         f"--tmpdir={run_dir}",
         "--skip-networking",
-        "--skip-grant-tables",
         "--skip-slave-start",
-        "--event-scheduler=DISABLED",
-        *_start_options(layout, root),
+        *(_LOADING if loading else _CHECKING),
+        *_start_options(layout, root, binlog=not loading),
     ]
     proc: subprocess.Popen[bytes] | None = None
     conn = None
@@ -182,24 +199,44 @@ def temporary_server(layout: Layout, root: Path, who: str) -> Iterator[Any]:
                         f"{START_TIMEOUT:g}s: {_last_error(run_dir / 'error.log')}"
                     ) from None
                 time.sleep(0.05)
-        yield conn
+        yield Running(conn, sock)
     finally:
-        if proc is not None:
-            _stop(proc, conn)
+        clean = _stop(proc, conn) if proc is not None else True
+        why = "" if clean else _last_error(run_dir / "error.log")
         shutil.rmtree(run_dir, ignore_errors=True)
+    if loading and not clean:  # reached only when the block itself succeeded
+        raise FreezeframeError(f"{who}: the server loading the dump did not stop cleanly: {why}")
 
 
-def _start_options(layout: Layout, root: Path) -> list[str]:
-    """The options that place the copy's files and match the settings it was made with."""
+#: Checking a restored copy: no password needed, nothing run by itself.
+_CHECKING = ("--skip-grant-tables", "--event-scheduler=DISABLED")
+#: Loading a dump: events can be created (not run), the largest row fits, and the redo log
+#: is flushed once a second (a crash fails the restore anyway; the clean stop flushes all).
+_LOADING = (
+    "--event-scheduler=OFF",
+    "--max-allowed-packet=1G",
+    "--innodb-flush-log-at-trx-commit=2",
+)
+
+
+def settings_options(layout: Layout, root: Path) -> list[str]:
+    """The options that place the copy's files below ``root`` and match the settings it
+    was made with (page size, system and undo tablespaces, lower_case_table_names)."""
     opts = [f"--{k.replace('_', '-')}={v}" for k, v in layout.settings.items()]
     for name, p in layout.directories.items():
         opts.append(f"--{name.replace('_', '-')}={under(root, p)}")
+    return opts
+
+
+def _start_options(layout: Layout, root: Path, *, binlog: bool) -> list[str]:
+    """:func:`settings_options`, the redo log's size and the binary log."""
+    opts = settings_options(layout, root)
     # The redo log's size is that of its file: another size would make the copy rebuild it.
     log_dir = under(root, layout.directories.get("innodb_log_group_home_dir", layout.datadir))
     redo = log_dir / "ib_logfile0"
     if redo.is_file():
         opts.append(f"--innodb-log-file-size={redo.stat().st_size}")
-    if layout.log_bin_basename is not None:
+    if binlog and layout.log_bin_basename is not None:
         # The same binary log, restored: crash recovery resolves in-doubt transactions with it.
         # Relative to the datadir (the server's working directory), as prepare() makes the
         # index: the new log the copy starts is then found again once the tree is moved back.
@@ -207,7 +244,8 @@ def _start_options(layout: Layout, root: Path) -> list[str]:
     return opts
 
 
-def _stop(proc: subprocess.Popen[bytes], conn: Any) -> None:
+def _stop(proc: subprocess.Popen[bytes], conn: Any) -> bool:
+    """Shut the server down; whether it stopped cleanly (exit 0, not killed)."""
     if conn is not None:
         with contextlib.suppress(Exception):
             conn.cursor().execute("SHUTDOWN")
@@ -216,10 +254,11 @@ def _stop(proc: subprocess.Popen[bytes], conn: Any) -> None:
     if proc.poll() is None:
         proc.terminate()  # a clean shutdown, as SHUTDOWN would
     try:
-        proc.wait(STOP_TIMEOUT)
+        return proc.wait(STOP_TIMEOUT) == 0
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+        return False
 
 
 def check_tables(conn: Any, who: str) -> int:

@@ -16,8 +16,8 @@ before the next) while ``--runs`` backups go through the real engine:
   completing mode where the plug-in has one (SQLite and Redis ``logical``).
 - ``ext4``: no snapshot stage, only the archive (it reads the core's dumps
   view); every application ``capture = "logical"``; Redis persists nothing
-  (``save ""``) and has ``persistence = "rdb"``. Until PostgreSQL and MariaDB
-  have a logical capture this setup says so instead of a row.
+  (``save ""``) and has ``persistence = "rdb"``. With a plug-in installed that
+  lacks the logical capture, this setup says so instead of a row.
 
 Columns, in ms, ``median (max)`` over the runs, four values in the order
 pg / maria / redis / sqlite (medians):

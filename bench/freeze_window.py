@@ -33,10 +33,12 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+
+from _loop import loop_filesystem  # bench/, this script's folder
 
 from freezeframe import RunStatus
 from freezeframe.engine import Engine
@@ -67,28 +69,6 @@ SETUPS = (
     Setup("clone, plain copy", "ext4", "clone", "cp --reflink=never"),
     Setup("clone, logical capture", "ext4", "clone", "", capture="logical"),
 )
-
-
-@contextmanager
-def loop_filesystem(fstype: str, base: Path) -> Iterator[Path]:
-    """A fresh filesystem of ``fstype`` on a loop device, mounted; gone afterwards."""
-    image, mnt = base / f"{fstype}.img", base / f"mnt-{fstype}"
-    with open(image, "wb") as f:
-        f.truncate(IMAGE_BYTES)
-    quiet = {"btrfs": ["-q"], "xfs": ["-q"], "ext4": ["-q", "-F"]}[fstype]
-    run_tool([find_tool(f"mkfs.{fstype}"), *quiet, str(image)], timeout=120)
-    device = run_tool(["losetup", "--find", "--show", str(image)], timeout=60).stdout.strip()
-    try:
-        mnt.mkdir(exist_ok=True)  # made empty again by a setup before on the same fs type
-        run_tool(["mount", device, str(mnt)], timeout=60)
-        try:
-            yield mnt
-        finally:
-            if run_tool(["umount", str(mnt)], timeout=120, check=False).returncode:
-                run_tool(["umount", "--lazy", str(mnt)], timeout=60, check=False)
-    finally:
-        run_tool(["losetup", "--detach", device], timeout=60, check=False)
-        image.unlink(missing_ok=True)
 
 
 def build_database(path: Path) -> None:
@@ -164,7 +144,7 @@ class Row:
 
 def bench(setup: Setup, source_db: Path, base: Path, runs: int) -> Row:
     """Back the database up ``runs`` times with ``setup``'s backend; the measurements."""
-    with loop_filesystem(setup.fstype, base) as mnt:
+    with loop_filesystem(setup.fstype, base / setup.fstype, IMAGE_BYTES) as mnt:
         data = mnt / "data"
         if setup.fstype == "btrfs":
             run_tool([find_tool("btrfs"), "subvolume", "create", str(data)], timeout=60)

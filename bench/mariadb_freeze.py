@@ -46,6 +46,7 @@ from freezeframe.tools import ToolError, find_tool, run_tool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testing"))
 from _btrfs import bare_snapshot  # bench/, this script's folder
+from _loop import loop_filesystem
 
 from freezeframe_testing.mariadb_server import MariaDB, start_mariadb
 
@@ -54,27 +55,6 @@ IMAGE_BYTES = 4 << 30
 #: Closer to a production server than the test suite's tiny one.
 SERVER_ARGS = ("--innodb-buffer-pool-size=256M", "--innodb-log-file-size=96M")
 PASSWORD_ENV = "FF_BENCH_MARIADB_PASSWORD"  # noqa: S105 (the name of a variable)
-
-
-@contextmanager
-def btrfs_filesystem(base: Path) -> Iterator[Path]:
-    """A fresh btrfs on a loop device, mounted; gone afterwards."""
-    image, mnt = base / "btrfs.img", base / "mnt"
-    with open(image, "wb") as f:
-        f.truncate(IMAGE_BYTES)
-    run_tool([find_tool("mkfs.btrfs"), "-q", str(image)], timeout=120)
-    device = run_tool(["losetup", "--find", "--show", str(image)], timeout=60).stdout.strip()
-    try:
-        mnt.mkdir()
-        run_tool(["mount", device, str(mnt)], timeout=60)
-        try:
-            yield mnt
-        finally:
-            if run_tool(["umount", str(mnt)], timeout=120, check=False).returncode:
-                run_tool(["umount", "--lazy", str(mnt)], timeout=60, check=False)
-    finally:
-        run_tool(["losetup", "--detach", device], timeout=60, check=False)
-        image.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -202,7 +182,7 @@ def main() -> int:
     with ExitStack() as stack:
         base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ff-bench-mdb-")))
         os.chmod(base, 0o700)
-        mnt = stack.enter_context(btrfs_filesystem(base))
+        mnt = stack.enter_context(loop_filesystem("btrfs", base / "btrfs", IMAGE_BYTES))
         run_tool([find_tool("btrfs"), "subvolume", "create", str(mnt / "db")], timeout=60)
         server = stack.enter_context(server_on(mnt / "db" / "data", base / "run"))
         print(f"filling bench.t with {args.rows} rows ...", flush=True)

@@ -43,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "testing"))
 
+from _loop import loop_filesystem  # noqa: E402 (bench/, this script's folder)
+
 from freezeframe import RunStatus  # noqa: E402
 from freezeframe.engine import Engine  # noqa: E402
 from freezeframe.profile import load_profile  # noqa: E402
@@ -123,27 +125,12 @@ def place(fstype: str, base: Path) -> Iterator[Path]:
         folder.mkdir()
         yield folder
         return
-    image, mnt = base / f"{fstype}.img", base / f"mnt-{fstype}"
-    with open(image, "wb") as f:
-        f.truncate(IMAGE_BYTES)
-    run_tool([find_tool(f"mkfs.{fstype}"), "-q", str(image)], timeout=120)
-    device = run_tool(["losetup", "--find", "--show", str(image)], timeout=60).stdout.strip()
-    try:
-        mnt.mkdir()
-        run_tool(["mount", device, str(mnt)], timeout=60)
-        try:
-            mnt.chmod(0o755)
-            if fstype == "btrfs":
-                run_tool([find_tool("btrfs"), "subvolume", "create", str(mnt / "pg")], timeout=60)
-            else:
-                (mnt / "pg").mkdir()
-            yield mnt / "pg"
-        finally:
-            if run_tool(["umount", str(mnt)], timeout=120, check=False).returncode:
-                run_tool(["umount", "--lazy", str(mnt)], timeout=60, check=False)
-    finally:
-        run_tool(["losetup", "--detach", device], timeout=60, check=False)
-        image.unlink(missing_ok=True)
+    with loop_filesystem(fstype, base / fstype, IMAGE_BYTES) as mnt:
+        if fstype == "btrfs":
+            run_tool([find_tool("btrfs"), "subvolume", "create", str(mnt / "pg")], timeout=60)
+        else:
+            (mnt / "pg").mkdir()
+        yield mnt / "pg"
 
 
 # -- measuring -------------------------------------------------------------------------
@@ -236,8 +223,9 @@ def bench(setup: Setup, base: Path, runs: int) -> Row:
 
     factory = PostgresFactory()
     with ExitStack() as stack:
-        stack.callback(factory.cleanup)
         folder = stack.enter_context(place(setup.fstype, base))
+        # the servers stop first: unmounted below them, pg_ctl no longer finds their pid file
+        stack.callback(factory.cleanup)
         server = factory.new(data_dir=folder / "data")
         create_bank(server)
         server.sql(
@@ -252,6 +240,7 @@ def bench(setup: Setup, base: Path, runs: int) -> Row:
                 [profile]
                 name = "pg-stall-{setup.fstype}"
                 freeze_timeout = "120s"
+                max_copy_in_window = "1TiB"  # measure the plain copy check would refuse
                 state_dir = "{base / "state"}"
 
                 [[application]]

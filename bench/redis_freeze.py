@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "testing"))
 
 from _btrfs import bare_snapshot  # noqa: E402 (bench/, this script's folder)
+from _loop import loop_filesystem  # noqa: E402
 
 from freezeframe import RunStatus  # noqa: E402
 from freezeframe.engine import Engine  # noqa: E402
@@ -117,7 +118,8 @@ def probe(server: RedisServer) -> Iterator[Any]:
 def btrfs_data(base: Path) -> Iterator[tuple[Path, Path] | None]:
     """(data folder on a btrfs subvolume, snapshot dir) on a loop filesystem, or None."""
     try:
-        btrfs, mkfs = find_tool("btrfs"), find_tool("mkfs.btrfs")
+        btrfs = find_tool("btrfs")
+        find_tool("mkfs.btrfs")
         find_tool("losetup")
     except ToolError:
         yield None
@@ -125,23 +127,9 @@ def btrfs_data(base: Path) -> Iterator[tuple[Path, Path] | None]:
     if os.geteuid() != 0:
         yield None
         return
-    image, mnt = base / "btrfs.img", base / "mnt"
-    with open(image, "wb") as f:
-        f.truncate(IMAGE_BYTES)
-    run_tool([mkfs, "-q", str(image)], timeout=120)
-    device = run_tool(["losetup", "--find", "--show", str(image)], timeout=60).stdout.strip()
-    try:
-        mnt.mkdir()
-        run_tool(["mount", device, str(mnt)], timeout=60)
-        try:
-            run_tool([btrfs, "subvolume", "create", str(mnt / "redis")], timeout=60)
-            yield mnt / "redis", mnt / "snaps"
-        finally:
-            if run_tool(["umount", str(mnt)], timeout=120, check=False).returncode:
-                run_tool(["umount", "--lazy", str(mnt)], timeout=60, check=False)
-    finally:
-        run_tool(["losetup", "--detach", device], timeout=60, check=False)
-        image.unlink(missing_ok=True)
+    with loop_filesystem("btrfs", base / "btrfs", IMAGE_BYTES) as mnt:
+        run_tool([btrfs, "subvolume", "create", str(mnt / "redis")], timeout=60)
+        yield mnt / "redis", mnt / "snaps"
 
 
 def fill(server: RedisServer, keys: int) -> None:

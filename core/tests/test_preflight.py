@@ -11,13 +11,9 @@ from typing import Any
 import pytest
 
 from freezeframe.plugin import SnapshotKind, hookimpl
-from freezeframe.preflight import (
-    pairing_problems,
-    quiesce_after,
-    quiesce_levels,
-    windowed_stages,
-)
+from freezeframe.preflight import pairing_problems, windowed_stages
 from freezeframe.profile import load_profile
+from freezeframe.quiesce_order import quiesce_after, quiesce_levels
 from freezeframe.registry import Registry
 from freezeframe_clone import CloneBackend
 from freezeframe_sqlite import SqlitePlugin

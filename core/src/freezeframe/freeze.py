@@ -19,7 +19,8 @@ from freezeframe._faults import point
 from freezeframe.components import ApplicationPlugin, Artifact, Deadline, Role
 from freezeframe.errors import CompletionError, QuiesceError, one_line
 from freezeframe.fsutil import syncfs
-from freezeframe.preflight import data_paths, quiesce_after, snapshot_kinds
+from freezeframe.preflight import data_paths, snapshot_kinds
+from freezeframe.quiesce_order import quiesce_after
 from freezeframe.running import Run
 from freezeframe.session import Session
 

@@ -24,6 +24,7 @@ from freezeframe.config import format_size
 from freezeframe.dumps import DUMPS, DumpsView
 from freezeframe.errors import FreezeframeError, one_line
 from freezeframe.profile import ApplicationSpec, Profile, StageSpec
+from freezeframe.quiesce_order import quiesce_after, quiesce_levels
 from freezeframe.registry import Registry
 from freezeframe.session import Session
 
@@ -35,8 +36,6 @@ __all__ = [
     "frozen_write_problems",
     "pairing_problems",
     "plan",
-    "quiesce_after",
-    "quiesce_levels",
     "settle_captures",
     "snapshot_kinds",
     "window_estimates",
@@ -386,51 +385,3 @@ def _device(path: Path) -> int | None:
         except OSError:
             continue
     return None
-
-
-def quiesce_after(profile: Profile) -> dict[str, tuple[str, ...]]:
-    """Whom each application quiesces after: its ``after``, and, for a plug-in whose
-    capture blocks no write (PostgreSQL), every application whose quiesce does. A capture
-    that blocks nothing fixes its instant when it runs; were it to run before another
-    application is blocked, a write to that one could land after a write to this one
-    that the capture missed. Once every blocking application holds its writers, every
-    writer that touches one of them waits, and the non-blocking capture sees all that
-    came before. An implicit order that would close a cycle with the profile's ``after``
-    is left out."""
-    after = {a.name: tuple(a.after) for a in profile.applications}
-    blocking = [a.name for a in profile.applications if a.component.blocks_writes]
-    for a in profile.applications:
-        if a.component.blocks_writes:
-            continue
-        extra = [
-            b for b in blocking if b not in after[a.name] and a.name not in _upstream(after, b)
-        ]
-        after[a.name] = (*after[a.name], *extra)
-    return after
-
-
-def _upstream(after: dict[str, tuple[str, ...]], name: str) -> set[str]:
-    """Every application ``name`` waits for, directly or not."""
-    seen: set[str] = set()
-    todo = list(after.get(name, ()))
-    while todo:
-        n = todo.pop()
-        if n not in seen:
-            seen.add(n)
-            todo.extend(after.get(n, ()))
-    return seen
-
-
-def quiesce_levels(after: dict[str, tuple[str, ...]]) -> list[list[str]]:
-    """Applications grouped by when they may quiesce: each group after the ones before it."""
-    levels: list[list[str]] = []
-    placed: set[str] = set()
-    while len(placed) < len(after):
-        level = [
-            n for n, deps in after.items() if n not in placed and all(d in placed for d in deps)
-        ]
-        if not level:
-            break
-        levels.append(level)
-        placed.update(level)
-    return levels

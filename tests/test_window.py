@@ -9,8 +9,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from freezeframe.config import format_size
+from freezeframe.engine import Engine
+from freezeframe.plugin import hookimpl
+from freezeframe.profile import load_profile
+from freezeframe.registry import Registry
+from freezeframe_sqlite import SqlitePlugin
 from freezeframe_testing.plugin import LoopFs, make_counter_db, run_cli, sqlite_clone_profile
 
 #: Above the default max_copy_in_window (64 MiB).
@@ -63,24 +69,50 @@ def test_check_refuses_a_plain_copy_over_the_limit_naming_the_logical_capture(
     assert r.returncode == 0, r.stderr
 
 
+class SnapshotFirst(SqlitePlugin):
+    """SQLite listing its snapshot mode first whatever the database's journal mode."""
+
+    kind = "sqlite-snapshot-first"
+    logical_first_in_wal = False
+
+
+class SnapshotFirstPlugins:
+    @staticmethod
+    @hookimpl
+    def freezeframe_register_applications(register: Callable[[type[Any]], None]) -> None:
+        register(SnapshotFirst)
+
+
 def test_the_default_capture_is_the_one_that_copies_nothing_inside_the_window(
-    loop_fs: Callable[..., LoopFs],
+    loop_fs: Callable[..., LoopFs], registry_with: Callable[..., Registry]
 ) -> None:
     """Left to the default, an application the clone would copy (no reflink) is captured
     in its completing mode where that is consistent, and stays in snapshot mode where it
-    is not (a database not in WAL mode), which check then refuses."""
+    is not, which check then refuses. SQLite lists its logical mode first for a database
+    in WAL mode, so the settling is seen with a plug-in that lists snapshot first."""
     fs = loop_fs("ext4")
     db = big_db(fs)
-    r = run_cli("check", profile_on(fs, db))
-    assert r.returncode == 0, r.stderr
-    assert "application shop: capture logical by default" in r.stderr
     r = run_cli("backup", profile_on(fs, db), "--json")
     assert r.returncode == 0, r.stderr
     assert [a["capture"] for a in r.json()["applications"]] == ["logical"]
+    snapshot_first = profile_on(fs, db)
+    snapshot_first.write_text(
+        snapshot_first.read_text().replace('"sqlite"', '"sqlite-snapshot-first"')
+    )
+    registry = registry_with(SnapshotFirstPlugins())
+
+    def settled() -> tuple[list[str], str]:
+        engine = Engine(load_profile(snapshot_first, registry), registry)
+        return list(engine.check()), engine.profile.applications[0].capture
+
+    assert settled() == ([], "logical")
     with sqlite3.connect(db) as c:
         c.execute("PRAGMA journal_mode=DELETE")
     c.close()
-    r = run_cli("check", profile_on(fs, db))
+    problems, capture = settled()  # logical needs WAL: it stays, and the copy is refused
+    assert capture == "snapshot"
+    assert len(problems) == 1 and "would copy" in problems[0], problems
+    r = run_cli("check", profile_on(fs, db))  # the real plug-in, as it lists its modes
     assert r.returncode == 1
     assert "would copy" in r.stderr and 'capture = "logical"' in r.stderr
 
@@ -88,9 +120,9 @@ def test_the_default_capture_is_the_one_that_copies_nothing_inside_the_window(
 def test_check_passes_where_the_same_data_reflinks(loop_fs: Callable[..., LoopFs]) -> None:
     fs = loop_fs("xfs")
     db = big_db(fs)
-    r = run_cli("check", profile_on(fs, db))
+    r = run_cli("check", profile_on(fs, db, capture="snapshot"))
     assert r.returncode == 0, r.stderr
-    r = run_cli("plan", profile_on(fs, db), "--json")
+    r = run_cli("plan", profile_on(fs, db, capture="snapshot"), "--json")
     window = r.json()["stages"][0]["window"]
     assert (window["how"], window["bytes_copied"]) == ("reflink", 0)
 

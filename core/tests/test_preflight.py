@@ -127,6 +127,7 @@ class CompletesPerFile(SqlitePlugin):
 
     kind = "sqlite-completes-per-file"
     consistent_on = frozenset({SnapshotKind.ATOMIC})
+    logical_first_in_wal = False  # the modes as listed, whatever the database
 
 
 class NonBlocking(SqlitePlugin):

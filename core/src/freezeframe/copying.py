@@ -27,6 +27,7 @@ __all__ = [
     "copy_tree",
     "make_parents",
     "outermost",
+    "tree_counts",
     "tree_size",
 ]
 
@@ -273,9 +274,15 @@ def _probe_source(src: Path) -> int | None:
 def tree_size(path: Path) -> int:
     """The bytes :func:`copy_tree` would copy from file or tree ``path``: the lengths of its
     regular files, each hard-linked file once, symlinks not followed; 0 if it is gone."""
-    total = 0
+    return tree_counts([path])[1]
+
+
+def tree_counts(paths: Iterable[Path]) -> tuple[int, int]:
+    """The files (regular files and symlinks, each name) and bytes (regular files, each
+    hard-linked file once) below ``paths``, symlinks not followed; what is gone counts 0."""
+    files = total = 0
     seen: set[tuple[int, int]] = set()
-    todo = [path]
+    todo = list(paths)
     while todo:
         p = todo.pop()
         try:
@@ -284,7 +291,9 @@ def tree_size(path: Path) -> int:
                 todo.extend(p.iterdir())
         except OSError:
             continue  # vanished or unreadable: the copy will say so
+        if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            files += 1
         if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
             seen.add((st.st_dev, st.st_ino))
             total += st.st_size
-    return total
+    return files, total

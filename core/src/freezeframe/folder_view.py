@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
@@ -21,6 +20,7 @@ from freezeframe import digests
 from freezeframe.boundary import Artifact, RestoreOptions
 from freezeframe.components import Backend, Role, SnapshotKind
 from freezeframe.config import Table
+from freezeframe.copying import tree_counts
 from freezeframe.errors import FreezeframeError
 from freezeframe.fsutil import under, writable_dir
 from freezeframe.restoring import Target, copy_in
@@ -98,20 +98,11 @@ class FolderView(Backend):
         if digests.sealed(artifact):
             digests.check(replace(artifact, view=view))
             return None
-        files = size = 0
-        inodes: set[tuple[int, int]] = set()
-        for original in (Path(p) for p in artifact.metadata.get("paths", [])):
-            top = under(view, original)
+        tops = [under(view, p) for p in artifact.metadata.get("paths", [])]
+        for top in tops:
             if not top.exists() and not top.is_symlink():
                 raise FreezeframeError(f"{top} is missing")
-            walk = top.is_dir() and not top.is_symlink()  # a linked folder is kept as a link
-            for p in [top, *(top.rglob("*") if walk else [])]:
-                st = p.lstat()
-                if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                    files += 1
-                if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in inodes:
-                    inodes.add((st.st_dev, st.st_ino))
-                    size += st.st_size
+        files, size = tree_counts(tops)
         if (files, size) != (artifact.files, artifact.bytes):
             raise FreezeframeError(
                 f"{view} holds {files} files, {size} bytes; the snapshot "

@@ -17,6 +17,7 @@ from pathlib import Path
 from freezeframe import _ordered
 from freezeframe._faults import point
 from freezeframe.components import ApplicationPlugin, Artifact, Deadline, Role
+from freezeframe.copying import tree_counts
 from freezeframe.errors import CompletionError, QuiesceError, one_line
 from freezeframe.fsutil import syncfs
 from freezeframe.preflight import data_paths, snapshot_kinds
@@ -293,18 +294,21 @@ def _with_completions(artifact: Artifact, completed: dict[str, list[str]]) -> Ar
     paths = list(meta.get("paths", []))
     files, size = artifact.files, artifact.bytes
     assert artifact.view is not None  # a snapshot stage makes a view
+    inside = False
     for path in (p for ps in completed.values() for p in ps):
         if any(Path(path).is_relative_to(p) for p in paths):
-            continue  # inside a path the snapshot holds (pg_wal): restored with it
+            inside = True  # in a path the snapshot holds (pg_wal): restored with it
+            continue
         paths.append(path)
-        top = artifact.image(path)
-        for f in [top, *(top.rglob("*") if top.is_dir() else ())]:
-            if f.is_file() and not f.is_symlink():
-                files += 1
-                size += f.stat().st_size
+        added_files, added_bytes = tree_counts([artifact.image(path)])
+        files += added_files
+        size += added_bytes
     meta["paths"] = paths
     meta["completed"] = completed
-    return replace(artifact, metadata=meta, files=files, bytes=size)
+    done = replace(artifact, metadata=meta)
+    if inside and artifact.files:  # what it counted changed (SQLite removes its -wal)
+        files, size = tree_counts(image for _, image in done.roots())
+    return replace(done, files=files, bytes=size)
 
 
 def release_all(session: Session, run: Run, failure: BaseException | None) -> None:

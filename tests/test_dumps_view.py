@@ -112,7 +112,7 @@ def test_an_application_in_snapshot_mode_is_refused(tmp_path: Path, db: Path) ->
     r = run_cli("check", profile)
     assert r.returncode == 1
     (line,) = [s for s in r.stderr.splitlines() if s]
-    assert "application 'shop' (sqlite) captures 'snapshot', but the profile has no" in line
+    assert "application 'shop' (sqlite) captures 'snapshot', which needs a snapshot" in line
     assert "use capture = 'logical' or a snapshot stage before the copies" in line
     assert run_cli("backup", profile).returncode == 1
     assert writable_within(db, 1)
@@ -140,3 +140,27 @@ def test_a_kill_between_capture_and_completion_leaves_no_view(tmp_path: Path, db
     assert listed.returncode == 0, listed.stderr
     assert [run["status"] for run in listed.json()] == ["failed"]
     assert not any(dumps_dir(tmp_path).iterdir())
+
+
+def test_a_mode_that_completes_a_copy_of_the_files_is_not_enough(tmp_path: Path, db: Path) -> None:
+    """PostgreSQL's "base-backup" completes a copy of the data directory that a snapshot
+    stage made: the dumps view makes none, so only its self-contained "logical" mode fits
+    there, which is the default (no server is needed to load the profile)."""
+    profile = write_profile(tmp_path, db, capture="logical")
+    text = profile.read_text() + (
+        '\n[[application]]\nplugin = "postgresql"\nname = "pg"\n'
+        'dsn = "host=/nonexistent dbname=postgres"\n'
+    )
+    profile.write_text(text)
+    plan = run_cli("plan", profile, "--json").json()
+    assert {a["name"]: a["capture"] for a in plan["applications"]} == {
+        "shop": "logical",
+        "pg": "logical",
+    }
+    profile.write_text(text + 'capture = "base-backup"\n')
+    r = run_cli("check", profile)
+    assert r.returncode == 1
+    assert "application 'pg' (postgresql) captures 'base-backup', which needs a snapshot" in (
+        r.stderr
+    )
+    assert "use capture = 'logical' or a snapshot stage before the copies" in r.stderr

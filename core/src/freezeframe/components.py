@@ -103,6 +103,11 @@ class ApplicationPlugin(_Component):
     #: The mode the profile chose: the core sets it on the instance once the profile is
     #: loaded, before it calls any other method.
     capture: str = "snapshot"
+    #: The completing modes whose completion produces all of the application's data (a
+    #: dump), so that they need no snapshot of its files: the only ones the dumps view of
+    #: a profile without a snapshot stage can take (PostgreSQL's ``"base-backup"``, which
+    #: completes a copy of the data directory, is not one).
+    self_contained_modes: ClassVar[frozenset[str]] = frozenset({"logical"})
     #: Whether ``quiesce`` blocks the application's writes until ``unquiesce`` (the run
     #: records its freeze window as ``writes_blocked_ms``); ``False`` for a plug-in that
     #: fixes its point in time without blocking any write (PostgreSQL), recorded as 0.

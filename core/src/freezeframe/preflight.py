@@ -218,13 +218,14 @@ def pairing_problems(profile: Profile, registry: Registry) -> list[str]:
             kind = stage.component.snapshot_kind
             if stage.role != Role.SNAPSHOT:
                 continue
+            if isinstance(stage.component, DumpsView):
+                if app.capture not in app.component.self_contained_modes:
+                    problems.append(_no_snapshot_problem(app))
+                continue
             if app.component.completes:
                 if not stage.component.takes_completions:
                     problems.append(_completion_problem(app, stage, registry))
                 continue  # its data is produced into the view, not copied by the snapshot
-            if isinstance(stage.component, DumpsView):
-                problems.append(_no_snapshot_problem(app))
-                continue
             if kind not in app.component.consistent_on:
                 fits = sorted(
                     b.kind
@@ -272,13 +273,13 @@ def pairing_problems(profile: Profile, registry: Registry) -> list[str]:
 
 
 def _no_snapshot_problem(app: ApplicationSpec) -> str:
-    completing = [m for m in app.component.capture_modes if m != "snapshot"]
-    instead = f"capture = {completing[0]!r} or " if completing else ""
+    whole = [m for m in app.component.capture_modes if m in app.component.self_contained_modes]
+    instead = f"capture = {whole[0]!r} or " if whole else ""
     return (
-        f"application {app.name!r} ({app.info.kind}) captures 'snapshot', but the profile "
-        f"has no snapshot stage to copy its files (its copy stages read the {DUMPS!r} view, "
-        f"which holds only what applications complete after the thaw): use {instead}"
-        "a snapshot stage before the copies"
+        f"application {app.name!r} ({app.info.kind}) captures {app.capture!r}, which needs a "
+        "snapshot stage to copy its files, and the profile has none (its copy stages read "
+        f"the {DUMPS!r} view, which holds only what applications dump after the thaw): use "
+        f"{instead}a snapshot stage before the copies"
     )
 
 

@@ -248,21 +248,24 @@ class _Loader:
     def _capture(app: ApplicationSpec, stages: Sequence[StageSpec]) -> ApplicationSpec:
         """``app`` with its capture mode settled and told to its plug-in: the profile's,
         or the first mode of the plug-in consistent with the stages (``"snapshot"``
-        needs snapshots of the kinds the plug-in is consistent on, and not the dumps
-        view; a mode that completes needs snapshot views that take completions)."""
+        needs snapshots of the kinds the plug-in is consistent on; a mode that completes
+        needs snapshot views that take completions; the dumps view, which copies no file,
+        takes only a self-contained mode)."""
         mode = app.chosen
         if not mode:
             snapshots = [s for s in stages if s.role == Role.SNAPSHOT]
             completable = bool(snapshots) and all(s.component.takes_completions for s in snapshots)
             consistent = all(
-                s.component.snapshot_kind in app.component.consistent_on
-                and not isinstance(s.component, DumpsView)  # it copies no file
-                for s in snapshots
+                s.component.snapshot_kind in app.component.consistent_on for s in snapshots
             )
             modes = app.component.capture_modes
-            mode = next(
-                (m for m in modes if (consistent if m == "snapshot" else completable)), modes[0]
-            )
+            if any(isinstance(s.component, DumpsView) for s in snapshots):  # no file copied
+                mode = next((m for m in modes if m in app.component.self_contained_modes), "")
+            else:
+                mode = next(
+                    (m for m in modes if (consistent if m == "snapshot" else completable)), ""
+                )
+            mode = mode or modes[0]
         app.component.capture = mode
         return app
 

@@ -70,6 +70,9 @@ class ComponentInfo:
             out["consistent_on"] = sorted(str(k) for k in self.cls.consistent_on)
             out["crash_safety"] = str(self.cls.crash_safety)
             out["capture_modes"] = list(self.cls.capture_modes)
+            out["self_contained_modes"] = sorted(
+                m for m in self.cls.capture_modes if m in self.cls.self_contained_modes
+            )
         return out
 
 

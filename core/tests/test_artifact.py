@@ -81,4 +81,8 @@ def test_completed_paths_join_the_view_once_each(tmp_path: Path) -> None:
     done = _with_completions(art, completed)
     assert done.metadata["paths"] == ["/srv/pg/data", "/srv/dumps/shop.sql"]
     assert done.metadata["completed"] == completed
-    assert (done.files, done.bytes) == (8, 82)
+    # a completion wrote inside a path the view holds: the view is counted again (here
+    # the backup_label and the dump, whatever the snapshot had counted)
+    assert (done.files, done.bytes) == (2, 42)
+    only_dump = _with_completions(art, {"shop": completed["shop"]})
+    assert (only_dump.files, only_dump.bytes) == (8, 82)  # added to what the snapshot counted

@@ -120,9 +120,21 @@ class Catalog:
 
     # -- writing -------------------------------------------------------------
     @_guarded
-    def save(self, run: RunRecord, *, pid: int | None = None) -> None:
-        """Write the whole record of ``run`` in one transaction."""
+    def save(self, run: RunRecord, *, pid: int | None = None, durable: bool = True) -> None:
+        """Write the whole record of ``run`` in one transaction; with ``durable=False``,
+        without waiting for the disk (``synchronous=NORMAL``: in WAL mode the commit
+        survives the process, and reaches the disk with the next durable one), for the
+        journal written while applications are frozen."""
         point("catalog.save", sqlite3.OperationalError)
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._save(run, pid)
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=FULL")
+
+    def _save(self, run: RunRecord, pid: int | None) -> None:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO runs(run_id, profile, status, started_at, finished_at, thaw, pid,"

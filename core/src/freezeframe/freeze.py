@@ -134,7 +134,7 @@ def quiesce_all(session: Session, run: Run, deadline: Deadline) -> None:
             continue
         run.app(a.name, mode="failed", error=reason)
         fatal.append(f"application {a.name!r}: {reason}")
-    run.save()
+    run.save(durable=False)  # inside the window; the thaw's save is durable
     if fatal:
         raise QuiesceError("; ".join(fatal))
 

@@ -62,7 +62,9 @@ def remove_outputs(
             if st.artifact is not None and st.deleted_at is None:
                 spec.component.delete(st.artifact)
                 stages[i] = replace(st, deleted_at=time.time())
-            elif st.artifact is None and st.status != "pending":  # began, made nothing whole
+            elif st.artifact is None and (st.status != "pending" or st.role == "snapshot"):
+                # began, made nothing whole; or a snapshot stage whose start the journal
+                # may have lost (written inside the window without waiting for the disk)
                 spec.component.discard(record.run_id)
         except Exception as e:
             catalog.add_error(

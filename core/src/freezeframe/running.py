@@ -131,9 +131,10 @@ class Run:
             assert found is not None
             return found
 
-    def save(self) -> None:
-        """Journal the record as it is now."""
-        self.catalog.save(self.record)
+    def save(self, *, durable: bool = True) -> None:
+        """Journal the record as it is now (``durable=False``: inside the freeze window,
+        see :meth:`Catalog.save`)."""
+        self.catalog.save(self.record, durable=durable)
 
     def mode(self, name: str) -> str:
         """Application ``name``'s mode (``quiescing``, ``quiesced``, ``crash-consistent``...)."""

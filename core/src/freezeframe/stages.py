@@ -65,7 +65,10 @@ def run_stage(
     )
     run.cancel_events.append(ctx.cancel_event)
     run.stage(spec.name, status="running", started_at=time.time())
-    run.save()  # journal: this stage may leave output behind
+    # journal: this stage may leave output behind (inside the window, not waiting for the
+    # disk: it outlives a crash of freezeframe; a power cut loses it, and the reconcile
+    # then discards whatever a snapshot stage of the run left all the same)
+    run.save(durable=deadline is None)
     result: list[Artifact] = []
     errors: list[BaseException] = []
 
@@ -101,7 +104,7 @@ def run_stage(
         session.notify("freezeframe_stage_finished", run=run.record, stage=stage)
         raise
     stage = run.stage(spec.name, status="succeeded", finished_at=time.time(), artifact=artifact)
-    run.save()
+    run.save(durable=deadline is None)
     log.info(
         "stage %s made %s (%d files, %d bytes)",
         spec.name,

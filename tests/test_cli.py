@@ -129,12 +129,24 @@ def test_backup_list_show_restore_verify_prune(tmp_path: Path, shop) -> None:
     assert r.returncode == 0 and r.json() == {"dry_run": True, "deleted": []}
 
 
+def snapshot_mode(profile: Path) -> Path:
+    """``profile`` with its SQLite application in snapshot mode: copied by the snapshot
+    stage inside the window (a WAL database is captured logical by default, and its
+    snapshot then runs after the thaw)."""
+    profile.write_text(profile.read_text().replace('path = "', 'capture = "snapshot"\npath = "', 1))
+    return profile
+
+
 def test_check_plan_plugins(shop) -> None:
     profile, _ = shop
     r = run_cli("check", profile, "--json")
     assert r.returncode == 0 and r.json()["ok"] is True
     plan = run_cli("plan", profile, "--json").json()
     assert plan["quiesce_order"] == [["orders"]]
+    assert [s["in_freeze_window"] for s in plan["stages"]] == [False, False]  # captures only
+    text = run_cli("plan", profile).stdout
+    assert "5a. stage snap (clone, snapshot) after the thaw" in text, text
+    plan = run_cli("plan", snapshot_mode(profile), "--json").json()
     assert [s["in_freeze_window"] for s in plan["stages"]] == [True, False]
     assert plan["stages"][0]["released_after_run"] is True
     kinds = {c["kind"]: c for c in run_cli("plugins", "--json").json()["components"]}
@@ -345,7 +357,7 @@ def one_error(stderr: str) -> str:
 
 
 def test_a_run_killed_while_frozen_shows_its_freeze_window_as_unknown(tmp_path: Path, shop) -> None:
-    profile, _ = shop
+    profile = snapshot_mode(shop[0])  # the snapshot stage inside the window
     assert run_cli("backup", profile).returncode == 0
     # killed inside the window: quiesced, snapshot begun, never thawed
     r = run_cli("backup", profile, env={"FREEZEFRAME_FAULT": "sigkill@stage.start.snap"})

@@ -54,6 +54,7 @@ def profile_text(
         plugin = "sqlite"
         name = "db"
         path = "{db}"
+        capture = "snapshot"  # the stage runs inside the window, where the faults are
         {apps}
 
         [[backup]]

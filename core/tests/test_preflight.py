@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from freezeframe.plugin import SnapshotKind, hookimpl
-from freezeframe.preflight import pairing_problems, windowed_stages
+from freezeframe.preflight import captures_only, pairing_problems, windowed_stages
 from freezeframe.profile import load_profile
 from freezeframe.quiesce_order import quiesce_after, quiesce_levels
 from freezeframe.registry import Registry
@@ -53,10 +53,26 @@ def test_windowed_stages_follow_thaw(
     thaw: str,
     windowed: list[str],
 ) -> None:
-    text = f'[profile]\nname = "p"\nthaw = "{thaw}"\n' + sqlite_app(db)
+    text = f'[profile]\nname = "p"\nthaw = "{thaw}"\n' + sqlite_app(db) + 'capture = "snapshot"\n'
     text += SNAP.format(d=tmp_path) + COPY.format(d=tmp_path)
     profile = load_profile(write_profile(text), registry)
     assert [s.name for s in windowed_stages(profile)] == windowed
+
+
+def test_a_window_of_captures_only_holds_no_snapshot_stage(
+    write_profile: WriteProfile, registry: Registry, db: Path, tmp_path: Path
+) -> None:
+    """Every application self-contained (SQLite's logical, the default for a WAL database
+    on a stage that takes completions): the snapshot runs after the thaw, unless it takes
+    paths of its own, which must be of the frozen instant."""
+    text = '[profile]\nname = "p"\n' + sqlite_app(db) + SNAP.format(d=tmp_path)
+    profile = load_profile(write_profile(text + COPY.format(d=tmp_path)), registry)
+    assert profile.applications[0].capture == "logical"
+    assert captures_only(profile) and windowed_stages(profile) == []
+    own = text + f'paths = ["{tmp_path}/data"]\n'
+    profile = load_profile(write_profile(own + COPY.format(d=tmp_path)), registry)
+    assert not captures_only(profile)
+    assert [s.name for s in windowed_stages(profile)] == ["snap"]
 
 
 def test_quiesce_levels_group_applications_by_what_they_wait_for() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from freezeframe._faults import point
 from freezeframe.catalog import Catalog, CatalogError
-from freezeframe.components import CrashSafety, Deadline
+from freezeframe.components import CrashSafety, Deadline, Role
 from freezeframe.errors import FreezeframeError, Interrupted, one_line
 from freezeframe.freeze import (
     complete_all,
@@ -104,11 +104,15 @@ def _stages(session: Session, run: Run, signals: Signals, progress: ProgressFact
     for a in profile.applications:  # check may have settled a default capture mode
         run.app(a.name, capture=a.capture)
     windowed = windowed_stages(profile)
-    later = [s for s in profile.stages if s not in windowed]
+    # the window holds only the captures (captures_only): the snapshots after the thaw
+    views = [s for s in profile.stages if s.role == Role.SNAPSHOT and s not in windowed]
+    later = [s for s in profile.stages if s not in windowed and s not in views]
 
     failure: BaseException | None = None
     try:
         paths = _window(session, run, signals, progress, windowed)
+        for stage in views:
+            run_stage(session, run, stage, paths, None, progress)
         complete_all(session, run)
     except BaseException as e:
         failure = e
@@ -116,7 +120,7 @@ def _stages(session: Session, run: Run, signals: Signals, progress: ProgressFact
     finally:
         with signals.shield():  # a held read snapshot never outlives the run
             release_all(session, run, failure)
-    seal_all(session, run, windowed)
+    seal_all(session, run, [*windowed, *views])
     for stage in later:
         run_stage(session, run, stage, paths, None, progress)
 

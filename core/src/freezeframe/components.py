@@ -294,6 +294,13 @@ class Backend(_Component):
         """Local folders this backend writes into while it runs (its ``dir``)."""
         return ()
 
+    def own_paths(self) -> Sequence[Path]:
+        """For a snapshot stage: the paths it takes besides the applications' (its table's
+        ``paths``). They must be taken while the applications are frozen; a stage with
+        none, in a profile whose applications all capture in a self-contained mode, runs
+        after the thaw (the window then holds only the captures)."""
+        return ()
+
     def window_estimate(self, data_paths: Sequence[Path]) -> WindowEstimate:
         """For a snapshot stage, before anything freezes: how it would take ``data_paths``
         (the applications' paths it copies inside the window, those completed after the

@@ -30,6 +30,7 @@ from freezeframe.session import Session
 
 __all__ = [
     "Problems",
+    "captures_only",
     "check",
     "completed_paths",
     "data_paths",
@@ -51,10 +52,26 @@ def snapshot_kinds(profile: Profile) -> frozenset[SnapshotKind]:
 
 def windowed_stages(profile: Profile) -> list[StageSpec]:
     """The stages that run while applications are quiesced, in the order they run:
-    the snapshots, then (with ``thaw = "after-backup"``) the copies."""
+    the snapshots (unless :func:`captures_only`), then (with ``thaw = "after-backup"``)
+    the copies."""
     snapshots = [s for s in profile.stages if s.role == Role.SNAPSHOT]
     copies = [s for s in profile.stages if s.role == Role.COPY]
-    return snapshots + (copies if profile.thaw == "after-backup" else [])
+    if profile.thaw == "after-backup":
+        return snapshots + copies
+    return [] if captures_only(profile) else snapshots
+
+
+def captures_only(profile: Profile) -> bool:
+    """Whether the freeze window need hold only the captures: every application captures
+    in a self-contained mode (its completion produces all of its data from the instant
+    its quiesce fixed, whatever the snapshot holds) and no snapshot stage takes paths of
+    its own. The snapshot stages then run after the thaw, before the completions."""
+    snapshots = [s for s in profile.stages if s.role == Role.SNAPSHOT]
+    return (
+        bool(profile.applications)
+        and all(a.capture in a.component.self_contained_modes for a in profile.applications)
+        and not any(s.component.own_paths() for s in snapshots)
+    )
 
 
 log = logging.getLogger("freezeframe")

@@ -135,11 +135,17 @@ def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:
                     + _window(s["window"], plan["max_copy_in_window"])
                 )
         print("5. unquiesce every application (reverse order)")
+        for s in plan["stages"]:
+            if not s["in_freeze_window"] and s["role"] == "snapshot":
+                print(
+                    f"5a. stage {s['name']} ({s['backend']}, snapshot) after the thaw: "
+                    "the window holds only the captures"
+                )
         for a in plan["applications"]:
             if a["capture"] != "snapshot":
                 print(f"5b. complete {a['name']} (capture {a['capture']}) into the views")
         for s in plan["stages"]:
-            if not s["in_freeze_window"]:
+            if not s["in_freeze_window"] and s["role"] != "snapshot":
                 print(f"6. stage {s['name']} ({s['backend']}) from the view of {s['source']}")
         for s in plan["stages"]:
             if s["keep"]:

@@ -45,6 +45,7 @@ def test_sigkill_while_paused_and_the_server_takes_writes_again_by_itself(
         name = "cache"
         url = "{server.url}"
         password_env = "FF_REDIS_PASSWORD"
+        capture = "snapshot"  # paused while the (slow) snapshot stage runs
 
         [[backup]]
         backend = "slow"

@@ -97,6 +97,10 @@ class BtrfsBackend(Backend):
                 raise ConfigError("paths", f"{p} and dir {self.dir} contain one another")
 
     # -- check ---------------------------------------------------------------
+    def own_paths(self) -> list[Path]:
+        """The table's ``paths``: taken while the applications are frozen."""
+        return list(self.paths)
+
     def check(self) -> None:
         """``btrfs`` is installed; ``dir`` is on btrfs (created if missing) and writable;
         every path of ``paths`` can be snapshotted into it."""

@@ -52,6 +52,10 @@ class CloneBackend(FolderView):
             if p.is_relative_to(self.dir) or self.dir.is_relative_to(p):
                 raise ConfigError("paths", f"{p} and dir {self.dir} contain one another")
 
+    def own_paths(self) -> list[Path]:
+        """The table's ``paths``: taken while the applications are frozen."""
+        return list(self.paths)
+
     def window_estimate(self, data_paths: Sequence[Path]) -> WindowEstimate:
         """Probe, per filesystem, whether each path reflinks into ``dir``
         (:func:`~freezeframe.plugin.can_reflink`); what does not is copied whole inside

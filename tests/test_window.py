@@ -148,3 +148,25 @@ def test_plan_shows_the_capture_and_what_the_window_copies(
     assert [a["capture"] for a in plan["applications"]] == ["logical"]
     (stage,) = plan["stages"]  # the window holds only the capture: the clone comes after
     assert stage["in_freeze_window"] is False and stage["window"] is None
+
+
+def test_check_refuses_a_completion_that_a_btrfs_snapshot_cannot_hold(
+    loop_fs: Callable[..., LoopFs], tmp_path: Path
+) -> None:
+    """A logical capture completes into the snapshot at its own path: on btrfs that path
+    must be on the snapshotted filesystem. Refused by check, before anything freezes,
+    rather than by the stage inside the window."""
+    fs = loop_fs("btrfs")
+    (tmp_path / "data").mkdir()
+    db = make_counter_db(tmp_path / "data" / "shop.db")  # not on the btrfs filesystem
+    profile = sqlite_clone_profile(tmp_path, db, name="elsewhere", capture="logical")
+    profile.write_text(
+        profile.read_text()
+        .replace('backend = "clone"', 'backend = "btrfs"')
+        .replace(str(tmp_path / "snaps"), str(fs.mountpoint / "snaps"))
+    )
+    r = run_cli("check", profile)
+    assert r.returncode == 1
+    (line,) = [s for s in r.stderr.splitlines() if s]
+    assert f"stage 'snap': {db}, which an application writes into the snapshot" in line
+    assert "is not on the btrfs filesystem of dir" in line

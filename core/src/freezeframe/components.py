@@ -294,6 +294,13 @@ class Backend(_Component):
         """Local folders this backend writes into while it runs (its ``dir``)."""
         return ()
 
+    def check_completions(self, completed: Sequence[Path]) -> None:
+        """For a snapshot stage that takes completions, before anything freezes: refuse,
+        with a :class:`~freezeframe.errors.FreezeframeError` naming the path, a path
+        that applications will complete into its view (``completed_paths``, a logical
+        capture's ``dump_path``) and that its view cannot hold (btrfs: not on the
+        snapshotted filesystem). By default every path is fine."""
+
     def own_paths(self) -> Sequence[Path]:
         """For a snapshot stage: the paths it takes besides the applications' (its table's
         ``paths``). They must be taken while the applications are frozen; a stage with

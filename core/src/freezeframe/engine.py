@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from freezeframe import preflight, recovery, restore, retention
+from freezeframe import planning, preflight, recovery, restore, retention
 from freezeframe.backup import BackupResult, run_backup
 from freezeframe.catalog import Catalog
 from freezeframe.errors import BusyError
@@ -80,7 +80,7 @@ class Engine:
 
     def plan(self) -> dict[str, Any]:
         """What a backup would do, step by step, without doing it."""
-        return preflight.plan(self.session)
+        return planning.plan(self.session)
 
     def data_paths(self) -> tuple[Path, ...]:
         """Every application's data paths, in profile order, without duplicates."""

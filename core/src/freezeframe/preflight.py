@@ -24,7 +24,6 @@ from freezeframe.config import format_size
 from freezeframe.dumps import DUMPS, DumpsView
 from freezeframe.errors import FreezeframeError, one_line
 from freezeframe.profile import ApplicationSpec, Profile, StageSpec
-from freezeframe.quiesce_order import quiesce_after, quiesce_levels
 from freezeframe.registry import Registry
 from freezeframe.session import Session
 
@@ -33,10 +32,10 @@ __all__ = [
     "captures_only",
     "check",
     "completed_paths",
+    "completion_problems",
     "data_paths",
     "frozen_write_problems",
     "pairing_problems",
-    "plan",
     "settle_captures",
     "snapshot_kinds",
     "window_estimates",
@@ -127,7 +126,23 @@ def check(session: Session) -> Problems:
             problems.append(f"{label}: check failed: {one_line(e)}")
     if not problems:  # the estimate needs reachable applications and a stage's dir
         settle_captures(session)
+        problems += completion_problems(session)
         problems += window_problems(session)
+    return problems
+
+
+def completion_problems(session: Session) -> list[str]:
+    """A path that applications complete into the views and a snapshot stage cannot hold."""
+    completed = completed_paths(session)
+    problems = []
+    for stage in session.profile.stages:
+        if stage.role != Role.SNAPSHOT or not completed:
+            continue
+        try:
+            with session.alone(stage.component):
+                stage.component.check_completions(completed)
+        except FreezeframeError as e:
+            problems.append(f"stage {stage.name!r}: {one_line(e)}")
     return problems
 
 
@@ -337,62 +352,6 @@ def frozen_write_problems(profile: Profile) -> list[str]:
                         "move it to another filesystem"
                     )
     return problems
-
-
-def plan(session: Session) -> dict[str, Any]:
-    """What a backup would do, step by step, without doing it."""
-    profile = session.profile
-    apps = profile.applications
-    try:
-        settle_captures(session)  # as the backup's check will
-        paths: list[str] | str = [str(p) for p in data_paths(session)]
-    except Exception as e:
-        paths = f"unknown until the applications are reachable: {one_line(e)}"
-    windowed = windowed_stages(profile)
-    try:
-        estimates: dict[str, WindowEstimate] | str = window_estimates(session)
-    except Exception as e:
-        estimates = f"unknown until the applications are reachable: {one_line(e)}"
-    return {
-        "profile": profile.name,
-        "freeze_timeout_s": profile.freeze_timeout,
-        "thaw": profile.thaw,
-        "state_dir": str(profile.home),
-        "max_copy_in_window": profile.max_copy_in_window,
-        "data_paths": paths,
-        "quiesce_order": quiesce_levels(quiesce_after(profile)),
-        "applications": [
-            {
-                "name": a.name,
-                "plugin": a.info.kind,
-                "on_quiesce_failure": a.on_quiesce_failure,
-                "capture": a.capture,
-                "crash_safety": str(a.component.crash_safety),
-            }
-            for a in apps
-        ],
-        "stages": [
-            {
-                "name": s.name,
-                "backend": s.info.kind,
-                "role": str(s.role),
-                "source": s.source,
-                "in_freeze_window": s in windowed,
-                "keep": s.keep.to_json() if s.keep else None,
-                "released_after_run": profile.released_after_run(s),
-                "window": _window(estimates, s.name),
-            }
-            for s in profile.stages
-        ],
-    }
-
-
-def _window(estimates: dict[str, WindowEstimate] | str, stage: str) -> dict[str, Any] | None:
-    """A stage's estimate for ``plan --json``: ``None`` for a stage outside the window."""
-    if isinstance(estimates, str):
-        return {"how": "unknown", "bytes_copied": None, "note": estimates}
-    e = estimates.get(stage)
-    return None if e is None else {"how": e.how, "bytes_copied": e.bytes_copied, "note": e.note}
 
 
 def _device(path: Path) -> int | None:

@@ -97,6 +97,23 @@ class BtrfsBackend(Backend):
                 raise ConfigError("paths", f"{p} and dir {self.dir} contain one another")
 
     # -- check ---------------------------------------------------------------
+    def check_completions(self, completed: Sequence[Path]) -> None:
+        """Each path an application completes into the snapshot (or the nearest folder
+        above it that exists) must be on this btrfs filesystem, outside ``dir``."""
+        filesystem = self._filesystem()
+        for path in completed:
+            anchor = path
+            while not os.path.lexists(anchor) and anchor != anchor.parent:
+                anchor = anchor.parent
+            try:
+                self._locate(anchor, filesystem)
+            except FreezeframeError:
+                raise FreezeframeError(
+                    f"{path}, which an application writes into the snapshot after the thaw "
+                    f"(a logical capture's file or dump_path), is not on the btrfs filesystem "
+                    f"of dir {self.dir} (or overlaps dir): put it on that filesystem"
+                ) from None
+
     def own_paths(self) -> list[Path]:
         """The table's ``paths``: taken while the applications are frozen."""
         return list(self.paths)

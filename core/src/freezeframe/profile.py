@@ -302,9 +302,7 @@ class _Loader:
         profile lists no snapshot stage: its copy stages then read the dumps."""
         if not raws:
             self.problem("[[backup]]", "the profile has no [[backup]] stage")
-        specs: list[StageSpec] = []
-        dumps = self._dumps(raws, home)
-        seen: dict[str, Role | None] = {DUMPS: Role.SNAPSHOT} if dumps else {}
+        heads = []  # each table's backend resolved once: the dumps view depends on the roles
         for i, raw in enumerate(raws):
             where, name, kind = self._head(raw, "backup", i, "backend")
             rest = {k: v for k, v in raw.items() if k not in ("name", "backend")}
@@ -312,16 +310,20 @@ class _Loader:
                 {k: rest.pop(k) for k in ("source", "keep", "distribution") if k in rest},
                 base_dir=self.base_dir,
             )
+            info: ComponentInfo | None = None
+            if kind is not None:
+                info = self._lookup(where, "backend", self.registry.backend, kind, core)
+            heads.append((where, name, rest, core, info))
+        roles = [info.cls.role if info is not None else None for *_, info in heads]
+        dumps = self._dumps([name for _, name, *_ in heads], roles, home)
+        specs: list[StageSpec] = []
+        seen: dict[str, Role | None] = {DUMPS: Role.SNAPSHOT} if dumps else {}
+        for (where, name, rest, core, info), role in zip(heads, roles, strict=True):
             source: str | None = self._field(where, None, core.get_str, "source", None)
             keep_table = self._field(where, None, core.get_table, "keep")
             keep: KeepPolicy | None = None
             if keep_table is not None:
                 keep = self._field(where, None, KeepPolicy.from_table, keep_table)
-            role: Role | None = None
-            info: ComponentInfo | None = None
-            if kind is not None:
-                info = self._lookup(where, "backend", self.registry.backend, kind, core)
-                role = info.cls.role if info is not None else None
             if role == Role.COPY:
                 source = self._resolve_source(where, source, seen)
             elif source is not None and role == Role.SNAPSHOT:
@@ -341,22 +343,14 @@ class _Loader:
                 specs.append(StageSpec(name, info, component, role, source, keep))
         return [dumps, *specs] if dumps else specs
 
-    def _dumps(self, raws: list[dict[str, Any]], home: Path) -> StageSpec | None:
+    def _dumps(
+        self, names: list[str | None], roles: list[Role | None], home: Path
+    ) -> StageSpec | None:
         """The dumps view, for a profile whose stages are all copies (none when one of its
         stages is, or may be, a snapshot stage, or when a stage takes the name)."""
-        roles = []
-        for raw in raws:
-            info = None
-            if isinstance(kind := raw.get("backend"), str):
-                try:
-                    pin = raw.get("distribution")
-                    info = self.registry.backend(kind, pin if isinstance(pin, str) else None)
-                except (ConfigError, PluginError):
-                    pass  # _stages says why
-            roles.append(info.cls.role if info is not None else None)
         if not roles or any(r != Role.COPY for r in roles):
             return None
-        if any(raw.get("name") == DUMPS for raw in raws):
+        if DUMPS in names:
             self.problem(
                 f"[[backup]] {DUMPS!r}",
                 f'field "name": {DUMPS!r} is the name of the view that the copy stages of a '

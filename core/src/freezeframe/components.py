@@ -11,7 +11,8 @@ abstract methods out, and names the missing ones.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ from freezeframe.boundary import (
     WindowEstimate,
 )
 from freezeframe.config import Table
+from freezeframe.drilling import DrillContext, Running
 
 __all__ = [
     "API_VERSION",
@@ -33,9 +35,11 @@ __all__ = [
     "Backend",
     "CrashSafety",
     "Deadline",
+    "DrillContext",
     "ProgressCallback",
     "RestoreOptions",
     "Role",
+    "Running",
     "SnapshotKind",
     "StageContext",
     "WindowEstimate",
@@ -112,6 +116,9 @@ class ApplicationPlugin(_Component):
     #: records its freeze window as ``writes_blocked_ms``); ``False`` for a plug-in that
     #: fixes its point in time without blocking any write (PostgreSQL), recorded as 0.
     blocks_writes: ClassVar[bool] = True
+    #: Whether a drill can run the profile's ``sql`` checks on the restored copy
+    #: (:attr:`Running.query`); ``check`` refuses a ``sql`` check of a plug-in without.
+    answers_sql: ClassVar[bool] = False
 
     @property
     def completes(self) -> bool:
@@ -194,6 +201,26 @@ class ApplicationPlugin(_Component):
 
     def verify_restored(self, root: Path) -> None:
         """Check data restored under ``root``; raise a FreezeframeError when it is unusable."""
+
+    @contextmanager
+    def drill(self, ctx: DrillContext) -> Iterator[Running | None]:
+        """Start the application on the copy restored under ``ctx.root`` and check it deeply.
+
+        A context manager: before it yields, run the checks that need the copy stopped,
+        start the application in isolation (its sockets and logs in ``ctx.work``, a
+        private port or none, never the original's; processes through
+        :meth:`DrillContext.spawn`), let it recover, and run its deep checks, each through
+        :meth:`DrillContext.check`; yield how to reach it (:class:`Running`; ``None``
+        when it did not start: the start is then a failed check). The profile's checks
+        run while it is yielded, with every application of the run started. On leaving,
+        stop it (also when the block raised), then run the checks that need it stopped
+        again. Raise only for what is not a finding about the copy (an interrupt);
+        a finding is a failed check.
+
+        By default: :meth:`verify_restored` as the one check, and nothing to reach.
+        """
+        ctx.check("verify_restored", lambda: self.verify_restored(ctx.root))
+        yield None
 
     def watchdog_thaw_command(self) -> Sequence[str] | None:
         """For ``crash_safety = WATCHDOG``: the argv that thaws the application from outside.

@@ -15,6 +15,8 @@ What ``API_VERSION`` covers, by job:
 - records passed to and returned by components: ``Artifact``, ``StageContext``,
   ``Deadline``, ``RestoreOptions``, ``ProgressCallback``, ``WindowEstimate``;
 - configuration: ``Table``, ``Secret``, ``parse_duration``;
+- drills (``ApplicationPlugin.drill``): ``DrillContext``, ``Running``, ``CheckFailed``,
+  ``CheckSkipped``, ``env_prefix``;
 - errors: ``FreezeframeError``, ``ConfigError``, ``QuiesceError``, ``StageError``,
   ``Cancelled``, ``ToolError``;
 - running tools: ``find_tool``, ``run_tool``, ``streaming_tool``, ``die_with_us`` (a
@@ -65,6 +67,7 @@ from freezeframe.copying import (
     outermost,
     tree_size,
 )
+from freezeframe.drilling import CheckFailed, CheckSkipped, DrillContext, Running, env_prefix
 from freezeframe.errors import Cancelled, ConfigError, FreezeframeError, QuiesceError, StageError
 from freezeframe.folder_view import FolderView
 from freezeframe.fsutil import fsync_dir, sqlite_uri, syncfs, under, writable_dir
@@ -101,10 +104,13 @@ __all__ = [
     "Artifact",
     "Backend",
     "Cancelled",
+    "CheckFailed",
+    "CheckSkipped",
     "ConfigError",
     "CopyStats",
     "CrashSafety",
     "Deadline",
+    "DrillContext",
     "FolderView",
     "FreezeframeError",
     "Layout",
@@ -114,6 +120,7 @@ __all__ = [
     "Repository",
     "RestoreOptions",
     "Role",
+    "Running",
     "Secret",
     "SnapshotKind",
     "StageContext",
@@ -128,6 +135,7 @@ __all__ = [
     "die_with_us",
     "digests",
     "dotted",
+    "env_prefix",
     "exists_below",
     "find_tool",
     "fsync_dir",

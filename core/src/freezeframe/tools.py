@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from freezeframe.components import StageContext
+from freezeframe.boundary import StageContext
 from freezeframe.config import SECRET_ENV_NAMES
 from freezeframe.errors import Cancelled, FreezeframeError
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from freezeframe.catalog import Catalog, CatalogError, CatalogReadOnly
+from freezeframe.catalog_file import SCHEMA_VERSION
 from freezeframe.components import Artifact, Role
 from freezeframe.errors import FreezeframeError
 from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord, iso
@@ -287,7 +288,7 @@ def test_a_catalog_of_schema_1_is_read_as_it_is_and_upgraded_when_written(
         assert cat.get("r1") == old
     assert new is not None and new.applications == (logical,)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()
 
 

@@ -1,6 +1,6 @@
 """A backup run: journal it, prepare and quiesce, run the snapshot stages, thaw (always),
 complete the captures and release them (always), seal, run the copy stages, make it
-durable, record it, then release and retain.
+durable, record it, then release and retain, and drill it if the profile says so.
 
 The try/finally that thaws is :func:`_window`, the one that releases :func:`_stages`;
 :mod:`freezeframe.freeze` holds the protocol they call.
@@ -17,6 +17,7 @@ from pathlib import Path
 from freezeframe._faults import point
 from freezeframe.catalog import Catalog, CatalogError
 from freezeframe.components import CrashSafety, Deadline, Role
+from freezeframe.drill import drill_run
 from freezeframe.errors import FreezeframeError, Interrupted, one_line
 from freezeframe.freeze import (
     complete_all,
@@ -30,7 +31,7 @@ from freezeframe.fsutil import syncfs
 from freezeframe.lock import Owner
 from freezeframe.preflight import check, windowed_stages
 from freezeframe.profile import StageSpec
-from freezeframe.records import RunRecord, RunStatus
+from freezeframe.records import DrillRecord, RunRecord, RunStatus
 from freezeframe.recovery import discard_run
 from freezeframe.retention import release_and_retain
 from freezeframe.running import Run, Signals, new_record
@@ -50,6 +51,8 @@ class BackupResult:
 
     record: RunRecord
     interrupted_by: int | None = None
+    #: The drill of the new run, when the profile asks for one (``drill = "after-backup"``).
+    drill: DrillRecord | None = None
 
 
 def run_backup(
@@ -93,7 +96,16 @@ def run_backup(
             run.error("retention", one_line(e))
         run.record = catalog.get(run.record.run_id) or run.record  # what retention did
     session.notify("freezeframe_run_finished", run=run.record)
-    return BackupResult(run.record, interrupted_by)
+    drill: DrillRecord | None = None
+    if status == RunStatus.SUCCEEDED and not interrupted_by and session.profile.drill != "none":
+        try:  # outside the window, after the copies and retention: a failure keeps the run
+            drill = drill_run(session, catalog, signals, run.record)
+        except Interrupted as e:
+            interrupted_by = e.signum
+        except FreezeframeError as e:  # nothing of the run left to restore
+            run.error("drill", one_line(e))
+        run.record = catalog.get(run.record.run_id) or run.record  # its proof
+    return BackupResult(run.record, interrupted_by, drill)
 
 
 def _stages(session: Session, run: Run, signals: Signals, progress: ProgressFactory | None) -> None:

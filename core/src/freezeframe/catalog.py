@@ -35,7 +35,17 @@ from freezeframe.catalog_file import (
 from freezeframe.components import Artifact
 from freezeframe.errors import FreezeframeError
 from freezeframe.lock import Owner
-from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, StageRecord, iso
+from freezeframe.records import (
+    ApplicationRecord,
+    DrillApplication,
+    DrillRecord,
+    DrillStatus,
+    Proof,
+    RunRecord,
+    RunStatus,
+    StageRecord,
+    iso,
+)
 
 __all__ = ["Catalog", "CatalogError", "CatalogReadOnly"]
 
@@ -83,6 +93,8 @@ class Catalog:
         self._added = ", ".join(
             c if c in have else f"NULL AS {c}" for t, c, _ in ADDED_COLUMNS if t == "applications"
         )
+        # a read-only catalog made before drills were has no drills table: none were made
+        self._drills = bool(columns(self._db, "drills"))
 
     @property
     def lost_marker(self) -> Path:
@@ -265,10 +277,90 @@ class Catalog:
         with self._transaction() as db:
             db.execute("INSERT INTO errors VALUES (?,?,?,?)", (run_id, at, source, message))
 
+    # -- drills --------------------------------------------------------------
+    @_guarded
+    def save_drill(self, drill: DrillRecord) -> None:
+        """Write the whole record of ``drill`` in one transaction."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO drills(drill_id, run_id, status, started_at, finished_at, scratch,"
+                " record) VALUES (?,?,?,?,?,?,?) ON CONFLICT(drill_id) DO UPDATE SET"
+                " status=excluded.status, finished_at=excluded.finished_at,"
+                " record=excluded.record",
+                (
+                    drill.drill_id,
+                    drill.run_id,
+                    str(drill.status),
+                    drill.started_at,
+                    drill.finished_at,
+                    drill.scratch,
+                    # the times as numbers: the JSON form has them as text
+                    json.dumps(
+                        {
+                            **drill.to_json(),
+                            "started_at": drill.started_at,
+                            "finished_at": drill.finished_at,
+                        }
+                    ),
+                ),
+            )
+
+    @_guarded
+    def add_drill_process(self, drill_id: str, owner: Owner) -> None:
+        """Record a process a drill started, for the next command to kill if the drill dies."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO drill_processes VALUES (?,?,?,?)",
+                (drill_id, owner.pid, owner.boot_id, owner.start_ticks),
+            )
+
+    @_guarded
+    def drill_processes(self, drill_id: str) -> list[Owner]:
+        """The processes recorded for ``drill_id``."""
+        rows = self._db.execute(
+            "SELECT pid, boot_id, start_ticks FROM drill_processes WHERE drill_id=?", (drill_id,)
+        ).fetchall()
+        return [Owner(*r) for r in rows]
+
+    @_guarded
+    def drill_cleaned(self, drill_id: str) -> None:
+        """The drill's processes are gone and its scratch folder removed."""
+        with self._transaction() as db:
+            db.execute("UPDATE drills SET cleaned=1 WHERE drill_id=?", (drill_id,))
+            db.execute("DELETE FROM drill_processes WHERE drill_id=?", (drill_id,))
+
+    @_guarded
+    def drills(self, run_id: str | None = None, *, uncleaned: bool = False) -> list[DrillRecord]:
+        """The drills (of ``run_id``; only those whose scratch is not known removed), newest
+        first."""
+        if not self._drills:
+            return []
+        where, args = [], []
+        if run_id is not None:
+            where.append("run_id=?")
+            args.append(run_id)
+        if uncleaned:
+            where.append("cleaned=0")
+        query = "SELECT record FROM drills" + (f" WHERE {' AND '.join(where)}" if where else "")
+        rows = self._db.execute(query + " ORDER BY started_at DESC, drill_id DESC", args)
+        return [_drill(json.loads(r[0])) for r in rows.fetchall()]
+
+    @_guarded
+    def verdicts(self) -> dict[str, DrillStatus]:
+        """For each run drilled to a verdict, its newest drill's (passed or failed)."""
+        if not self._drills:
+            return {}
+        rows = self._db.execute(
+            "SELECT run_id, status FROM drills WHERE status IN ('passed', 'failed')"
+            " ORDER BY started_at, drill_id"
+        ).fetchall()
+        return {run_id: DrillStatus(status) for run_id, status in rows}  # the newest wins
+
     # -- reading -------------------------------------------------------------
     @_guarded
     def runs(self, *, status: RunStatus | None = None) -> list[RunRecord]:
-        """Every run, newest first (optionally only those with ``status``)."""
+        """Every run, newest first (optionally only those with ``status``), each with what
+        its drills say (:attr:`RunRecord.proof`)."""
         query = "SELECT * FROM runs"
         args: tuple[Any, ...] = ()
         if status is not None:
@@ -277,7 +369,9 @@ class Catalog:
         with closing(self._db.execute(query + " ORDER BY started_at DESC, run_id DESC", args)) as c:
             rows = c.fetchall()
             cols = [d[0] for d in c.description]
-        return [self._load(dict(zip(cols, row, strict=True))) for row in rows]
+        verdicts = self.verdicts()
+        loaded = [dict(zip(cols, row, strict=True)) for row in rows]
+        return [self._load(r, verdicts.get(r["run_id"])) for r in loaded]
 
     @_guarded
     def get(self, ref: str) -> RunRecord | None:
@@ -310,7 +404,7 @@ class Catalog:
         row = self._db.execute("SELECT pid FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return row[0] if row else None
 
-    def _load(self, row: dict[str, Any]) -> RunRecord:
+    def _load(self, row: dict[str, Any], verdict: DrillStatus | None) -> RunRecord:
         run_id = row["run_id"]
         apps = []
         for r in self._db.execute(
@@ -369,4 +463,21 @@ class Catalog:
             tuple(apps),
             tuple(stages),
             row["error"],
+            str(Proof.of(verdict)),
         )
+
+
+def _drill(data: dict[str, Any]) -> DrillRecord:
+    """A drill's record as :meth:`DrillRecord.to_json` wrote it."""
+    return DrillRecord(
+        drill_id=data["drill_id"],
+        run_id=data["run_id"],
+        profile=data["profile"],
+        stage=data["stage"],
+        status=DrillStatus(data["status"]),
+        started_at=float(data["started_at"]),
+        scratch=str(data.get("scratch") or ""),
+        finished_at=data.get("finished_at"),
+        applications=tuple(DrillApplication.from_json(a) for a in data.get("applications", ())),
+        error=data.get("error"),
+    )

@@ -48,8 +48,8 @@ class CatalogReadOnly(CatalogError):
     """A write to a catalog opened read-only (its folder cannot be written)."""
 
 
-SCHEMA_VERSION = 3  # 2: applications gained capture, complete_start, complete_end;
-# 3: captured_at, writes_blocked_ms
+SCHEMA_VERSION = 4  # 2: applications gained capture, complete_start, complete_end;
+# 3: captured_at, writes_blocked_ms; 4: drills, drill_processes
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, profile TEXT NOT NULL, status TEXT NOT NULL,
@@ -78,6 +78,17 @@ CREATE TABLE IF NOT EXISTS errors (
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started_at);
 CREATE TABLE IF NOT EXISTS pending_deletes (
     run_id TEXT NOT NULL, stage TEXT NOT NULL, PRIMARY KEY (run_id, stage)
+);
+CREATE TABLE IF NOT EXISTS drills (
+    drill_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    status TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
+    scratch TEXT NOT NULL, cleaned INTEGER NOT NULL DEFAULT 0, record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS drills_run ON drills(run_id, started_at);
+CREATE TABLE IF NOT EXISTS drill_processes (
+    drill_id TEXT NOT NULL REFERENCES drills(drill_id) ON DELETE CASCADE,
+    pid INTEGER NOT NULL, boot_id TEXT NOT NULL, start_ticks INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS owners (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, role TEXT NOT NULL,

@@ -1,6 +1,6 @@
 """The ``freezeframe`` command: one verb per task, each taking the profile, each with ``--json``.
 
-Exit codes: 0 success; 1 a run, restore or verify failed (or ``plugins`` found a
+Exit codes: 0 success; 1 a run, restore, verify or drill failed (or ``plugins`` found a
 kind registered twice); 2 bad profile or usage; 3 the profile is busy (another run
 holds its lock); 128+N interrupted by signal N; 70 an internal error (a bug of ours:
 ``--debug`` shows its traceback).
@@ -110,6 +110,22 @@ def _parser() -> argparse.ArgumentParser:
     sp = verb("verify", "verify a run's artifacts")
     sp.add_argument("run", nargs="?", default="latest", help="run id, prefix or 'latest'")
     sp.add_argument("--stage", help="verify only this stage")
+    sp = verb(
+        "drill",
+        "prove a run: restore it into a scratch folder, start its applications on it, check them",
+    )
+    sp.add_argument(
+        "run",
+        nargs="?",
+        default=None,
+        help="run id, prefix or 'latest' (default: the newest succeeded run not yet drilled)",
+    )
+    sp.add_argument("--stage", help="restore from this stage (default: the last one left)")
+    sp.add_argument(
+        "--all-undrilled",
+        action="store_true",
+        help="drill every succeeded run not yet drilled, newest first",
+    )
     sp = verb("prune", "apply the stages' keep rules now")
     sp.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
     return p
@@ -156,7 +172,10 @@ def _cmd_plugins(args: argparse.Namespace, registry: Registry) -> int:
 
 def main(argv: Sequence[str] | None = None, registry: Registry | None = None) -> int:
     """Run the CLI; returns the exit code (``registry`` lets tests bring their own plug-ins)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.verb == "drill" and args.all_undrilled and args.run is not None:
+        parser.error("drill: give a RUN or --all-undrilled, not both")
     _setup_logging(args)
     try:
         registry = registry or default_registry()

@@ -307,6 +307,11 @@ class Table:
             raise ConfigError(key, "the program (first item) must not be empty")
         return list(value)
 
+    def get_any(self, key: str) -> Any:
+        """The value as the TOML file gives it (``None`` when absent): for a field whose
+        caller checks its type itself."""
+        return self._get(key, None)
+
     def get_table(self, key: str) -> dict[str, Any] | None:
         """A sub-table as a dict, or ``None`` when absent."""
         value = self._get(key, None)

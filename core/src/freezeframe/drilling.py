@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freezeframe.errors import Cancelled, FreezeframeError, one_line
+from freezeframe.errors import Cancelled, FreezeframeError, Interrupted, one_line
 from freezeframe.tools import die_with_us
 
 __all__ = [
@@ -161,7 +161,7 @@ class DrillContext:
             detail, status = run() or "", "passed"
         except CheckSkipped as e:
             detail, status = one_line(e), "skipped"
-        except Cancelled:
+        except (Cancelled, Interrupted):
             raise
         except Exception as e:  # a check that broke is a check that failed, recorded as one
             detail, status = one_line(e), "failed"

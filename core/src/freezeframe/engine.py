@@ -4,7 +4,8 @@ Each job lives in its own module: :mod:`~freezeframe.preflight` (pairing rules,
 ``check``, ``plan``), :mod:`~freezeframe.backup` (the run) with
 :mod:`~freezeframe.freeze` (prepare, quiesce, thaw) and :mod:`~freezeframe.stages`,
 :mod:`~freezeframe.recovery` (failed and crashed runs), :mod:`~freezeframe.retention`
-(keep rules, prune) and :mod:`~freezeframe.restore` (restore, verify). The engine
+(keep rules, prune), :mod:`~freezeframe.restore` (restore, verify) and
+:mod:`~freezeframe.drill` (restore, start and check: the proof of a backup). The engine
 talks to components only through :mod:`freezeframe.components`; it knows no
 application or backup tool by name.
 """
@@ -19,11 +20,12 @@ from typing import Any
 from freezeframe import planning, preflight, recovery, restore, retention
 from freezeframe.backup import BackupResult, run_backup
 from freezeframe.catalog import Catalog
+from freezeframe.drill import drill_runs
 from freezeframe.errors import BusyError
 from freezeframe.fsutil import ensure_private_dir
 from freezeframe.lock import ProfileLock
 from freezeframe.profile import Profile
-from freezeframe.records import RunRecord, StageRecord
+from freezeframe.records import DrillRecord, RunRecord, StageRecord
 from freezeframe.registry import Registry
 from freezeframe.retention import Deletion
 from freezeframe.running import Signals
@@ -130,3 +132,16 @@ class Engine:
     ) -> tuple[RunRecord, list[StageRecord], list[str], dict[str, str]]:
         """Verify every live artifact of run ``ref`` (see :func:`freezeframe.restore.verify`)."""
         return restore.verify(self.session, ref, stage=stage)
+
+    def drill(
+        self, ref: str | None, *, stage: str | None = None, every: bool = False
+    ) -> list[DrillRecord]:
+        """Drill run ``ref``, or the newest succeeded run not yet drilled (``every``: each
+        of them); see :func:`freezeframe.drill.drill_runs`."""
+        signals = Signals()
+        with signals.installed(), self.locked("drill") as catalog:
+            return drill_runs(self.session, catalog, signals, ref, stage=stage, every=every)
+
+    def drills(self, catalog: Catalog, run_id: str) -> list[DrillRecord]:
+        """The drills of ``run_id``, newest first."""
+        return catalog.drills(run_id)

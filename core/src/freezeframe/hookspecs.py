@@ -19,7 +19,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from freezeframe.components import ApplicationPlugin, Backend
-    from freezeframe.records import RunRecord, StageRecord
+    from freezeframe.records import DrillRecord, RunRecord, StageRecord
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -79,4 +79,16 @@ def freezeframe_run_finished(run: RunRecord) -> None:
     """A run is over and recorded: every application is thawed and ``run.status`` is final.
 
     An observer; the place for "backup failed" alerts. Exceptions are logged and ignored.
+    """
+
+
+@hookspec
+def freezeframe_drill_finished(run: RunRecord, drill: DrillRecord) -> None:
+    """A drill of ``run`` is over and recorded: its scratch folder is gone and every
+    application it started is stopped.
+
+    ``drill.status`` is ``passed`` or ``failed`` (``drill.failures`` lists each failed
+    check in one line); ``drill.applications`` holds every check's result. Not called for a
+    drill cut short by a signal. An observer: the place for "restore drill failed"
+    alerts. Exceptions are logged and ignored.
     """

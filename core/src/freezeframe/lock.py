@@ -19,7 +19,7 @@ from types import TracebackType
 from freezeframe.errors import BusyError
 from freezeframe.records import iso
 
-__all__ = ["Owner", "ProfileLock"]
+__all__ = ["Owner", "ProfileLock", "proc_stat"]
 
 #: How often to try again when the lock file was replaced between open and flock.
 _REOPEN_TRIES = 5
@@ -93,17 +93,25 @@ def _boot_id() -> str:
         return ""
 
 
-def _start_ticks(pid: int) -> int | None:
-    """Field 22 of ``/proc/PID/stat``: when the process started, in clock ticks since boot
-    (``None`` when there is no such process, or only its zombie)."""
+def proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` from the third on (state, ppid, pgrp, ...: field N
+    is item N - 3), or ``None`` when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
     # the command name (field 2) may hold spaces and parentheses: split after its last ")"
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):  # dead, not yet reaped by its parent
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def _start_ticks(pid: int, *, zombie: bool = False) -> int | None:
+    """Field 22 of ``/proc/PID/stat``: when the process started, in clock ticks since boot
+    (``None`` when there is no such process, or only its zombie unless ``zombie``)."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return None
+    if fields[0] in (b"Z", b"X") and not zombie:  # dead, not yet reaped by its parent
         return None
     return int(fields[22 - 3])
 
@@ -117,9 +125,10 @@ class Owner:
     start_ticks: int
 
     @classmethod
-    def of(cls, pid: int) -> Owner | None:
-        """The process ``pid`` now (``None`` when there is none)."""
-        ticks = _start_ticks(pid)
+    def of(cls, pid: int, *, zombie: bool = False) -> Owner | None:
+        """The process ``pid`` now (``None`` when there is none; with ``zombie``, also one
+        that has ended but that its parent has not reaped yet)."""
+        ticks = _start_ticks(pid, zombie=zombie)
         return None if ticks is None else cls(pid, _boot_id(), ticks)
 
     @classmethod

@@ -20,14 +20,21 @@ from freezeframe.dumps import DUMPS, DumpsView
 from freezeframe.errors import ConfigError, PluginError, ProfileError
 from freezeframe.keep import KeepPolicy
 from freezeframe.registry import ComponentInfo, Registry
-from freezeframe.specs import MAX_COPY_IN_WINDOW, ApplicationSpec, Profile, StageSpec
+from freezeframe.specs import (
+    DRILL_MODES,
+    MAX_COPY_IN_WINDOW,
+    ApplicationSpec,
+    Profile,
+    StageSpec,
+    UserCheck,
+    default_drill_dir,
+)
 
 __all__ = ["ApplicationSpec", "Profile", "StageSpec", "default_state_dir", "load_profile"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 THAW_MODES = ("after-snapshot", "after-backup")
 ON_QUIESCE_FAILURE = ("fail", "crash-consistent")
-_PROFILE_FIELDS = {"name", "freeze_timeout", "thaw", "state_dir", "max_copy_in_window"}
 #: The largest profile read: a profile of hundreds of applications is a few dozen KiB.
 PROFILE_LIMIT = 1 << 20
 #: The longest ``freeze_timeout``: an application frozen for longer is an outage, not a backup.
@@ -82,21 +89,17 @@ class _Loader:
     def load(self, data: dict[str, Any]) -> Profile:
         for key in sorted(set(data) - {"profile", "application", "backup"}):
             self.problem(key, "unknown top-level key (use [profile], [[application]], [[backup]])")
-        name, freeze_timeout, thaw, state_dir, max_copy = self._profile_table(data.get("profile"))
+        fields = self._profile_table(data.get("profile"))
         applications = self._applications(self._array(data, "application"))
-        stages = self._stages(self._array(data, "backup"), state_dir / name)
+        stages = self._stages(self._array(data, "backup"), fields["state_dir"] / fields["name"])
         applications = [self._capture(a, stages) for a in applications]
         if self.problems:
             raise ProfileError(self.problems)
         return Profile(
             self.path,
-            name,
-            freeze_timeout,
-            thaw,
-            state_dir,
-            tuple(applications),
-            tuple(stages),
-            max_copy,
+            applications=tuple(applications),
+            stages=tuple(stages),
+            **fields,
         )
 
     def _array(self, data: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -106,29 +109,40 @@ class _Loader:
             return []
         return value
 
-    def _profile_table(self, raw: object) -> tuple[str, float, str, Path, int]:
-        if not isinstance(raw, dict):
+    def _profile_table(self, raw: object) -> dict[str, Any]:
+        """The ``[profile]`` fields, as :class:`Profile` takes them (defaults where a field
+        is missing or wrong: the problem is recorded)."""
+        missing = not isinstance(raw, dict)
+        if missing:
             self.problem("[profile]", 'missing (it needs at least name = "...")')
-            return "?", 10.0, THAW_MODES[0], default_state_dir(), MAX_COPY_IN_WINDOW
-        table = Table(raw, base_dir=self.base_dir)
+        table = Table(raw if isinstance(raw, dict) else {}, base_dir=self.base_dir)
         where = "[profile]"
-        raw_name = self._field(where, None, table.get_str, "name")
+        raw_name = None if missing else self._field(where, None, table.get_str, "name")
         name = (self._check_name(where, "name", raw_name) if raw_name else None) or "?"
-        timeout: float = self._field(
-            where, 10.0, table.get_duration, "freeze_timeout", 10.0, maximum=LONGEST_FREEZE
-        )
-        thaw: str = self._field(
-            where, THAW_MODES[0], table.get_choice, "thaw", THAW_MODES, THAW_MODES[0]
-        )
-        state_dir: Path = self._field(
-            where, default_state_dir(), table.get_path, "state_dir", default_state_dir()
-        )
-        max_copy: int = self._field(
-            where, MAX_COPY_IN_WINDOW, table.get_size, "max_copy_in_window", MAX_COPY_IN_WINDOW
-        )
+        fields = {
+            "name": name,
+            "freeze_timeout": self._field(
+                where, 10.0, table.get_duration, "freeze_timeout", 10.0, maximum=LONGEST_FREEZE
+            ),
+            "thaw": self._field(
+                where, THAW_MODES[0], table.get_choice, "thaw", THAW_MODES, THAW_MODES[0]
+            ),
+            "state_dir": self._field(
+                where, default_state_dir(), table.get_path, "state_dir", default_state_dir()
+            ),
+            "max_copy_in_window": self._field(
+                where, MAX_COPY_IN_WINDOW, table.get_size, "max_copy_in_window", MAX_COPY_IN_WINDOW
+            ),
+            "drill": self._field(
+                where, DRILL_MODES[0], table.get_choice, "drill", DRILL_MODES, DRILL_MODES[0]
+            ),
+            "drill_dir": self._field(
+                where, default_drill_dir(), table.get_path, "drill_dir", default_drill_dir()
+            ),
+        }
         for key in table.unread():
             self.problem("[profile]", f'field "{key}": unknown field')
-        return name, timeout, thaw, state_dir, max_copy
+        return fields
 
     def _field(
         self, where: str, fallback: Any, read: Callable[..., Any], *args: Any, **kwargs: Any
@@ -212,11 +226,12 @@ class _Loader:
             core = Table(
                 {
                     k: rest.pop(k)
-                    for k in ("after", "on_quiesce_failure", "distribution", "capture")
+                    for k in ("after", "on_quiesce_failure", "distribution", "capture", "check")
                     if k in rest
                 },
                 base_dir=self.base_dir,
             )
+            raw_checks = core.get_any("check")
             after = tuple(self._field(where, [], core.get_str_list, "after"))
             on_fail: str = self._field(
                 where, "fail", core.get_choice, "on_quiesce_failure", ON_QUIESCE_FAILURE, "fail"
@@ -239,10 +254,74 @@ class _Loader:
                 )
             else:
                 # without it, _capture() picks the default once the stages are known
-                spec = ApplicationSpec(name, info, component, after, on_fail, capture)
+                checks = self._user_checks(where, raw_checks, kind, component.answers_sql)
+                spec = ApplicationSpec(name, info, component, after, on_fail, capture, checks)
                 specs.append(spec)
         self._check_after(afters)
         return specs
+
+    def _user_checks(
+        self, where: str, raw: object, kind: str, answers_sql: bool
+    ) -> tuple[UserCheck, ...]:
+        """The ``[[application.check]]`` tables: each a ``sql`` query with the value it must
+        ``expect``, or a ``command`` (argv) that must exit 0; ``name`` and ``timeout``
+        optional."""
+        if raw is None:
+            return ()
+        if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+            self.problem(where, 'field "check": must be an array of tables, [[application.check]]')
+            return ()
+        checks: list[UserCheck] = []
+        for i, one in enumerate(raw):
+            at = f"{where} check #{i + 1}"
+            table = Table(one, base_dir=self.base_dir)
+            name = self._field(at, None, table.get_str, "name", None)
+            if name is not None:
+                if self._check_name(at, "name", name) is None:
+                    continue
+                at = f"{where} check {name!r}"
+            sql: str | None = self._field(at, None, table.get_str, "sql", None)
+            command: list[str] = self._field(at, [], table.get_argv, "command", [])
+            timeout: float = self._field(at, 300.0, table.get_duration, "timeout", 300.0)
+            has_expect = "expect" in table
+            expect = table.get_any("expect")
+            for key in table.unread():
+                self.problem(
+                    at,
+                    f'field "{key}": unknown field (a check has name, sql, expect, '
+                    "command, timeout)",
+                )
+            if (sql is None) == (not command):
+                self.problem(at, 'give either sql = "..." (with expect) or command = [...]')
+                continue
+            if sql is not None and not answers_sql:
+                self.problem(
+                    at,
+                    f'field "sql": plug-in {kind!r} answers no SQL; check it with '
+                    "command = [...] instead",
+                )
+                continue
+            if sql is not None and not has_expect:
+                self.problem(
+                    at,
+                    'field "expect": missing: a sql check needs the value its '
+                    "query must return (expect = true, expect = 42, ...)",
+                )
+                continue
+            if sql is not None and isinstance(expect, (dict, list)):
+                self.problem(at, 'field "expect": expected a string, number, boolean or date')
+                continue
+            if command and has_expect:
+                self.problem(
+                    at, 'field "expect": a command check expects exit status 0; remove expect'
+                )
+                continue
+            name = name or f"check-{i + 1}"
+            if any(c.name == name for c in checks):
+                self.problem(at, f'field "name": duplicate check name {name!r}')
+                continue
+            checks.append(UserCheck(name, sql, expect, tuple(command), timeout))
+        return tuple(checks)
 
     @staticmethod
     def _capture(app: ApplicationSpec, stages: Sequence[StageSpec]) -> ApplicationSpec:

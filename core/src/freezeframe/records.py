@@ -9,9 +9,14 @@ from enum import StrEnum
 from typing import Any
 
 from freezeframe.components import Artifact
+from freezeframe.drilling import CheckResult
 
 __all__ = [
     "ApplicationRecord",
+    "DrillApplication",
+    "DrillRecord",
+    "DrillStatus",
+    "Proof",
     "RunRecord",
     "RunStatus",
     "StageRecord",
@@ -160,6 +165,8 @@ class RunRecord:
     applications: tuple[ApplicationRecord, ...] = ()
     stages: tuple[StageRecord, ...] = ()
     error: str | None = None
+    #: What its drills say of it (read from the catalog's drills, never saved with it).
+    proof: str = "not drilled"
 
     @property
     def frozen_ms(self) -> float | None:
@@ -182,5 +189,116 @@ class RunRecord:
             "frozen_ms": self.frozen_ms,
             "applications": [a.to_json() for a in self.applications],
             "stages": [s.to_json() for s in self.stages],
+            "error": self.error,
+            "proof": self.proof,
+        }
+
+
+class DrillStatus(StrEnum):
+    """A drill's state in the catalog."""
+
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    #: Cut short (a signal, or freezeframe died): no verdict, the run is as before.
+    INTERRUPTED = "interrupted"
+
+
+class Proof(StrEnum):
+    """What the drills of a run say of it (its newest drill with a verdict)."""
+
+    PROVEN = "proven"
+    DRILL_FAILED = "drill failed"
+    NOT_DRILLED = "not drilled"
+
+    @classmethod
+    def of(cls, status: DrillStatus | None) -> Proof:
+        """The proof a run's newest drill with a verdict gives (``None``: none has one)."""
+        if status == DrillStatus.PASSED:
+            return cls.PROVEN
+        if status == DrillStatus.FAILED:
+            return cls.DRILL_FAILED
+        return cls.NOT_DRILLED
+
+
+@dataclass(frozen=True)
+class DrillApplication:
+    """One application in one drill: what was restored of it and what its checks found."""
+
+    name: str
+    plugin: str
+    restored_bytes: int = 0
+    restored_files: int = 0
+    checks: tuple[CheckResult, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "name": self.name,
+            "plugin": self.plugin,
+            "restored_bytes": self.restored_bytes,
+            "restored_files": self.restored_files,
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DrillApplication:
+        """The record :meth:`to_json` wrote."""
+        name = str(data["name"])
+        return cls(
+            name,
+            str(data["plugin"]),
+            int(data.get("restored_bytes") or 0),
+            int(data.get("restored_files") or 0),
+            tuple(CheckResult.from_json(name, c) for c in data.get("checks", ())),
+        )
+
+
+@dataclass(frozen=True)
+class DrillRecord:
+    """One drill of one run: restored into ``scratch``, checked, cleaned up."""
+
+    drill_id: str
+    run_id: str
+    profile: str
+    stage: str
+    status: DrillStatus
+    started_at: float
+    scratch: str
+    finished_at: float | None = None
+    applications: tuple[DrillApplication, ...] = ()
+    #: What stopped the drill before its checks could say (a restore that failed); the
+    #: failed checks are in ``applications``.
+    error: str | None = None
+
+    @property
+    def failures(self) -> list[str]:
+        """Each failed check, one line: ``application 'db': check 'pg_amcheck': ...``."""
+        lines = [
+            f"application {a.name!r}: check {c.name!r}: {c.detail}"
+            for a in self.applications
+            for c in a.checks
+            if c.failed
+        ]
+        return [*([self.error] if self.error else []), *lines]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form (``drill``, ``show``)."""
+        return {
+            "drill_id": self.drill_id,
+            "run_id": self.run_id,
+            "profile": self.profile,
+            "stage": self.stage,
+            "status": str(self.status),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "seconds": (
+                round(self.finished_at - self.started_at, 3)
+                if self.finished_at is not None
+                else None
+            ),
+            "scratch": self.scratch,
+            "applications": [a.to_json() for a in self.applications],
+            "failures": self.failures,
             "error": self.error,
         }

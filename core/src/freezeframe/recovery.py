@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from freezeframe.catalog import Catalog
 from freezeframe.components import CrashSafety
+from freezeframe.drill import clean_up_crashed
 from freezeframe.errors import BusyError, FreezeframeError, one_line
 from freezeframe.records import RunRecord, RunStatus
 from freezeframe.retention import Deletion, delete_all
@@ -84,10 +85,12 @@ def remove_outputs(
 
 def reconcile(session: Session, catalog: Catalog) -> None:
     """Runs still marked running belong to a process that died (we hold the lock): fail them.
+    Drills still marked running too: kill what they started, remove their scratch folders.
 
     Then finish the deletes a crash interrupted.
     """
     _reconcile_runs(session, catalog)
+    clean_up_crashed(catalog)
     finish_deletes(session, catalog)
 
 

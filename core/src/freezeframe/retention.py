@@ -17,7 +17,7 @@ from freezeframe.catalog import Catalog, CatalogError
 from freezeframe.components import Artifact
 from freezeframe.errors import Interrupted, one_line
 from freezeframe.keep import KEEP_MAX, RULES, KeepPolicy, select_keep
-from freezeframe.records import RunRecord, RunStatus
+from freezeframe.records import Proof, RunRecord, RunStatus
 
 if TYPE_CHECKING:
     from freezeframe.specs import Profile
@@ -58,9 +58,10 @@ class Deletion:
 def deletions(profile: Profile, catalog: Catalog) -> list[Deletion]:
     """Artifacts that the stages' ``keep`` rules no longer keep.
 
-    Whatever the rules say, the newest backup of each stage and its newest
-    verified one are kept. Refused (:class:`CatalogError`) while the catalog's
-    history is lost: its rules would run on part of the runs only.
+    Whatever the rules say, the newest backup of each stage, its newest verified one
+    and the newest proven run (a drill passed on it) are kept. Refused
+    (:class:`CatalogError`) while the catalog's history is lost: its rules would run on
+    part of the runs only.
     """
     if catalog.history_lost and any(s.keep for s in profile.stages):
         raise CatalogError(
@@ -69,6 +70,7 @@ def deletions(profile: Profile, catalog: Catalog) -> list[Deletion]:
         )
     found = []
     runs = catalog.runs(status=RunStatus.SUCCEEDED)
+    proven = next((r.run_id for r in runs if r.proof == Proof.PROVEN), None)
     for spec in profile.stages:
         if spec.keep is None:
             continue
@@ -83,6 +85,8 @@ def deletions(profile: Profile, catalog: Catalog) -> list[Deletion]:
         verified = [r for r, s in live if s.verified_at is not None]
         if verified:
             keep.add(verified[0].run_id)  # runs come newest first
+        if proven is not None:
+            keep.add(proven)
         for r, s in live:
             if r.run_id not in keep:
                 assert s.artifact is not None

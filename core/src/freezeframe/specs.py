@@ -4,18 +4,58 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from freezeframe.components import ApplicationPlugin, Backend, Role
 from freezeframe.errors import ProfileError
 from freezeframe.keep import KeepPolicy
 from freezeframe.registry import ComponentInfo
 
-__all__ = ["MAX_COPY_IN_WINDOW", "ApplicationSpec", "Profile", "StageSpec"]
+__all__ = [
+    "DRILL_MODES",
+    "MAX_COPY_IN_WINDOW",
+    "ApplicationSpec",
+    "Profile",
+    "StageSpec",
+    "UserCheck",
+    "default_drill_dir",
+]
 
 #: The default ``max_copy_in_window``: what a disk copies in well under a second.
 MAX_COPY_IN_WINDOW = 64 << 20
+#: ``drill = ...``: ``"none"`` (only ``freezeframe drill`` drills) or ``"after-backup"``.
+DRILL_MODES = ("none", "after-backup")
+
+
+def default_drill_dir() -> Path:
+    """Where drills make their scratch folders by default: ``/var/tmp/freezeframe-drills-<uid>``
+    (not the state folder: a server restored there runs as its own user, who must be able
+    to reach it; not ``/tmp``, often a small memory filesystem)."""
+    # made with mkdir and checked (ours, not a symlink, not writable by others) before use
+    return Path(f"/var/tmp/freezeframe-drills-{os.geteuid()}")  # noqa: S108
+
+
+@dataclass(frozen=True)
+class UserCheck:
+    """One ``[[application.check]]``: a check of the profile's own, run by a drill on the
+    restored, running copy of its application."""
+
+    name: str
+    #: A query whose first column of its first row must equal ``expect``...
+    sql: str | None = None
+    expect: Any = None
+    #: ...or a command (argv) that must exit 0; it sees every restored application's
+    #: connection details in its environment.
+    command: tuple[str, ...] = ()
+    timeout: float = 300.0
+
+    @property
+    def kind(self) -> str:
+        """``"sql"`` or ``"command"``."""
+        return "sql" if self.sql is not None else "command"
 
 
 @dataclass(frozen=True)
@@ -29,6 +69,8 @@ class ApplicationSpec:
     on_quiesce_failure: str = "fail"
     #: The capture mode the profile names (``capture = ...``); ``None``: the default.
     chosen: str | None = None
+    #: The profile's own checks of it, run by drills (``[[application.check]]``).
+    checks: tuple[UserCheck, ...] = ()
 
     @property
     def capture(self) -> str:
@@ -64,6 +106,10 @@ class Profile:
     stages: tuple[StageSpec, ...]
     #: The most bytes a snapshot stage may copy inside the freeze window (``check``).
     max_copy_in_window: int = MAX_COPY_IN_WINDOW
+    #: When a drill runs by itself: ``"none"`` or ``"after-backup"``.
+    drill: str = "none"
+    #: Where drills make their private scratch folders.
+    drill_dir: Path = field(default_factory=default_drill_dir)
 
     @property
     def home(self) -> Path:

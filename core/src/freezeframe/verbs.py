@@ -13,9 +13,16 @@ from typing import Any
 
 from freezeframe.config import format_size
 from freezeframe.engine import Engine
-from freezeframe.records import ApplicationRecord, RunRecord, RunStatus, group_window_ms
+from freezeframe.records import (
+    ApplicationRecord,
+    DrillRecord,
+    DrillStatus,
+    RunRecord,
+    RunStatus,
+    group_window_ms,
+)
 
-__all__ = ["VERBS", "all_on_one_line", "out", "print_run", "progress_bars"]
+__all__ = ["VERBS", "all_on_one_line", "out", "print_drill", "print_run", "progress_bars"]
 
 
 def all_on_one_line(problems: Sequence[str]) -> str:
@@ -89,6 +96,23 @@ def print_run(run: RunRecord, *, detail: bool = False) -> None:
             f"  stage       {s.name:<16} {s.backend:<12} {s.status:<16} {what}{method}{gone}"
             + (f"  ({s.error})" if s.error else "")
         )
+
+
+def print_drill(drill: DrillRecord) -> None:
+    took = f" in {drill.finished_at - drill.started_at:.1f} s" if drill.finished_at else ""
+    print(
+        f"drill {drill.drill_id} of run {drill.run_id} (stage {drill.stage}): "
+        f"{drill.status}{took}" + (f": {drill.error}" if drill.error else "")
+    )
+    for a in drill.applications:
+        print(
+            f"  application {a.name:<16} {a.plugin:<12} restored {a.restored_files} files, "
+            f"{format_size(a.restored_bytes)}"
+        )
+        for c in a.checks:
+            kind = "" if c.kind == "deep" else f" ({c.kind})"
+            detail = f"  {c.detail}" if c.detail else ""
+            print(f"    {c.status:<8} {c.name + kind:<24} {c.seconds:6.1f} s{detail}")
 
 
 def _cmd_check(args: argparse.Namespace, engine: Engine) -> int:
@@ -175,8 +199,17 @@ def _window(estimate: dict[str, Any] | None, limit: int) -> str:
 def _cmd_backup(args: argparse.Namespace, engine: Engine) -> int:
     with progress_bars(args) as factory:
         result = engine.backup(progress=factory)
-    run, signum = result.record, result.interrupted_by
-    out(args, run.to_json(), lambda: print_run(run))
+    run, signum, drill = result.record, result.interrupted_by, result.drill
+
+    def human() -> None:
+        print_run(run)
+        if drill is not None:
+            print_drill(drill)
+
+    data = run.to_json()
+    if engine.profile.drill != "none":
+        data["drill"] = drill.to_json() if drill is not None else None
+    out(args, data, human)
     if run.status == RunStatus.SUCCEEDED and signum:
         sys.stderr.write(
             f"freezeframe: error: interrupted by {signal.Signals(signum).name} "
@@ -184,6 +217,12 @@ def _cmd_backup(args: argparse.Namespace, engine: Engine) -> int:
             "command); the backup is kept\n"
         )
         return 128 + signum
+    if run.status == RunStatus.SUCCEEDED and drill is not None and drill.failures:
+        sys.stderr.write(
+            f"freezeframe: error: run {run.run_id} succeeded and is kept, but its drill "
+            f"{drill.drill_id} failed: {all_on_one_line(drill.failures)}\n"
+        )
+        return 1
     if run.status == RunStatus.SUCCEEDED:
         return 0
     sys.stderr.write(f"freezeframe: error: run {run.run_id} failed: {run.error}\n")
@@ -199,9 +238,10 @@ def _cmd_list(args: argparse.Namespace, engine: Engine) -> int:
             print(f"profile {engine.profile.name!r} has no runs yet")
         for r in runs:
             size = sum(s.artifact.bytes for s in r.stages if s.artifact and not s.deleted_at)
+            proof = r.proof if r.status == RunStatus.SUCCEEDED else ""
             print(
-                f"{r.run_id}  {r.status:<9}  frozen {_frozen(r.applications):>8} ms  "
-                f"{format_size(size):>10}" + (f"  {r.error}" if r.error else "")
+                f"{r.run_id}  {r.status:<9}  {proof:<12}  frozen {_frozen(r.applications):>8} ms"
+                f"  {format_size(size):>10}" + (f"  {r.error}" if r.error else "")
             )
 
     out(args, [r.to_json() for r in runs], human)
@@ -212,12 +252,17 @@ def _cmd_show(args: argparse.Namespace, engine: Engine) -> int:
     with engine.catalog(read_only=True) as catalog:
         run = engine.find_run(catalog, args.run)
         errors = catalog.errors(run.run_id)
-    data = {**run.to_json(), "errors": errors}
+        drills = engine.drills(catalog, run.run_id)
+    data = {**run.to_json(), "errors": errors, "drills": [d.to_json() for d in drills]}
 
     def human() -> None:
         print_run(run, detail=True)
+        if run.status == RunStatus.SUCCEEDED:
+            print(f"  proof       {run.proof}")
         for e in errors:
             print(f"  error: {e['source']}: {e['message']}")
+        for d in drills:
+            print_drill(d)
 
     out(args, data, human)
     return 0
@@ -275,6 +320,30 @@ def _cmd_verify(args: argparse.Namespace, engine: Engine) -> int:
     return 1 if problems else 0
 
 
+def _cmd_drill(args: argparse.Namespace, engine: Engine) -> int:
+    drills = engine.drill(args.run, stage=args.stage, every=args.all_undrilled)
+    failed = [d for d in drills if d.status != DrillStatus.PASSED]
+    data = {
+        "profile": engine.profile.name,
+        "ok": not failed,
+        "drills": [d.to_json() for d in drills],
+    }
+
+    def human() -> None:
+        if not drills:
+            print(f"profile {engine.profile.name!r}: every succeeded run is drilled already")
+        for d in drills:
+            print_drill(d)
+
+    out(args, data, human)
+    for d in failed:
+        sys.stderr.write(
+            f"freezeframe: error: drill {d.drill_id} of run {d.run_id} failed: "
+            f"{all_on_one_line(d.failures)}\n"
+        )
+    return 1 if failed else 0
+
+
 def _cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
     deletions = engine.prune(dry_run=args.dry_run)
     data = {"dry_run": args.dry_run, "deleted": [d.to_json() for d in deletions]}
@@ -299,4 +368,5 @@ VERBS: dict[str, Callable[[argparse.Namespace, Engine], int]] = {
     "restore": _cmd_restore,
     "verify": _cmd_verify,
     "prune": _cmd_prune,
+    "drill": _cmd_drill,
 }

@@ -366,3 +366,26 @@ def test_drill_dir_writable_by_others_is_refused(tmp_path: Path, shop) -> None:
     # not a verdict on the backup: nothing recorded, nothing made
     assert all(run["proof"] == "not drilled" for run in runs(profile).values())
     assert scratch_left(tmp_path) == []
+
+
+def test_observers_hear_of_each_drill_and_one_that_raises_changes_nothing(
+    tmp_path: Path, shop, registry_with
+) -> None:
+    import freezeframe_testing.components as comps
+    from freezeframe.engine import Engine
+    from freezeframe.profile import load_profile
+
+    comps.Observer.RAISE = True
+    comps.Observer.drills.clear()
+    try:
+        registry = registry_with(comps, comps.Observer())
+        engine = Engine(load_profile(shop(extra='drill = "after-backup"'), registry), registry)
+        result = engine.backup()
+        assert result.drill is not None and result.drill.status == "passed"
+        (heard,) = comps.Observer.drills
+        assert heard.drill_id == result.drill.drill_id and heard.status == "passed"
+        (again,) = engine.drill(result.record.run_id)
+        assert again.status == "passed"
+        assert [d.drill_id for d in comps.Observer.drills] == [heard.drill_id, again.drill_id]
+    finally:
+        comps.Observer.RAISE = False

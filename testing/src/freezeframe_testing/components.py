@@ -33,6 +33,7 @@ from freezeframe import (
     hookimpl,
 )
 from freezeframe.plugin import copy_tree, under
+from freezeframe.records import DrillRecord
 
 #: (what, name, time.monotonic()) for every call the test components and observers receive.
 EVENTS: list[tuple[str, str, float]] = []
@@ -211,6 +212,7 @@ class Observer:
     RAISE: ClassVar[bool] = False
     runs: ClassVar[list[RunRecord]] = []
     stages: ClassVar[list[StageRecord]] = []
+    drills: ClassVar[list[DrillRecord]] = []
 
     @hookimpl
     def freezeframe_run_started(self, run: RunRecord) -> None:
@@ -229,6 +231,13 @@ class Observer:
     def freezeframe_run_finished(self, run: RunRecord) -> None:
         record("run-finished", run.run_id)
         self.runs.append(run)
+        if self.RAISE:
+            raise RuntimeError("observer exploded (test)")
+
+    @hookimpl
+    def freezeframe_drill_finished(self, run: RunRecord, drill: DrillRecord) -> None:
+        record("drill-finished", drill.drill_id)
+        self.drills.append(drill)
         if self.RAISE:
             raise RuntimeError("observer exploded (test)")
 

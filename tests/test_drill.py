@@ -389,3 +389,91 @@ def test_observers_hear_of_each_drill_and_one_that_raises_changes_nothing(
         assert [d.drill_id for d in comps.Observer.drills] == [heard.drill_id, again.drill_id]
     finally:
         comps.Observer.RAISE = False
+
+
+#: Across the two databases of a :class:`PairWriter`: A was bumped first, so a backup of
+#: one instant has A - B of 0 or 1.
+ONE_INSTANT = """
+[[application.check]]
+name = "one-instant"
+command = ["sh", "-c", '''
+a=$(sqlite3 "$FREEZEFRAME_A_PATH" "SELECT n FROM counter WHERE id = 1") || exit 2
+b=$(sqlite3 "$FREEZEFRAME_B_PATH" "SELECT n FROM counter WHERE id = 1") || exit 2
+echo "a $a b $b"; [ $((a - b)) -ge 0 ] && [ $((a - b)) -le 1 ]''']
+"""
+
+
+def pair_profile(tmp_path: Path, dbs: tuple[Path, Path], plugin: str) -> Path:
+    path = tmp_path / f"{plugin}.toml"
+    path.write_text(
+        f"""
+[profile]
+name = "pair"
+state_dir = {_q(tmp_path / plugin / "state")}
+drill_dir = {_q(tmp_path / "drills")}
+
+[[application]]
+plugin = "{plugin}"
+name = "a"
+path = {_q(dbs[0])}
+capture = "snapshot"
+{ONE_INSTANT}
+
+[[application]]
+plugin = "{plugin}"
+name = "b"
+path = {_q(dbs[1])}
+capture = "snapshot"
+
+[[backup]]
+backend = "clone"
+name = "snap"
+dir = {_q(tmp_path / plugin / "snaps")}
+
+[[backup]]
+backend = "archive"
+name = "archive"
+dir = {_q(tmp_path / plugin / "archives")}
+"""
+    )
+    return path
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/sqlite3"), reason="needs the sqlite3 shell")
+def test_a_check_across_applications_passes_for_a_group_and_catches_two_instants(
+    tmp_path: Path, two_dbs: tuple[Path, Path], registry_with
+) -> None:
+    """While a writer commits to A then B, each backup of the group passes the check across
+    them; a group whose A was released before the snapshot (so A and B are of two
+    instants) fails it within a few drills."""
+    import freezeframe_testing.mutants as mutants
+    from freezeframe.engine import Engine
+    from freezeframe.profile import load_profile
+    from freezeframe_testing.plugin import PairWriter
+
+    registry = registry_with(mutants)
+    good = Engine(load_profile(pair_profile(tmp_path, two_dbs, "sqlite"), registry), registry)
+    skewed = Engine(
+        load_profile(pair_profile(tmp_path, two_dbs, "sqlite-released-early"), registry), registry
+    )
+    verdicts = []
+    with PairWriter(*two_dbs) as writer:
+        for _ in range(5):
+            run = good.backup().record
+            assert run.status == "succeeded", run.error
+            (drill,) = good.drill(run.run_id)
+            verdicts.append((drill.status, drill.failures))
+        caught = None
+        for _ in range(10):
+            run = skewed.backup().record
+            assert run.status == "succeeded", run.error
+            (drill,) = skewed.drill(run.run_id)
+            if drill.status == "failed":
+                caught = drill
+                break
+    assert writer.error is None and writer.committed > 5
+    assert verdicts == [("passed", [])] * 5
+    assert caught is not None, "ten backups of two instants all passed the check across them"
+    (failure,) = caught.failures
+    assert failure.startswith("application 'a': check 'one-instant': sh exited 1: a ")
+    assert scratch_left(tmp_path) == []

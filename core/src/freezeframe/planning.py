@@ -34,6 +34,8 @@ def plan(session: Session) -> dict[str, Any]:
         "thaw": profile.thaw,
         "state_dir": str(profile.home),
         "max_copy_in_window": profile.max_copy_in_window,
+        "drill": profile.drill,
+        "drill_dir": str(profile.drill_dir),
         "data_paths": paths,
         "quiesce_order": quiesce_levels(quiesce_after(profile)),
         "applications": [
@@ -43,6 +45,7 @@ def plan(session: Session) -> dict[str, Any]:
                 "on_quiesce_failure": a.on_quiesce_failure,
                 "capture": a.capture,
                 "crash_safety": str(a.component.crash_safety),
+                "checks": [{"name": c.name, "kind": c.kind} for c in a.checks],
             }
             for a in apps
         ],

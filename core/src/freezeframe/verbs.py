@@ -177,6 +177,12 @@ def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:
                 print(f"7. retention of {s['name']}: keep {rules}")
             elif s["released_after_run"]:
                 print(f"7. release the snapshot of {s['name']} once its copies are made")
+        if plan["drill"] != "none":
+            checks = sum(len(a["checks"]) for a in plan["applications"])
+            print(
+                f"8. drill the new run in {plan['drill_dir']}: restore it, start each "
+                f"application on it, run its deep checks and the profile's {checks} check(s)"
+            )
 
     out(args, plan, human)
     return 0

@@ -314,7 +314,9 @@ class RedisPlugin(ApplicationPlugin):
         else:
             self._facts.update(save_rdb(self._server, layout, deadline))
             self._baseline = window_state(self._server)
+        # Writes, and with them key expiry, are paused: the count of the data on disk.
         self._facts["keys"] = self._baseline["keys"]
+        self._facts["keyspace"] = self._baseline["keyspace"]
 
     def _settle_replica(self, deadline: Deadline) -> None:
         """A replica must not be loading a full resync from its master (it replaces everything)."""

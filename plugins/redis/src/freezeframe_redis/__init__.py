@@ -47,7 +47,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,10 @@ from freezeframe.plugin import (
     ConfigError,
     CrashSafety,
     Deadline,
+    DrillContext,
     FreezeframeError,
     QuiesceError,
+    Running,
     SnapshotKind,
     Table,
     ToolError,
@@ -66,6 +69,7 @@ from freezeframe.plugin import (
     hookimpl,
 )
 from freezeframe_redis._complete import put_dump
+from freezeframe_redis._drill import drill_copy
 from freezeframe_redis._layout import Layout
 from freezeframe_redis._persist import (
     Fork,
@@ -104,6 +108,7 @@ class RedisPlugin(ApplicationPlugin):
     crash_safety = CrashSafety.SERVER_TIMEOUT
     # logical first: only the fork is inside the window, whatever the size of the data
     capture_modes = ("logical", "snapshot")
+    answers_sql = False
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
@@ -314,7 +319,9 @@ class RedisPlugin(ApplicationPlugin):
         else:
             self._facts.update(save_rdb(self._server, layout, deadline))
             self._baseline = window_state(self._server)
+        # Writes, and with them key expiry, are paused: the count of the data on disk.
         self._facts["keys"] = self._baseline["keys"]
+        self._facts["keyspace"] = self._baseline["keyspace"]
 
     def _settle_replica(self, deadline: Deadline) -> None:
         """A replica must not be loading a full resync from its master (it replaces everything)."""
@@ -474,6 +481,35 @@ class RedisPlugin(ApplicationPlugin):
         except FreezeframeError as e:
             raise FreezeframeError(f"application {self.name!r}: {what}: {e}") from None
         log.info("%s: %s loads (%d keys in %.2fs)", self.name, what, facts["keys"], facts["load_s"])
+
+    def _restored_for_drill(self, ctx: DrillContext) -> tuple[Layout | None, str]:
+        """The restored files of the run drilled, and where they were looked for: below
+        the data folder the run recorded (``dir``), with the file names the server has
+        there now, or found in it when it has moved or cannot be asked."""
+        recorded = ctx.facts.get("dir")
+        aof = ctx.facts.get("persistence") == "aof"
+        found = Layout(Path(recorded), aof=aof, whole_dir=True) if recorded else None
+        try:
+            original = self._original_layout()
+        except FreezeframeError as e:
+            if found is None:
+                return None, str(e)
+            original = found
+        if found is not None and original.dir != found.dir:
+            original = found
+        where = original.under(ctx.root).dir
+        return restored_layout(original, ctx.root), f"no Redis data restored in {where}"
+
+    @contextmanager
+    def drill(self, ctx: DrillContext) -> Iterator[Running | None]:
+        """``redis-check-rdb`` or ``redis-check-aof`` on the restored files, a private
+        redis-server that loads them (as ``restore --verify`` starts it: a unix socket in
+        ``ctx.work``, persisting nothing), and its key count per database against the
+        one recorded at the capture; yields its ``SOCKET`` (or ``HOST``, ``PORT``) and
+        ``URL``, and ``REDIS_URL`` for the application's own clients."""
+        layout, missing = self._restored_for_drill(ctx)
+        with drill_copy(ctx, layout, missing) as running:
+            yield running
 
 
 @hookimpl

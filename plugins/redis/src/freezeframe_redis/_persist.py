@@ -25,6 +25,7 @@ from freezeframe.plugin import (
     FreezeframeError,
     QuiesceError,
 )
+from freezeframe_redis._keys import keyspace
 from freezeframe_redis._layout import Layout, fsync_path
 from freezeframe_redis._server import Server, ServerError
 
@@ -253,7 +254,7 @@ def window_state(server: Server) -> dict[str, Any]:
     """What must not change while the snapshot is taken."""
     p = server.info("persistence")
     r = server.info("replication")
-    keyspace = server.info("keyspace")
+    keys = keyspace(server.info("keyspace"))
     return {
         "dirty": p.get("rdb_changes_since_last_save"),
         "aof_size": p.get("aof_current_size"),
@@ -263,7 +264,8 @@ def window_state(server: Server) -> dict[str, Any]:
         "role": r.get("role"),
         "replid": r.get("master_replid"),
         "syncing": bool(r.get("master_sync_in_progress")),
-        "keys": sum(int(db.get("keys", 0)) for db in keyspace.values() if isinstance(db, dict)),
+        "keys": sum(db["keys"] for db in keys.values()),
+        "keyspace": keys,
     }
 
 

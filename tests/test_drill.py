@@ -477,3 +477,43 @@ def test_a_check_across_applications_passes_for_a_group_and_catches_two_instants
     (failure,) = caught.failures
     assert failure.startswith("application 'a': check 'one-instant': sh exited 1: a ")
     assert scratch_left(tmp_path) == []
+
+
+def test_an_application_whose_every_check_was_skipped_is_not_proven(
+    tmp_path: Path, shop, registry_with
+) -> None:
+    """A copy nothing could check (its server is not installed here) proves nothing."""
+    import freezeframe_testing.components as comps
+    from freezeframe.drilling import CheckSkipped
+    from freezeframe.engine import Engine
+    from freezeframe.profile import load_profile
+    from freezeframe_sqlite import SqlitePlugin
+
+    class Unchecked(SqlitePlugin):
+        kind = "sqlite-unchecked"
+
+        def verify_restored(self, root: Path) -> None:
+            raise CheckSkipped("sqlite-unchecked is not installed here (test)")
+
+    class Registers:
+        from freezeframe.plugin import hookimpl
+
+        @hookimpl
+        def freezeframe_register_applications(self, register) -> None:
+            register(Unchecked)
+
+    profile = shop()
+    profile.write_text(
+        profile.read_text().replace(
+            '"sqlite"\nname = "ledger"', '"sqlite-unchecked"\nname = "ledger"'
+        )
+    )
+    registry = registry_with(comps, Registers())
+    engine = Engine(load_profile(profile, registry), registry)
+    run = engine.backup().record
+    (drill,) = engine.drill(run.run_id)
+    assert drill.status == "failed"
+    assert drill.failures == [
+        "application 'ledger': check 'checked': no check could run here (verify_restored: "
+        "sqlite-unchecked is not installed here (test))"
+    ]

@@ -191,6 +191,10 @@ def _drill(
                     "user",
                     functools.partial(_user_check, check, app, run, running, ctx),
                 )
+    for ctx in contexts:
+        if ctx.results and all(r.status == "skipped" for r in ctx.results):
+            why = "; ".join(f"{r.name}: {r.detail}" for r in ctx.results)
+            ctx.record("checked", "deep", _raise(CheckFailed(f"no check could run here ({why})")))
     results = []
     for app, ctx in zip(apps, contexts, strict=True):
         files, size = _restored_size(app, root)

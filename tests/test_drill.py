@@ -166,7 +166,7 @@ command = ["sh", "-c", "echo 'row 7 is gone' >&2; exit 3"]
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1
-    assert "application 'orders': check 'refuses': sh exited 3: row 7 is gone" in errors[0]
+    assert "application 'orders': check 'refuses': sh failed (exit 3): row 7 is gone" in errors[0]
     assert "Traceback" not in r.stderr
     listed = runs(profile)[run_id]
     assert listed["status"] == "succeeded" and listed["proof"] == "drill failed"
@@ -475,7 +475,7 @@ def test_a_check_across_applications_passes_for_a_group_and_catches_two_instants
     assert verdicts == [("passed", [])] * 5
     assert caught is not None, "ten backups of two instants all passed the check across them"
     (failure,) = caught.failures
-    assert failure.startswith("application 'a': check 'one-instant': sh exited 1: a ")
+    assert failure.startswith("application 'a': check 'one-instant': sh failed (exit 1): a ")
     assert scratch_left(tmp_path) == []
 
 

@@ -34,7 +34,6 @@ from typing import Any
 
 from freezeframe import restore
 from freezeframe.catalog import Catalog
-from freezeframe.config import SECRET_ENV_NAMES
 from freezeframe.copying import tree_counts
 from freezeframe.drilling import CheckFailed, DrillContext, Running, env_prefix
 from freezeframe.errors import FreezeframeError, Interrupted, one_line
@@ -270,41 +269,7 @@ def _user_check(
             env[env_prefix(name) + key.upper()] = str(value)
     if mine is not None:
         env.update(mine.client_env)
-    code, said = _command(ctx, check.command, env, check.timeout)
-    if code != 0:
-        tail = f": {said[-1]}" if said else ""
-        raise CheckFailed(f"{os.path.basename(check.command[0])} exited {code}{tail}")
-    return said[-1] if said else "exit status 0"
-
-
-def _command(
-    ctx: DrillContext, argv: Sequence[str], env: dict[str, str], timeout: float
-) -> tuple[int, list[str]]:
-    """Run a command check as the drill runs its servers (:meth:`DrillContext.spawn`: its
-    own process group, killed with freezeframe, recorded), in the application's work
-    folder, without the profile's secrets; its exit status and the lines it said (stderr,
-    then stdout). Past ``timeout`` its whole group is killed: :class:`CheckFailed`."""
-    try:
-        proc = ctx.spawn(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ctx.work,
-            env={**{k: v for k, v in os.environ.items() if k not in SECRET_ENV_NAMES}, **env},
-        )
-    except OSError as e:
-        raise CheckFailed(f"{argv[0]}: cannot run it: {e.strerror}") from None
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):  # not reaped yet: the group is its own
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise CheckFailed(
-            f"{os.path.basename(argv[0])} ran past its timeout ({timeout:g}s)"
-        ) from None
-    text = (err + out).decode("utf-8", "replace")
-    return proc.returncode, [line.strip() for line in text.splitlines() if line.strip()]
+    return ctx.run_command(check.command, timeout=check.timeout, env=env) or "exit status 0"
 
 
 def _matches(value: Any, expect: Any) -> bool:

@@ -13,22 +13,28 @@ what its plug-in recorded at the backup, and how to record a check
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, ClassVar
 
-from freezeframe.errors import Cancelled, FreezeframeError, Interrupted, one_line
-from freezeframe.tools import die_with_us
+from freezeframe.config import Table
+from freezeframe.errors import Cancelled, ConfigError, FreezeframeError, Interrupted, one_line
+from freezeframe.tools import _environment, die_with_us
 
 __all__ = [
     "CheckFailed",
     "CheckResult",
     "CheckSkipped",
+    "DrillCommand",
     "DrillContext",
     "Running",
     "env_prefix",
@@ -213,3 +219,128 @@ class DrillContext:
         """Raise :class:`Cancelled` if the drill was interrupted."""
         if self._cancel.is_set():
             raise Cancelled(f"the drill of {self.application} was interrupted")
+
+    # -- commands --------------------------------------------------------------
+    def run_command(
+        self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None
+    ) -> str:
+        """Run ``argv`` as a check (no shell) and return the tail of its output.
+
+        It runs in :attr:`work` through :meth:`spawn` (so it never outlives the drill),
+        with freezeframe's environment less the profile's secrets, plus ``env``; stdout
+        and stderr together are kept in an unnamed file. When it exits, whatever it left
+        running in its process group is killed. :class:`CheckFailed` when it exits non-zero,
+        is killed by a signal, cannot be run, or is still running after ``timeout``
+        seconds (it is killed); the message ends with the tail of its output.
+        """
+        program = os.path.basename(argv[0])
+        with tempfile.TemporaryFile() as out:
+            try:
+                proc = self.spawn(
+                    argv,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.work,
+                    env=_environment(env),
+                )
+            except OSError as e:
+                raise CheckFailed(f"{program}: cannot run it: {e.strerror}") from None
+            try:
+                finished = _exited_within(proc.pid, timeout, self._cancel)
+            finally:
+                # it stays a zombie until reaped, so its process group's id cannot be
+                # reused meanwhile: the kill reaches only what it started
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            tail = _tail(out)
+        self.stop_if_cancelled()
+        said = f": {tail}" if tail else ": no output"
+        if not finished:
+            raise CheckFailed(f"{program} did not finish within {timeout:g}s (killed){said}")
+        if proc.returncode < 0:
+            raise CheckFailed(f"{program} was killed by {_signal_name(-proc.returncode)}{said}")
+        if proc.returncode != 0:
+            raise CheckFailed(f"{program} failed (exit {proc.returncode}){said}")
+        return tail
+
+
+#: The most of a command's output a check's detail keeps: its last lines, this many
+#: characters at most.
+OUTPUT_TAIL = 400
+
+
+def _exited_within(pid: int, timeout: float, cancel: threading.Event) -> bool:
+    """Whether process ``pid`` exits within ``timeout`` seconds (or before ``cancel`` is
+    set); it is left unreaped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0 or cancel.is_set():
+            return False
+        time.sleep(min(0.05, left))
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal
+        return f"signal {number}"
+
+
+def _tail(out: IO[bytes]) -> str:
+    """The last lines of a command's output in ``out``, as one line."""
+    size = out.seek(0, os.SEEK_END)
+    out.seek(max(0, size - 4 * OUTPUT_TAIL))
+    text = out.read().decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    tail = " | ".join(lines[-3:])
+    return tail if len(tail) <= OUTPUT_TAIL else "..." + tail[-OUTPUT_TAIL:]
+
+
+@dataclass(frozen=True)
+class DrillCommand:
+    """A command the profile gives an application to check its restored copy (``drill``),
+    for a plug-in that has no deep check of its own (``exec``, ``fsfreeze``).
+
+    It runs with ``FREEZEFRAME_RESTORED_ROOT`` set to the drill's restore root (the
+    application's files are below it at their original absolute paths), in the
+    application's private folder of the drill, for at most ``timeout`` seconds.
+    """
+
+    argv: tuple[str, ...]
+    timeout: float
+
+    #: The default of ``drill_timeout``.
+    DEFAULT_TIMEOUT: ClassVar[float] = 300.0
+
+    @classmethod
+    def from_table(cls, table: Table) -> DrillCommand | None:
+        """The table's ``drill`` (an argv; a relative program with a ``/`` is taken from
+        the profile's folder) and ``drill_timeout``; ``None`` without ``drill``."""
+        argv = table.get_argv("drill", None)
+        timeout = table.get_duration("drill_timeout", None)
+        if argv is None:
+            if timeout is not None:
+                raise ConfigError("drill_timeout", 'given without a "drill" command')
+            return None
+        if "/" in argv[0] and not os.path.isabs(argv[0]):
+            argv[0] = str((table.base_dir / argv[0]).resolve())
+        return cls(tuple(argv), cls.DEFAULT_TIMEOUT if timeout is None else timeout)
+
+    @staticmethod
+    def check(command: DrillCommand | None, ctx: DrillContext) -> None:
+        """Run ``command`` as the application's deep check ``drill``; without a command,
+        record nothing (there is no check to run)."""
+        if command is None:
+            return
+
+        def run() -> str:
+            env = {"FREEZEFRAME_RESTORED_ROOT": str(ctx.root)}
+            tail = ctx.run_command(command.argv, timeout=command.timeout, env=env)
+            program = os.path.basename(command.argv[0])
+            return f"{program} exited 0" + (f": {tail}" if tail else "")
+
+        ctx.check("drill", run)

@@ -16,7 +16,7 @@ What ``API_VERSION`` covers, by job:
   ``Deadline``, ``RestoreOptions``, ``ProgressCallback``, ``WindowEstimate``;
 - configuration: ``Table``, ``Secret``, ``parse_duration``;
 - drills (``ApplicationPlugin.drill``): ``DrillContext``, ``Running``, ``CheckFailed``,
-  ``CheckSkipped``, ``env_prefix``;
+  ``CheckSkipped``, ``env_prefix``, ``DrillCommand`` (a profile's ``drill`` command);
 - errors: ``FreezeframeError``, ``ConfigError``, ``QuiesceError``, ``StageError``,
   ``Cancelled``, ``ToolError``;
 - running tools: ``find_tool``, ``run_tool``, ``streaming_tool``, ``die_with_us`` (a
@@ -67,7 +67,14 @@ from freezeframe.copying import (
     outermost,
     tree_size,
 )
-from freezeframe.drilling import CheckFailed, CheckSkipped, DrillContext, Running, env_prefix
+from freezeframe.drilling import (
+    CheckFailed,
+    CheckSkipped,
+    DrillCommand,
+    DrillContext,
+    Running,
+    env_prefix,
+)
 from freezeframe.errors import Cancelled, ConfigError, FreezeframeError, QuiesceError, StageError
 from freezeframe.folder_view import FolderView
 from freezeframe.fsutil import fsync_dir, sqlite_uri, syncfs, under, writable_dir
@@ -110,6 +117,7 @@ __all__ = [
     "CopyStats",
     "CrashSafety",
     "Deadline",
+    "DrillCommand",
     "DrillContext",
     "FolderView",
     "FreezeframeError",

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from freezeframe.plugin import (
     ConfigError,
     CrashSafety,
     Deadline,
+    DrillCommand,
+    DrillContext,
     FreezeframeError,
     QuiesceError,
     SnapshotKind,
@@ -59,6 +62,8 @@ class ExecPlugin(ApplicationPlugin):
         self.timeout = table.get_duration("timeout", 30.0)
         self.paths: list[Path] = table.get_paths("data_paths")
         self.freezes: list[Path] = table.get_paths("freezes")
+        #: ``drill``: the profile's check of a restored copy, if it gives one.
+        self.drill_command = DrillCommand.from_table(table)
         kinds = table.get_str_list("consistent_on") or [str(k) for k in self.consistent_on]
         try:
             self.consistent_on = frozenset(SnapshotKind(k) for k in kinds)
@@ -145,6 +150,13 @@ class ExecPlugin(ApplicationPlugin):
         except FreezeframeError as e:
             raise QuiesceError(str(e)) from None
         self._begun = False
+
+    @contextmanager
+    def drill(self, ctx: DrillContext) -> Iterator[None]:
+        """The profile's ``drill`` command on the restored copy, if it gives one; without
+        it, no check at all. Nothing is started, so there is nothing to reach."""
+        DrillCommand.check(self.drill_command, ctx)
+        yield None
 
     def watchdog_thaw_command(self) -> Sequence[str]:
         """The unquiesce command, as the profile gives it."""

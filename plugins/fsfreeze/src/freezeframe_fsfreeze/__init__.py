@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from freezeframe.plugin import (
     ConfigError,
     CrashSafety,
     Deadline,
+    DrillCommand,
+    DrillContext,
     FreezeframeError,
     QuiesceError,
     SnapshotKind,
@@ -53,6 +56,8 @@ class FsfreezePlugin(ApplicationPlugin):
             raise ConfigError("mountpoint", f"{self.mountpoint} is not a mount point")
         if self.mountpoint == Path("/"):
             raise ConfigError("mountpoint", "refusing to freeze / (freezeframe itself runs there)")
+        #: ``drill``: the profile's check of a restored copy, if it gives one.
+        self.drill_command = DrillCommand.from_table(table)
         self._frozen = False
         self._others = False  # the last quiesce found the filesystem frozen by another
         self._tool = "fsfreeze"
@@ -105,6 +110,13 @@ class FsfreezePlugin(ApplicationPlugin):
             if not _not_frozen(e):  # EINVAL: not frozen (any more): nothing to undo
                 raise QuiesceError(f"{self.mountpoint}: {e}") from None
         self._frozen = False
+
+    @contextmanager
+    def drill(self, ctx: DrillContext) -> Iterator[None]:
+        """The profile's ``drill`` command on the restored copy, if it gives one; without
+        it, no check at all. Nothing is started, so there is nothing to reach."""
+        DrillCommand.check(self.drill_command, ctx)
+        yield None
 
     def watchdog_thaw_command(self) -> Sequence[str]:
         """What the watchdog runs if we die while frozen."""

@@ -20,22 +20,27 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
 from freezeframe.plugin import (
     ApplicationPlugin,
     Artifact,
+    CheckFailed,
     ConfigError,
     CrashSafety,
     Deadline,
+    DrillContext,
     FreezeframeError,
     QuiesceError,
+    Running,
     SnapshotKind,
     Table,
     hookimpl,
+    is_folder_below,
     make_parents,
     sqlite_uri,
     under,
@@ -56,6 +61,8 @@ class SqlitePlugin(ApplicationPlugin):
     capture_modes: tuple[str, ...] = ("snapshot", "logical")
     #: Whether a database found in WAL mode lists ``"logical"`` first.
     logical_first_in_wal: ClassVar[bool] = True
+    #: A drill answers the profile's ``sql`` checks from the restored file.
+    answers_sql = True
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
@@ -279,37 +286,157 @@ class SqlitePlugin(ApplicationPlugin):
                 raise FreezeframeError(f"application {self.name!r}: {e}") from None
 
     def verify_restored(self, root: Path) -> None:
-        """``PRAGMA integrity_check`` on the restored file."""
+        """``PRAGMA integrity_check`` on the restored file (the drill's first check)."""
         restored = self.restored_path(root)
-        if not restored.is_file():
-            raise FreezeframeError(f"application {self.name!r}: {restored} was not restored")
+        if (why := _unusable(root, restored)) is not None:
+            raise FreezeframeError(f"application {self.name!r}: {why}")
         try:
-            with closing(self._connect_file(restored)) as db:
-                result = [r[0] for r in db.execute("PRAGMA integrity_check")]
-        except sqlite3.DatabaseError as e:
-            raise FreezeframeError(f"application {self.name!r}: {restored}: {e}") from None
-        if result != ["ok"]:
+            with closing(_connect_file(restored)) as db:
+                _integrity_check(db)
+        except CheckFailed as e:
             raise FreezeframeError(
-                f"application {self.name!r}: {restored}: integrity_check: " + "; ".join(result[:3])
-            )
+                f"application {self.name!r}: {restored}: integrity_check: {e}"
+            ) from None
 
-    @staticmethod
-    def _connect_file(path: Path) -> sqlite3.Connection:
-        # immutable: a check must not leave -wal/-shm files beside the restored copy
-        return sqlite3.connect(
-            sqlite_uri(path, mode="ro", immutable="1"), uri=True, isolation_level=None
-        )
+    @contextmanager
+    def drill(self, ctx: DrillContext) -> Iterator[Running | None]:
+        """``PRAGMA integrity_check`` and ``PRAGMA foreign_key_check`` on the restored
+        file, each its own check; then the file answers the profile's ``sql`` checks.
+
+        Every connection is read-only and immutable: the drill writes nothing, not even a
+        ``-wal`` or ``-shm`` file beside the copy. There is no server: a file that is
+        missing or not a database is the failed check ``start``.
+        """
+        restored = self.restored_path(ctx.root)
+        if (why := _unusable(ctx.root, restored)) is not None:
+            ctx.check("start", lambda: _fail(why))
+            yield None
+            return
+
+        def deep(check: Callable[[sqlite3.Connection], str]) -> Callable[[], str]:
+            def run() -> str:
+                try:
+                    with closing(_connect_file(restored, stop=lambda: ctx.cancelled)) as db:
+                        return check(db)
+                finally:
+                    ctx.stop_if_cancelled()  # interrupted by the progress handler
+
+            return run
+
+        ctx.check("integrity_check", deep(_integrity_check))
+        ctx.check("foreign_key_check", deep(_foreign_key_check))
+        yield Running(connection={"PATH": str(restored)}, query=partial(_query, restored))
+
+
+def _fail(message: str) -> None:
+    raise CheckFailed(message)
+
+
+def _unusable(root: Path, path: Path) -> str | None:
+    """Why the file ``path`` restored under ``root`` cannot be opened as a database, one
+    line naming it, or ``None``. Never through a symlink: one would lead out of the copy
+    (to the live database, say)."""
+    try:
+        if not is_folder_below(root, path.parent) or not os.path.lexists(path):
+            return f"{path} was not restored"
+    except FreezeframeError as e:  # a symlink among its folders
+        return str(e)
+    if path.is_symlink():
+        return f"{path} is a symlink; a check never follows one out of the restored copy"
+    if not path.is_file():
+        return f"{path} is not a regular file"
+    header = _header(path)
+    if header and not header.startswith(_MAGIC):
+        return f"{path} is not a SQLite database (its header is not SQLite's)"
+    return None
+
+
+def _connect_file(path: Path, *, stop: Callable[[], bool] | None = None) -> sqlite3.Connection:
+    """A read-only, immutable connection to a restored file: it leaves no -wal/-shm file
+    beside it. With ``stop``, SQLite interrupts a statement once ``stop()`` is true."""
+    db = sqlite3.connect(sqlite_uri(path, mode="ro", immutable="1"), uri=True, isolation_level=None)
+    if stop is not None:
+        db.set_progress_handler(lambda: int(stop()), _PROGRESS_STEPS)
+    return db
+
+
+def _integrity_check(db: sqlite3.Connection) -> str:
+    """``PRAGMA integrity_check``: what it saw; :class:`CheckFailed` with the first problems."""
+    try:
+        rows = [str(r[0]) for r in db.execute("PRAGMA integrity_check")]
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise CheckFailed(str(e)) from None
+    if rows == ["ok"]:
+        return f"ok ({pages} pages)"
+    # a row may hold several lines, under a "*** in database main ***" heading
+    found = [
+        line.strip()
+        for row in rows
+        for line in row.splitlines()
+        if line.strip() and not line.startswith("***")
+    ]
+    count = f"{len(found)} problems" if len(found) != 1 else "1 problem"
+    raise CheckFailed(f"{count}: " + "; ".join(found[:3]))
+
+
+def _foreign_key_check(db: sqlite3.Connection) -> str:
+    """``PRAGMA foreign_key_check``: what it saw; :class:`CheckFailed` naming the table, rowid
+    and parent table of the first violations."""
+    try:
+        rows = db.execute("PRAGMA foreign_key_check").fetchall()
+        tables = db.execute(
+            "SELECT count(DISTINCT s.name) FROM sqlite_schema AS s, "
+            "pragma_foreign_key_list(s.name) WHERE s.type = 'table'"
+        ).fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise CheckFailed(str(e)) from None
+    if not rows:
+        return f"no violation ({tables} tables with foreign keys)"
+    first = "; ".join(
+        f"{table} rowid {rowid} has no parent in {parent}"
+        if rowid is not None
+        else f"a row of {table} has no parent in {parent}"
+        for table, rowid, parent, _ in rows[:3]
+    )
+    count = f"{len(rows)} violations" if len(rows) != 1 else "1 violation"
+    raise CheckFailed(f"{count}: {first}")
+
+
+def _query(path: Path, sql: str, timeout: float) -> Any:
+    """:attr:`Running.query`: ``sql`` on a connection of its own to the restored file,
+    interrupted after ``timeout`` seconds; the first column of its first row."""
+    deadline = time.monotonic() + timeout
+    try:
+        with closing(_connect_file(path, stop=lambda: time.monotonic() > deadline)) as db:
+            row = db.execute(sql).fetchone()
+    except (sqlite3.Error, sqlite3.Warning) as e:
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"the query did not finish within {timeout:g}s") from None
+        raise CheckFailed(str(e)) from None
+    return None if row is None else row[0]
+
+
+#: The SQLite header's first 16 bytes.
+_MAGIC = b"SQLite format 3\x00"
+#: How many virtual machine steps SQLite runs between two looks at a drill's stop.
+_PROGRESS_STEPS = 1000
+
+
+def _header(path: Path) -> bytes:
+    """The first 100 bytes of a file (its database header), ``b""`` if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(100)
+    except OSError:
+        return b""
 
 
 def _in_wal_mode(path: Path) -> bool:
     """Whether the database file's header says WAL mode (its read and write format
     versions, bytes 18 and 19, are 2): a read of 100 bytes, no connection."""
-    try:
-        with open(path, "rb") as f:
-            header = f.read(100)
-    except OSError:
-        return False  # check() says why
-    return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"
+    header = _header(path)  # unreadable: check() says why
+    return header.startswith(_MAGIC) and header[18:20] == b"\x02\x02"
 
 
 @hookimpl

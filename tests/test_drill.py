@@ -11,11 +11,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from freezeframe.drilling import CheckSkipped, DrillContext
 from freezeframe_testing.plugin import make_counter_db, run_cli, wait_until
 
 PROFILE = """
@@ -391,100 +393,11 @@ def test_observers_hear_of_each_drill_and_one_that_raises_changes_nothing(
         comps.Observer.RAISE = False
 
 
-#: Across the two databases of a :class:`PairWriter`: A was bumped first, so a backup of
-#: one instant has A - B of 0 or 1.
-ONE_INSTANT = """
-[[application.check]]
-name = "one-instant"
-command = ["sh", "-c", '''
-a=$(sqlite3 "$FREEZEFRAME_A_PATH" "SELECT n FROM counter WHERE id = 1") || exit 2
-b=$(sqlite3 "$FREEZEFRAME_B_PATH" "SELECT n FROM counter WHERE id = 1") || exit 2
-echo "a $a b $b"; [ $((a - b)) -ge 0 ] && [ $((a - b)) -le 1 ]''']
-"""
-
-
-def pair_profile(tmp_path: Path, dbs: tuple[Path, Path], plugin: str) -> Path:
-    path = tmp_path / f"{plugin}.toml"
-    path.write_text(
-        f"""
-[profile]
-name = "pair"
-state_dir = {_q(tmp_path / plugin / "state")}
-drill_dir = {_q(tmp_path / "drills")}
-
-[[application]]
-plugin = "{plugin}"
-name = "a"
-path = {_q(dbs[0])}
-capture = "snapshot"
-{ONE_INSTANT}
-
-[[application]]
-plugin = "{plugin}"
-name = "b"
-path = {_q(dbs[1])}
-capture = "snapshot"
-
-[[backup]]
-backend = "clone"
-name = "snap"
-dir = {_q(tmp_path / plugin / "snaps")}
-
-[[backup]]
-backend = "archive"
-name = "archive"
-dir = {_q(tmp_path / plugin / "archives")}
-"""
-    )
-    return path
-
-
-@pytest.mark.skipif(not os.path.exists("/usr/bin/sqlite3"), reason="needs the sqlite3 shell")
-def test_a_check_across_applications_passes_for_a_group_and_catches_two_instants(
-    tmp_path: Path, two_dbs: tuple[Path, Path], registry_with
-) -> None:
-    """While a writer commits to A then B, each backup of the group passes the check across
-    them; a group whose A was released before the snapshot (so A and B are of two
-    instants) fails it within a few drills."""
-    import freezeframe_testing.mutants as mutants
-    from freezeframe.engine import Engine
-    from freezeframe.profile import load_profile
-    from freezeframe_testing.plugin import PairWriter
-
-    registry = registry_with(mutants)
-    good = Engine(load_profile(pair_profile(tmp_path, two_dbs, "sqlite"), registry), registry)
-    skewed = Engine(
-        load_profile(pair_profile(tmp_path, two_dbs, "sqlite-released-early"), registry), registry
-    )
-    verdicts = []
-    with PairWriter(*two_dbs) as writer:
-        for _ in range(5):
-            run = good.backup().record
-            assert run.status == "succeeded", run.error
-            (drill,) = good.drill(run.run_id)
-            verdicts.append((drill.status, drill.failures))
-        caught = None
-        for _ in range(10):
-            run = skewed.backup().record
-            assert run.status == "succeeded", run.error
-            (drill,) = skewed.drill(run.run_id)
-            if drill.status == "failed":
-                caught = drill
-                break
-    assert writer.error is None and writer.committed > 5
-    assert verdicts == [("passed", [])] * 5
-    assert caught is not None, "ten backups of two instants all passed the check across them"
-    (failure,) = caught.failures
-    assert failure.startswith("application 'a': check 'one-instant': sh failed (exit 1): a ")
-    assert scratch_left(tmp_path) == []
-
-
 def test_an_application_whose_every_check_was_skipped_is_not_proven(
     tmp_path: Path, shop, registry_with
 ) -> None:
     """A copy nothing could check (its server is not installed here) proves nothing."""
     import freezeframe_testing.components as comps
-    from freezeframe.drilling import CheckSkipped
     from freezeframe.engine import Engine
     from freezeframe.profile import load_profile
     from freezeframe_sqlite import SqlitePlugin
@@ -492,8 +405,10 @@ def test_an_application_whose_every_check_was_skipped_is_not_proven(
     class Unchecked(SqlitePlugin):
         kind = "sqlite-unchecked"
 
-        def verify_restored(self, root: Path) -> None:
-            raise CheckSkipped("sqlite-unchecked is not installed here (test)")
+        @contextmanager
+        def drill(self, ctx: DrillContext) -> Iterator[None]:
+            ctx.check("start", _skip)
+            yield None
 
     class Registers:
         from freezeframe.plugin import hookimpl
@@ -514,6 +429,10 @@ def test_an_application_whose_every_check_was_skipped_is_not_proven(
     (drill,) = engine.drill(run.run_id)
     assert drill.status == "failed"
     assert drill.failures == [
-        "application 'ledger': check 'checked': no check could run here (verify_restored: "
+        "application 'ledger': check 'checked': no check could run here (start: "
         "sqlite-unchecked is not installed here (test))"
     ]
+
+
+def _skip() -> None:
+    raise CheckSkipped("sqlite-unchecked is not installed here (test)")

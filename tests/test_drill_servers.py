@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from freezeframe_testing.plugin import run_cli, wait_until
+from freezeframe.engine import Engine
+from freezeframe.profile import load_profile
+from freezeframe_testing.plugin import make_counter_db, run_cli, wait_until
 from freezeframe_testing.redis_server import RedisServer, redis_clone_profile
 
 
@@ -119,3 +123,117 @@ command = ["sh", "-c", "touch {marker}; sleep 600"]
             proc.communicate()
         for pid in processes_below(drills):
             os.kill(pid, signal.SIGKILL)
+
+
+#: The check across the two applications, in Python (redis-py reads a unix:// URL): the
+#: writer bumps the SQLite counter first, then the Redis one, so one instant has a - b of
+#: 0 or 1.
+ONE_INSTANT = """
+import os, sqlite3, sys
+import redis
+db = sqlite3.connect("file:" + os.environ["FREEZEFRAME_ORDERS_PATH"] + "?mode=ro", uri=True)
+a = db.execute("SELECT n FROM counter").fetchone()[0]
+b = int(redis.Redis.from_url(os.environ["FREEZEFRAME_CACHE_URL"]).get("n") or 0)
+print(f"orders {a} cache {b}")
+sys.exit(0 if 0 <= a - b <= 1 else 1)
+"""
+
+
+class CounterWriter(threading.Thread):
+    """Bumps the SQLite counter, then the Redis one, until stopped."""
+
+    def __init__(self, db: Path, server: RedisServer) -> None:
+        super().__init__(daemon=True)
+        self.db, self.server = db, server
+        self.stop = threading.Event()
+        self.pairs = 0
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.db, timeout=30, isolation_level=None)
+        client = self.server.client()
+        while not self.stop.is_set():
+            conn.execute("UPDATE counter SET n = n + 1")
+            client.incr("n")
+            self.pairs += 1
+        conn.close()
+
+
+def group_profile(tmp_path: Path, db: Path, server: RedisServer, redis_kind: str) -> Path:
+    folder = tmp_path / f"profile-{redis_kind}"
+    folder.mkdir()
+    check = f"""
+[[application.check]]
+name = "one-instant"
+command = [{json.dumps(sys.executable)}, "-c", {json.dumps(ONE_INSTANT)}]
+"""
+    path = folder / "profile.toml"
+    path.write_text(
+        f"""
+[profile]
+name = "group"
+state_dir = {json.dumps(str(folder / "state"))}
+drill_dir = {json.dumps(str(tmp_path / "drills"))}
+
+[[application]]
+plugin = "sqlite"
+name = "orders"
+path = {json.dumps(str(db))}
+{check}
+[[application]]
+plugin = "{redis_kind}"
+name = "cache"
+url = "{server.url}"
+capture = "snapshot"  # saved under the pause: the writer's own saves cannot interfere
+
+[[backup]]
+backend = "clone"
+name = "snap"
+dir = {json.dumps(str(folder / "snaps"))}
+keep = {{ last = 3 }}
+"""
+    )
+    return path
+
+
+def test_a_check_across_applications_passes_for_the_group_and_fails_for_two_instants(
+    tmp_path: Path, redis_server: Callable[..., RedisServer], registry_with
+) -> None:
+    """While a writer bumps SQLite then Redis, every drilled backup of the group passes the
+    check across them; one whose Redis data is of an older instant than the group's (its
+    last save before the writer started: freezeframe_testing.mutants) fails it."""
+    import freezeframe_testing.mutants as mutants
+
+    server = redis_server()
+    db = make_counter_db(tmp_path / "orders.db")
+    registry = registry_with(mutants)
+    engines = {
+        kind: Engine(load_profile(group_profile(tmp_path, db, server, kind), registry), registry)
+        for kind in ("redis", "redis-capture-skipped")
+    }
+    server.client().save()  # the older instant the mutant's backups hold
+    drills = {}
+    writer = CounterWriter(db, server)
+    writer.start()
+    try:
+        assert wait_until(lambda: writer.pairs > 10, 30)
+        for kind, engine in engines.items():
+            drills[kind] = []
+            for _ in range(3):
+                run = engine.backup().record
+                assert run.status == "succeeded", run.error
+                drills[kind].extend(engine.drill(run.run_id))
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    assert [d.status for d in drills["redis"]] == ["passed"] * 3, [
+        d.failures for d in drills["redis"]
+    ]
+    late = drills["redis-capture-skipped"]
+    assert [d.status for d in late] == ["failed"] * 3, [
+        (d.status, [c.detail for a in d.applications for c in a.checks]) for d in late
+    ]
+    for d in late:
+        (failure,) = d.failures
+        assert failure.startswith("application 'orders': check 'one-instant': ")
+        assert "failed (exit 1): orders " in failure
+    assert list((tmp_path / "drills").iterdir()) == []

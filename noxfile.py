@@ -69,7 +69,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Two live SQLite databases: quiesced together, snapshotted, archived, listed, restored."""
+    """Two live SQLite databases: quiesced together, snapshotted, archived, drilled, restored."""
     install_packages(session)
     session.run("python", "examples/demo.py", *session.posargs)
 

@@ -1,4 +1,5 @@
-"""The quickstart, end to end: two live SQLite databases backed up together and restored.
+"""The quickstart, end to end: two live SQLite databases backed up together, the latest
+backup proven by a drill, and restored.
 
 A writer thread keeps moving money: each transaction adds 1 to ``orders`` and
 then 1 to ``ledger``. freezeframe backs both up while it runs; every restored
@@ -82,6 +83,8 @@ def main() -> None:
         stop.set()
         t.join()
     print(f"\nthe writer committed {done[0]} pairs of transactions while backups ran")
+    # prove the latest backup: restored into a scratch folder, checked, recorded
+    freezeframe("drill", str(profile))
     freezeframe("list", str(profile))
     target = work / "restored"
     freezeframe("restore", str(profile), "latest", "--to", str(target), "--verify", "--quiet")

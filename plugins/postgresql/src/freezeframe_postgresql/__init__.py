@@ -59,6 +59,7 @@ from freezeframe.plugin import (
 from freezeframe_postgresql import _fresh, _restored
 from freezeframe_postgresql._dump import Dumped, read_manifest
 from freezeframe_postgresql._logical import LogicalCapture, Reach
+from freezeframe_postgresql._restored import one_line
 from freezeframe_postgresql._wal import WalRange, complete_copy, parse_lsn
 
 if TYPE_CHECKING:
@@ -116,11 +117,6 @@ class _Layout:
         return tuple(out)
 
 
-def _one_line(e: BaseException | str) -> str:
-    """libpq's multi-line, double-spaced messages as one line."""
-    return "; ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip())
-
-
 class PostgresqlPlugin(ApplicationPlugin):
     """One PostgreSQL cluster, reached through ``dsn``; its files must be on this machine."""
 
@@ -167,7 +163,7 @@ class PostgresqlPlugin(ApplicationPlugin):
         except psycopg.Error as e:
             # libpq quotes the faulty part, which could be a password: only show it when
             # the string names none.
-            detail = "" if "password" in dsn.lower() or "@" in dsn else f": {_one_line(e)}"
+            detail = "" if "password" in dsn.lower() or "@" in dsn else f": {one_line(e)}"
             raise ConfigError("dsn", f"not a libpq connection string or URI{detail}") from None
         if "password" in params:
             raise ConfigError(
@@ -185,7 +181,7 @@ class PostgresqlPlugin(ApplicationPlugin):
         )
 
     def _message(self, text: str | BaseException) -> str:
-        line = _one_line(text)
+        line = one_line(text)
         if self._secret is not None and self._secret.reveal():
             line = line.replace(self._secret.reveal(), "***")
         return f"postgresql {self.name!r}: {line}"
@@ -725,7 +721,6 @@ class PostgresqlPlugin(ApplicationPlugin):
                 bin_dir=self.bin_dir,
                 user=self._params.get("user"),
                 dbname=dbname,
-                hide=self._hidden(),
             )
         except FreezeframeError as e:
             raise self._error(e) from None

@@ -1,9 +1,9 @@
 """A restored data directory under a folder whose name a shell or a URI would misread.
 
 ``restore --to`` takes any folder; the check that starts a temporary server
-on the copy passes its path to ``pg_ctl``, which runs the server through
-``/bin/sh -c`` with the path in double quotes. Only what is special there
-is refused.
+on the copy passes its path to the postmaster as one argument, no shell between.
+Only a control character is refused: postmaster.pid keeps the path on a line
+of its own.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_a_copy_restored_under_an_odd_folder_starts_and_answers(
     server = postgres.new()
     server.sql("CREATE DATABASE shop TEMPLATE postgres")
     server.stop()
-    root = postgres.folder("ffpg-odd-") / "restore #1? it's 100%41 ünï 数据"
+    root = postgres.folder("ffpg-odd-") / "restore #1? it's 100%41 ünï 数据 \"$`\\ x"
     root.mkdir()
     copy = _copy_for_postgres(server.data_dir, root / "-data")
     facts = _restored.start_and_query(copy, bin_dir=postgres.bindir, user=None, dbname="shop")
@@ -44,13 +44,15 @@ def test_a_copy_restored_under_an_odd_folder_starts_and_answers(
     assert not (copy / "postmaster.pid").exists()  # stopped again
 
 
-@pytest.mark.parametrize("char", ['"', "$", "`", "\\", "\n"])
-def test_what_the_shell_would_misread_is_refused_in_one_line(tmp_path: Path, char: str) -> None:
+@pytest.mark.parametrize("char", ["\n", "\t", "\x7f"])
+def test_a_control_character_is_refused_in_one_line(tmp_path: Path, char: str) -> None:
     odd = tmp_path / f"a{char}b"
     odd.mkdir()
     (odd / "PG_VERSION").write_text("15\n")
     if os.geteuid() == 0:
         os.chown(odd, pwd.getpwnam(PG_USER).pw_uid, -1)
-    with pytest.raises(FreezeframeError, match="pg_ctl cannot start a server") as caught:
+    with pytest.raises(
+        FreezeframeError, match="a server cannot be started on a path holding"
+    ) as caught:
         _restored.start_and_query(odd, bin_dir=None, user=None, dbname=None)
     assert "\n" not in str(caught.value)

@@ -38,7 +38,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,16 +49,19 @@ from freezeframe.plugin import (
     ConfigError,
     CrashSafety,
     Deadline,
+    DrillContext,
     FreezeframeError,
     QuiesceError,
+    Running,
     SnapshotKind,
     Table,
     hookimpl,
     under,
 )
-from freezeframe_postgresql import _fresh, _restored
+from freezeframe_postgresql import _drill, _fresh, _restored
 from freezeframe_postgresql._dump import Dumped, read_manifest
 from freezeframe_postgresql._logical import LogicalCapture, Reach
+from freezeframe_postgresql._restored import one_line
 from freezeframe_postgresql._wal import WalRange, complete_copy, parse_lsn
 
 if TYPE_CHECKING:
@@ -116,11 +119,6 @@ class _Layout:
         return tuple(out)
 
 
-def _one_line(e: BaseException | str) -> str:
-    """libpq's multi-line, double-spaced messages as one line."""
-    return "; ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip())
-
-
 class PostgresqlPlugin(ApplicationPlugin):
     """One PostgreSQL cluster, reached through ``dsn``; its files must be on this machine."""
 
@@ -132,6 +130,8 @@ class PostgresqlPlugin(ApplicationPlugin):
     # its quiesce blocks no writer: exported snapshots, the backup mode begun in prepare, or
     # a crash-consistent atomic snapshot (the core quiesces it after those that block)
     blocks_writes = False
+    # a drill's copy answers the profile's sql checks
+    answers_sql = True
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
@@ -167,7 +167,7 @@ class PostgresqlPlugin(ApplicationPlugin):
         except psycopg.Error as e:
             # libpq quotes the faulty part, which could be a password: only show it when
             # the string names none.
-            detail = "" if "password" in dsn.lower() or "@" in dsn else f": {_one_line(e)}"
+            detail = "" if "password" in dsn.lower() or "@" in dsn else f": {one_line(e)}"
             raise ConfigError("dsn", f"not a libpq connection string or URI{detail}") from None
         if "password" in params:
             raise ConfigError(
@@ -185,7 +185,7 @@ class PostgresqlPlugin(ApplicationPlugin):
         )
 
     def _message(self, text: str | BaseException) -> str:
-        line = _one_line(text)
+        line = one_line(text)
         if self._secret is not None and self._secret.reveal():
             line = line.replace(self._secret.reveal(), "***")
         return f"postgresql {self.name!r}: {line}"
@@ -663,10 +663,13 @@ class PostgresqlPlugin(ApplicationPlugin):
         """The environment variables holding our password, blanked for the servers."""
         return [n for n in (self._secret_env, "PGPASSWORD") if n and n in os.environ]
 
-    def _restored_data_dir(self, root: Path) -> Path:
+    def _restored_data_dir(self, root: Path, recorded: str | None = None) -> Path:
+        """The restored data directory: the dump's (logical), else where the run
+        ``recorded`` it was, the profile's data_dir, the server's."""
         dumped = self._dumped(root)
         data_dir = dumped.data_directory if dumped else None
-        data_dir = data_dir or self.data_dir or (self._layout.data_dir if self._layout else None)
+        data_dir = data_dir or (Path(recorded) if recorded else None) or self.data_dir
+        data_dir = data_dir or (self._layout.data_dir if self._layout else None)
         if data_dir is None and self.capture == LOGICAL:
             raise self._error(
                 f"{root} holds no logical dump at {under(root, self._logical.dump_path)} and "
@@ -725,7 +728,6 @@ class PostgresqlPlugin(ApplicationPlugin):
                 bin_dir=self.bin_dir,
                 user=self._params.get("user"),
                 dbname=dbname,
-                hide=self._hidden(),
             )
         except FreezeframeError as e:
             raise self._error(e) from None
@@ -735,6 +737,32 @@ class PostgresqlPlugin(ApplicationPlugin):
                 "it started, but as a standby"
             )
         log.info("%s", self._message(f"{restored} recovered and answered: {facts}"))
+
+    @contextlib.contextmanager
+    def drill(self, ctx: DrillContext) -> Iterator[Running | None]:
+        """Start the restored copy (the physical data directory, or the cluster a logical
+        restore built) on a private socket; check that it recovered and is no standby,
+        ``pg_amcheck`` every database; yield how to reach it; stop it, then
+        ``pg_checksums --check`` it when it has data checksums
+        (:mod:`freezeframe_postgresql._drill`)."""
+        method = ctx.facts.get("method")
+        reached = {BACKUP_MODE: "stop_lsn", CRASH_CONSISTENT: "start_lsn"}.get(str(method))
+        wanted = _drill.Wanted(
+            user=self._params.get("user"),
+            dbname=self._params.get("dbname"),
+            bin_dir=self.bin_dir,
+            reached=str(ctx.facts[reached]) if reached and ctx.facts.get(reached) else None,
+            hide=self._hidden(),
+        )
+
+        def locate() -> Path:
+            try:
+                return self._restored_data_dir(ctx.root, ctx.facts.get("data_dir"))
+            except FreezeframeError as e:  # the core names the application
+                raise FreezeframeError(str(e).removeprefix(self._message(""))) from None
+
+        with _drill.drill(ctx, locate, wanted) as running:
+            yield running
 
 
 @hookimpl

@@ -137,7 +137,7 @@ def build(root: Path, dumped: Dumped, *, bin_dir: Path | None, hide: list[str]) 
         dumped.globals.read_text(encoding="utf-8"), cluster["bootstrap_user"], moves
     )
     with temporary_server(
-        data_dir, bin_dir=bin_dir, hide=hide, settings={"synchronous_commit": "off"}
+        data_dir, bin_dir=bin_dir, settings={"synchronous_commit": "off"}
     ) as server:
 
         def conninfo(dbname: str) -> str:

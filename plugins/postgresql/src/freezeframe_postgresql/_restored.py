@@ -6,11 +6,11 @@ a restored data directory still holds absolute symlinks (``pg_wal``, the
 folders: a server started on it would write into the live cluster's files.
 :func:`make_startable` points them at the restored folders instead.
 
-:func:`start_and_query` starts a temporary server on the copy
-(:func:`temporary_server`, which the logical restore also loads its dump into) with
-``pg_ctl``, as the copy's owner, on a private socket folder and port, with
-archiving and every outward-facing setting turned off, runs a query, and
-stops it.
+:func:`temporary_server` is the one way freezeframe starts a server on a copy
+(``restore --verify``, the logical restore's load, a drill): the postmaster in the
+foreground, as the copy's owner, on a private socket folder and port, with archiving
+and every outward-facing setting turned off; stopped after the block.
+:func:`start_and_query` starts one, runs a query, and stops it.
 """
 
 from __future__ import annotations
@@ -20,24 +20,26 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import stat
+import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from freezeframe.plugin import (
     FreezeframeError,
-    ToolError,
+    die_with_us,
     exists_below,
     find_tool,
     is_folder_below,
     open_folder,
     read_below,
     replace_below,
-    run_tool,
     under,
     unlink_below,
 )
@@ -48,17 +50,22 @@ __all__ = [
     "as_owner",
     "data_dirs_below",
     "make_startable",
+    "one_line",
+    "owner_of",
     "start_and_query",
     "temporary_server",
 ]
 
 #: How long the temporary server may take to recover and accept connections.
 START_TIMEOUT = 600
+#: How long each way of stopping it (fast, immediate, kill) is given.
 STOP_TIMEOUT = 120
-#: What pg_ctl cannot pass: it starts the server through ``/bin/sh -c`` with the data
-#: directory inside double quotes, where these stay special (and control characters
-#: have no place in a path a server is started on). Spaces, ``#``, ``'`` and the rest are fine.
-_SHELL_SPECIAL = re.compile(r'["$`\\\x00-\x1f\x7f]')
+#: What postmaster.pid says (its 8th line) once the server accepts connections.
+READY = ("ready", "standby")
+#: The longest path a unix socket may have (sun_path, less its NUL).
+SOCKET_PATH_MAX = 107
+#: What a data directory's path may not hold: postmaster.pid keeps it on a line of its own.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def data_dirs_below(root: Path) -> list[Path]:
@@ -175,24 +182,50 @@ def _major(data_dir: Path) -> str:
         raise FreezeframeError(f"cannot read {data_dir / 'PG_VERSION'}: {e.strerror}") from None
 
 
+def one_line(e: BaseException | str) -> str:
+    """libpq's multi-line, double-spaced messages as one line."""
+    return "; ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip())
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+def owner_of(data_dir: Path) -> pwd.struct_passwd:
+    """The user that owns ``data_dir``, whom a server on it runs as (never root)."""
+    st = data_dir.stat()
+    if st.st_uid == 0:
+        raise FreezeframeError(
+            f"{data_dir} belongs to root and PostgreSQL refuses to run as root: "
+            "chown -R it to the user the server runs as"
+        )
+    try:
+        return pwd.getpwuid(st.st_uid)
+    except KeyError:
+        raise FreezeframeError(
+            f"{data_dir} belongs to uid {st.st_uid}, which has no user"
+        ) from None
+
+
 def as_owner(owner: pwd.struct_passwd, argv: list[str], data_dir: Path) -> list[str]:
-    """``argv`` run as ``owner`` of ``data_dir`` (through runuser when we are root)."""
+    """``argv`` run as ``owner`` of ``data_dir``: through ``setpriv`` when we are root, which
+    execs (the pid stays the one we started) and keeps the kernel's kill-on-our-death
+    across the change of user, which would otherwise clear it."""
     if os.geteuid() == owner.pw_uid:
         return argv
     if os.geteuid() != 0:
         raise FreezeframeError(
             f"{data_dir} belongs to {owner.pw_name}: run the check as root or as {owner.pw_name}"
         )
-    return [find_tool("runuser"), "-u", owner.pw_name, "--", *argv]
+    ids = [f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--init-groups"]
+    return [find_tool("setpriv"), *ids, "--pdeathsig=KILL", "--", *argv]
 
 
 def _last_fatal(log: Path) -> str:
+    """The server's last FATAL (or PANIC) line; else its last words (what the postmaster
+    says before it logs, over a few lines), as one line."""
     try:
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -200,10 +233,55 @@ def _last_fatal(log: Path) -> str:
     for line in reversed(lines):
         if "FATAL:" in line or "PANIC:" in line:
             return line[line.find("FATAL:") if "FATAL:" in line else line.find("PANIC:") :]
-    return lines[-1].strip() if lines else ""
+    return " ".join(line.strip() for line in lines[-3:] if line.strip())
 
 
-@dataclass(frozen=True)
+def _server_env() -> dict[str, str]:
+    """What a server on a copy gets of our environment: the PATH and the locale, nothing
+    else (no secret reaches a process of another user)."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ") or k[:3] == "LC_"}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return env
+
+
+def _spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a server that dies with us (restore's own servers; a drill passes its own)."""
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_us(),
+        **popen,
+    )
+
+
+def _ready(data_dir: Path, pid: int) -> bool:
+    """Whether the server ``pid`` says in its postmaster.pid that it accepts connections
+    (``ready``; ``standby``: a hot standby, which accepts them too)."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() in READY
+
+
+def _socket_folder(folder: Path) -> Path | None:
+    """``folder`` when a socket's path in it is short enough for a unix socket, else None."""
+    return folder if len(f"{folder}/.s.PGSQL.65535".encode()) <= SOCKET_PATH_MAX else None
+
+
+def _private_folder(folder: Path | None, owner: pwd.struct_passwd) -> Path:
+    """``folder`` (or a new one in /tmp), mode 0700, the owner's."""
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="freezeframe-pg-", dir="/tmp"))
+    else:
+        folder.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+    return folder
+
+
+@dataclass
 class Temporary:
     """A temporary server: reach it at ``socket_dir`` and ``port`` (trusted there only)."""
 
@@ -212,6 +290,11 @@ class Temporary:
     #: The data directory's owner, whom the server runs as.
     owner: str
     log: Path
+    #: Its PostgreSQL major version (``"15"``).
+    major: str
+    #: How it was stopped, once it was: ``"fast"``, ``"immediate"``, ``"killed"`` (after
+    #: neither worked within STOP_TIMEOUT), or ``"exited"`` (it had ended by itself).
+    stopped: str = ""
 
 
 @contextlib.contextmanager
@@ -219,97 +302,146 @@ def temporary_server(
     data_dir: Path,
     *,
     bin_dir: Path | None,
-    hide: Sequence[str] = (),
     settings: Mapping[str, str] | None = None,
+    folder: Path | None = None,
+    spawn: Callable[..., subprocess.Popen[bytes]] = _spawn,
+    waiting: Callable[[], None] | None = None,
 ) -> Iterator[Temporary]:
     """A server started on ``data_dir`` for the block, stopped after it (fast, else
-    immediate).
+    immediate, else killed).
 
-    It runs as the data directory's owner, on a free port with its socket in a private
-    folder and no TCP listener, trusted only there, with archiving and every
-    outward-facing setting off (``settings`` are added). The environment variables named
-    in ``hide`` (freezeframe's secrets) are blanked for pg_ctl and the server, which run
-    as another user. Raises :class:`FreezeframeError` with the server's last FATAL line
-    when it does not come up; the private folder (and its log) is kept when the start or
-    the block failed.
+    The postmaster runs in the foreground (started by ``spawn``, a drill's
+    :meth:`~freezeframe.plugin.DrillContext.spawn`), as the data directory's owner, on a
+    free port with its socket, configuration and log in ``folder`` (made here; default:
+    a new folder in /tmp) and no TCP listener, trusted only there, with archiving and
+    every outward-facing setting off (``settings`` are added); its environment is the
+    PATH and the locale only. ``waiting`` is called while it recovers (a drill's
+    interrupt). Raises :class:`FreezeframeError` with the server's last FATAL line when it
+    does not come up; a folder of its own (and its log) is kept when the start or the
+    block failed, and named in that message.
     """
-    st = data_dir.stat()
-    if st.st_uid == 0:
+    owner = owner_of(data_dir)
+    if found := _CONTROL.search(str(data_dir)):
         raise FreezeframeError(
-            f"{data_dir} belongs to root and PostgreSQL refuses to run as root: "
-            "chown -R it to the user the server runs as"
-        )
-    try:
-        owner = pwd.getpwuid(st.st_uid)
-    except KeyError:
-        raise FreezeframeError(
-            f"{data_dir} belongs to uid {st.st_uid}, which has no user"
-        ) from None
-    if found := _SHELL_SPECIAL.search(str(data_dir)):
-        raise FreezeframeError(
-            f"{str(data_dir)!r}: pg_ctl cannot start a server on a path holding {found[0]!r} "
-            "(restore to another folder)"
+            f"{str(data_dir)!r}: a server cannot be started on a path holding {found[0]!r}, "
+            "which its postmaster.pid cannot record (restore to another folder)"
         )
     major = _major(data_dir)
-    pg_ctl = find_pg_tool("pg_ctl", major, bin_dir)
-    env = {name: "" for name in hide}
-    private = Path(tempfile.mkdtemp(prefix="freezeframe-pg-", dir="/tmp"))
+    postgres = find_pg_tool("postgres", major, bin_dir)
+    own_folder = folder is None
+    private = _private_folder(folder, owner)
+    socket_dir = _socket_folder(private) or _private_folder(None, owner)
     keep_private = False
-    started = False
+    proc: subprocess.Popen[bytes] | None = None
+    server = Temporary(socket_dir, _free_port(), owner.pw_name, private / "server.log", major)
     try:
         (private / "pg_hba.conf").write_text("local all all trust\n", encoding="utf-8")
         (private / "pg_ident.conf").write_text("", encoding="utf-8")
-        port, log = _free_port(), private / "server.log"
+        quoted = '"' + str(socket_dir).replace('"', '""') + '"'  # one item of a list setting
         options = {
-            "port": str(port),
-            "listen_addresses": "''",
-            "unix_socket_directories": f"'{private}'",
-            "hba_file": f"'{private}/pg_hba.conf'",
-            "ident_file": f"'{private}/pg_ident.conf'",
-            # Never push this copy's WAL into the original's archive, never fetch from it.
+            "port": str(server.port),
+            "listen_addresses": "",
+            "unix_socket_directories": quoted,
+            "unix_socket_group": "",
+            "hba_file": str(private / "pg_hba.conf"),
+            "ident_file": str(private / "pg_ident.conf"),
+            # Never push this copy's WAL into the original's archive, never fetch from it,
+            # never wait for the original's standbys.
             "archive_mode": "off",
-            "restore_command": "''",
-            "primary_conninfo": "''",
-            "primary_slot_name": "''",
+            "restore_command": "",
+            "primary_conninfo": "",
+            "primary_slot_name": "",
+            "synchronous_standby_names": "",
             # Nothing the original owns: its pid file, its log, its certificates, its memory.
-            "external_pid_file": "''",
+            "external_pid_file": str(private / "external.pid"),
             "logging_collector": "off",
             "log_destination": "stderr",
             "ssl": "off",
             "huge_pages": "off",
             "shared_buffers": "128MB",
+            # The copy changes by its recovery only (and what the caller does).
+            "autovacuum": "off",
             **(settings or {}),
         }
         if int(major) < 15:
-            options["stats_temp_directory"] = f"'{private}/stat'"
+            options["stats_temp_directory"] = str(private / "stat")
         if not (data_dir / "postgresql.conf").exists():  # Debian keeps it in /etc
             (private / "postgresql.conf").write_text("", encoding="utf-8")
-            options["config_file"] = f"'{private}/postgresql.conf'"
+            options["config_file"] = str(private / "postgresql.conf")
         if os.geteuid() == 0:
-            for f in [private, *private.iterdir()]:
-                os.chown(f, st.st_uid, st.st_gid)
-        given = " ".join(f"-c {k}={v}" for k, v in options.items())
-        start = [pg_ctl, "start", "-D", str(data_dir), "-w", "-t", str(START_TIMEOUT)]
-        start = as_owner(owner, [*start, "-l", str(log), "-o", given], data_dir)
+            for f in private.iterdir():
+                os.chown(f, owner.pw_uid, owner.pw_gid)
+        argv = [postgres, "-D", str(data_dir)]
+        for key, value in options.items():
+            argv += ["-c", f"{key}={value}"]
+        with open(server.log, "ab") as log:
+            proc = spawn(
+                as_owner(owner, argv, data_dir),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=private,
+                env=_server_env(),
+            )
         try:
-            started = True
-            run_tool(start, timeout=START_TIMEOUT + 30, cwd=private, env=env)
-        except ToolError as e:
-            keep_private = True
-            why = _last_fatal(log) or str(e)
+            _wait_ready(proc, data_dir, waiting)
+        except FreezeframeError as e:
+            keep_private = own_folder
+            where = f" (server log: {server.log})" if own_folder else ""
+            why = _last_fatal(server.log) or str(e)
             raise FreezeframeError(
-                f"the restored copy {data_dir} did not start: {why} (server log: {log})"
+                f"the restored copy {data_dir} did not start: {why}{where}"
             ) from None
         try:
-            yield Temporary(private, port, owner.pw_name, log)
+            yield server
         except BaseException:
-            keep_private = True
+            keep_private = own_folder
             raise
     finally:
-        if started:
-            _stop(owner, pg_ctl, data_dir, private, env)
-        if not keep_private:
+        if proc is not None:
+            server.stopped = _stop(proc)
+        if socket_dir != private:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+        if own_folder and not keep_private:
             shutil.rmtree(private, ignore_errors=True)
+
+
+def _wait_ready(
+    proc: subprocess.Popen[bytes], data_dir: Path, waiting: Callable[[], None] | None
+) -> None:
+    """Until the server accepts connections; raises when it ended or took too long."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _ready(data_dir, proc.pid):
+        if waiting is not None:
+            waiting()
+        try:
+            code = proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline:
+                raise FreezeframeError(
+                    f"it accepted no connection within {START_TIMEOUT} s"
+                ) from None
+            continue
+        raise FreezeframeError(f"the server ended (exit {code})")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    """Stop the postmaster: a fast shutdown, else an immediate one, else kill its session;
+    each bounded. Returns which did it."""
+    if proc.poll() is not None:
+        return "exited"
+    for sig, mode in ((signal.SIGINT, "fast"), (signal.SIGQUIT, "immediate")):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+            return mode
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the postmaster's children too
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_TIMEOUT)
+    return "killed"
 
 
 def start_and_query(
@@ -318,7 +450,6 @@ def start_and_query(
     bin_dir: Path | None,
     user: str | None,
     dbname: str | None,
-    hide: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Start a temporary server on ``data_dir`` (:func:`temporary_server`), let it recover,
     query it, stop it.
@@ -328,7 +459,7 @@ def start_and_query(
     """
     import psycopg
 
-    with temporary_server(data_dir, bin_dir=bin_dir, hide=hide) as server:
+    with temporary_server(data_dir, bin_dir=bin_dir) as server:
         try:
             with psycopg.connect(
                 host=str(server.socket_dir),
@@ -343,28 +474,8 @@ def start_and_query(
                     " (SELECT count(*) FROM pg_database)"
                 ).fetchone()
         except psycopg.Error as e:
-            text = "; ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip())
             raise FreezeframeError(
-                f"the restored copy {data_dir} started but refused a query: {text}"
+                f"the restored copy {data_dir} started but refused a query: {one_line(e)}"
             ) from None
     assert row is not None
     return {"server_version": row[0], "in_recovery": row[1], "databases": row[2]}
-
-
-def _stop(
-    owner: pwd.struct_passwd, pg_ctl: str, data_dir: Path, cwd: Path, env: dict[str, str]
-) -> None:
-    """Stop the temporary server: fast, and immediate if that does not work."""
-    if not (data_dir / "postmaster.pid").exists():
-        return
-    for mode in ("fast", "immediate"):
-        argv = [pg_ctl, "stop", "-D", str(data_dir), "-m", mode, "-w", "-t", str(STOP_TIMEOUT)]
-        result = run_tool(
-            as_owner(owner, argv, data_dir),
-            timeout=STOP_TIMEOUT + 30,
-            cwd=cwd,
-            env=env,
-            check=False,
-        )
-        if result.returncode == 0:
-            return

@@ -16,6 +16,14 @@ from pathlib import Path
 from freezeframe.engine import Engine
 from freezeframe.profile import load_profile
 from freezeframe_testing.plugin import make_counter_db, run_cli, wait_until
+from freezeframe_testing.postgres_server import (
+    ACCOUNTS,
+    OPENING_BALANCE,
+    BankWriter,
+    PgServer,
+    PostgresFactory,
+    create_bank,
+)
 from freezeframe_testing.redis_server import RedisServer, redis_clone_profile
 
 
@@ -237,3 +245,123 @@ def test_a_check_across_applications_passes_for_the_group_and_fails_for_two_inst
         assert failure.startswith("application 'orders': check 'one-instant': ")
         assert "failed (exit 1): orders " in failure
     assert list((tmp_path / "drills").iterdir()) == []
+
+
+def pg_profile(folder: Path, server: PgServer, drills: Path, checks: str) -> Path:
+    """The bank's PostgreSQL through a clone snapshot and an archive, drilled in ``drills``."""
+    text = f"""
+[profile]
+name = "bank"
+state_dir = {json.dumps(str(folder / "state"))}
+drill_dir = {json.dumps(str(drills))}
+
+[[application]]
+plugin = "postgresql"
+name = "ledger-db"
+dsn = "{server.dsn()}"
+{checks}
+[[backup]]
+backend = "clone"
+name = "snap"
+dir = {json.dumps(str(folder / "snaps"))}
+
+[[backup]]
+backend = "archive"
+name = "archive"
+dir = {json.dumps(str(folder / "archives"))}
+"""
+    path = folder / "profile.toml"
+    path.write_text(text)
+    return path
+
+
+#: The bank's invariants, as the issue's example checks them: the money never changes,
+#: and the ledger has one row per committed transfer, without a gap.
+BANK_CHECKS = f"""
+[[application.check]]
+name = "money"
+sql = "SELECT sum(balance) FROM accounts"
+expect = {ACCOUNTS * OPENING_BALANCE}
+
+[[application.check]]
+name = "ledger-without-gaps"
+sql = "SELECT count(*) = coalesce(max(n), 0) FROM ledger"
+expect = true
+
+[[application.check]]
+name = "psql-sees-the-copy"
+command = ["sh", "-c", '''
+psql -XAtc 'SELECT count(*) FROM accounts' && test "$PGPORT" = "$FREEZEFRAME_LEDGER_DB_PORT"
+''']
+"""
+
+
+def test_postgresql_is_drilled_while_writers_commit_and_its_invariants_hold(
+    tmp_path: Path, postgres: PostgresFactory
+) -> None:
+    server = postgres.new(initdb_args=["--data-checksums"])
+    create_bank(server)
+    drills = postgres.folder("ffpg-drills-", owner="root")
+    profile = pg_profile(tmp_path, server, drills, BANK_CHECKS)
+    writer = BankWriter(server)
+    writer.start()
+    try:
+        assert wait_until(lambda: writer.committed > 20, 60)
+        r = run_cli("backup", profile, "--json", timeout=300)
+        assert r.returncode == 0, r.stderr
+    finally:
+        writer.stop()
+    d = run_cli("drill", profile, "--json", timeout=600)
+    assert d.returncode == 0, d.stderr
+    (drill,) = d.json()["drills"]
+    checks = {c["name"]: c for c in drill["applications"][0]["checks"]}
+    assert {n: c["status"] for n, c in checks.items()} == {
+        "start": "passed",
+        "recovery": "passed",
+        "amcheck": "passed",
+        "money": "passed",
+        "ledger-without-gaps": "passed",
+        "psql-sees-the-copy": "passed",
+        "checksums": "passed",
+    }, checks
+    assert checks["psql-sees-the-copy"]["detail"] == str(ACCOUNTS)
+    assert list(drills.iterdir()) == []
+    assert server.sql("SELECT count(*) FROM accounts") == [(ACCOUNTS,)]  # the original runs on
+
+
+def test_kill_9_mid_drill_leaves_no_postgresql_behind(
+    tmp_path: Path, postgres: PostgresFactory
+) -> None:
+    server = postgres.new()
+    create_bank(server)
+    drills = postgres.folder("ffpg-drills-", owner="root")
+    marker = tmp_path / "checking"
+    hold = f"""
+[[application.check]]
+name = "holds"
+command = ["sh", "-c", "touch {marker}; sleep 600"]
+"""
+    profile = pg_profile(tmp_path, server, drills, hold)
+    assert run_cli("backup", profile, timeout=300).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "freezeframe", "drill", str(profile)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: marker.exists() or proc.poll() is not None, 300)
+        assert proc.poll() is None, proc.communicate()
+        assert len(processes_below(drills)) >= 2, "the copy's postmaster and the check run"
+        proc.kill()
+        proc.communicate(timeout=30)
+        assert run_cli("list", profile).returncode == 0
+        assert wait_until(lambda: not processes_below(drills), 15), processes_below(drills)
+        assert list(drills.iterdir()) == []
+        assert server.sql("SELECT count(*) FROM accounts") == [(ACCOUNTS,)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for pid in processes_below(drills):
+            os.kill(pid, signal.SIGKILL)

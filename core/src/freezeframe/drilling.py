@@ -188,10 +188,13 @@ class DrillContext:
         ``kill -9``: it must then be started from the drill's own thread, as the plug-in's
         ``drill`` is), and the core records it, so the next command kills it if that
         failed too. The keywords are :class:`subprocess.Popen`'s (``preexec_fn`` and
-        ``start_new_session`` are the core's). Stop it yourself when the drill's block
+        ``start_new_session`` are the core's); without ``env`` it gets freezeframe's
+        environment less the profile's secrets. Stop it yourself when the drill's block
         ends; whatever is left is killed after it.
         """
         popen.setdefault("stdin", subprocess.DEVNULL)
+        # the profile's secrets stay ours unless the plug-in hands a process an environment
+        popen.setdefault("env", _environment(None))
         proc = subprocess.Popen(
             list(argv), start_new_session=True, preexec_fn=die_with_us(), **popen
         )

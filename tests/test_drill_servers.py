@@ -95,16 +95,29 @@ def test_kill_9_mid_drill_leaves_no_server_nor_folder_after_the_next_command(
 ) -> None:
     server = redis_server()
     server.client().set("k", "v")
-    marker = tmp_path / "checking"
-    hold = f"""
-[[application.check]]
-name = "holds"
-command = ["sh", "-c", "touch {marker}; sleep 600"]
-"""
     drills = tmp_path / "drills"
-    profile = with_drill_dir(redis_clone_profile(tmp_path, server), drills, hold)
+    profile = with_drill_dir(redis_clone_profile(tmp_path, server), drills, hold(tmp_path))
     r = run_cli("backup", profile)
     assert r.returncode == 0, r.stderr
+    kill_9_mid_drill(profile, drills, tmp_path)
+    assert server.client().get("k") == "v"  # the original runs on, untouched
+    shown = run_cli("show", profile, "latest", "--json").json()
+    assert [d["status"] for d in shown["drills"]] == ["interrupted"]
+
+
+def hold(folder: Path) -> str:
+    """A check that says it runs (``folder/checking``), then holds the drill."""
+    return f"""
+[[application.check]]
+name = "holds"
+command = ["sh", "-c", "touch {folder / "checking"}; sleep 600"]
+"""
+
+
+def kill_9_mid_drill(profile: Path, drills: Path, folder: Path) -> None:
+    """Start a drill of ``profile`` whose check holds it (:func:`hold`), kill -9 it while
+    its server and check run, then run the next command: nothing of the drill may be left
+    in ``drills``."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "freezeframe", "drill", str(profile)],
         stdout=subprocess.PIPE,
@@ -112,19 +125,16 @@ command = ["sh", "-c", "touch {marker}; sleep 600"]
         text=True,
     )
     try:
-        assert wait_until(lambda: marker.exists() or proc.poll() is not None, 120)
+        marker = folder / "checking"
+        assert wait_until(lambda: marker.exists() or proc.poll() is not None, 300)
         assert proc.poll() is None, proc.communicate()
-        started = processes_below(drills)
-        assert len(started) >= 2, "the drill's redis-server and its check should be running"
+        assert len(processes_below(drills)) >= 2, "the drill's server and its check run"
         proc.kill()
         proc.communicate(timeout=30)
         # the server dies with freezeframe; what a check left behind waits for the next command
         assert run_cli("list", profile).returncode == 0
         assert wait_until(lambda: not processes_below(drills), 15), processes_below(drills)
         assert list(drills.iterdir()) == []
-        assert server.client().get("k") == "v"  # the original runs on, untouched
-        shown = run_cli("show", profile, "latest", "--json").json()
-        assert [d["status"] for d in shown["drills"]] == ["interrupted"]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -335,33 +345,7 @@ def test_kill_9_mid_drill_leaves_no_postgresql_behind(
     server = postgres.new()
     create_bank(server)
     drills = postgres.folder("ffpg-drills-", owner="root")
-    marker = tmp_path / "checking"
-    hold = f"""
-[[application.check]]
-name = "holds"
-command = ["sh", "-c", "touch {marker}; sleep 600"]
-"""
-    profile = pg_profile(tmp_path, server, drills, hold)
+    profile = pg_profile(tmp_path, server, drills, hold(tmp_path))
     assert run_cli("backup", profile, timeout=300).returncode == 0
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "freezeframe", "drill", str(profile)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert wait_until(lambda: marker.exists() or proc.poll() is not None, 300)
-        assert proc.poll() is None, proc.communicate()
-        assert len(processes_below(drills)) >= 2, "the copy's postmaster and the check run"
-        proc.kill()
-        proc.communicate(timeout=30)
-        assert run_cli("list", profile).returncode == 0
-        assert wait_until(lambda: not processes_below(drills), 15), processes_below(drills)
-        assert list(drills.iterdir()) == []
-        assert server.sql("SELECT count(*) FROM accounts") == [(ACCOUNTS,)]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        for pid in processes_below(drills):
-            os.kill(pid, signal.SIGKILL)
+    kill_9_mid_drill(profile, drills, tmp_path)
+    assert server.sql("SELECT count(*) FROM accounts") == [(ACCOUNTS,)]

@@ -438,7 +438,10 @@ class MariadbPlugin(ApplicationPlugin):
         layout = self._restore_layout(root)
         who = f"application {self.name!r}"
         with _restored.temporary_server(layout, root, who, bin_dir=self.bin_dir) as server:
-            _restored.check_tables(server.conn, who)
+            try:
+                _restored.check_tables(server)
+            except FreezeframeError as e:
+                raise FreezeframeError(f"{who}: {e}") from None
 
 
 @hookimpl

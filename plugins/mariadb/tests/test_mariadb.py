@@ -479,3 +479,4 @@ def test_verify_restored_finds_a_damaged_table(
     with pytest.raises(FreezeframeError, match="application 'shop'") as e:
         p.verify_restored(root)
     assert "\n" not in str(e.value)
+    assert "CHECK TABLE found 1 of" in str(e.value) and "shop.big (" in str(e.value), e.value

@@ -26,7 +26,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +36,17 @@ from freezeframe.plugin import (
     ConfigError,
     CrashSafety,
     Deadline,
+    DrillContext,
     FreezeframeError,
     QuiesceError,
+    Running,
     SnapshotKind,
     Table,
     exists_below,
     hookimpl,
     under,
 )
-from freezeframe_mariadb import _logical, _reload, _restored
+from freezeframe_mariadb import _drill, _logical, _reload, _restored
 from freezeframe_mariadb._layout import VARIABLES, Layout
 from freezeframe_mariadb._server import (
     LOST,
@@ -93,6 +95,7 @@ class MariadbPlugin(ApplicationPlugin):
     # snapshot first, where an atomic snapshot takes the datadir in milliseconds; the core
     # picks "logical" where the stages cannot be consistent with it (clone)
     capture_modes = ("snapshot", "logical")
+    answers_sql = True
 
     def __init__(self, name: str, table: Table) -> None:
         super().__init__(name, table)
@@ -438,7 +441,18 @@ class MariadbPlugin(ApplicationPlugin):
         layout = self._restore_layout(root)
         who = f"application {self.name!r}"
         with _restored.temporary_server(layout, root, who, bin_dir=self.bin_dir) as server:
-            _restored.check_tables(server.conn, who)
+            try:
+                _restored.check_tables(server)
+            except FreezeframeError as e:
+                raise FreezeframeError(f"{who}: {e}") from None
+
+    @contextlib.contextmanager
+    def drill(self, ctx: DrillContext) -> Iterator[Running | None]:
+        """Start a private server on the restored copy as ``verify_restored`` does, through
+        the drill; checks ``start``, ``binlog_position``, ``check_table`` and ``stop``
+        (:mod:`._drill`). Answers SQL as root on its socket."""
+        with _drill.drill(ctx, lambda: self._restore_layout(ctx.root), self.bin_dir) as running:
+            yield running
 
 
 @hookimpl

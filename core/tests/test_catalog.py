@@ -43,6 +43,7 @@ def a_run(run_id: str, started_at: float, status: RunStatus = RunStatus.SUCCEEDE
                 thaw_start=started_at + 0.3,
                 thaw_end=started_at + 0.4,
                 facts={"journal_mode": "wal", "page_count": 12, "nested": {"lsn": "0/16B3748"}},
+                paths=("/srv/shop/orders.db",),
             ),
             ApplicationRecord(
                 "ledger",
@@ -253,7 +254,7 @@ def test_a_catalog_of_schema_1_is_read_as_it_is_and_upgraded_when_written(
     tmp_path: Path,
 ) -> None:
     """Schema 1 had no capture or completion columns: its runs read as "snapshot" (and
-    schema 2 had no captured_at or writes_blocked_ms)."""
+    schema 2 had no captured_at or writes_blocked_ms, schema 3 no paths: read as None)."""
     path = tmp_path / "catalog.db"
     with Catalog(path) as cat:
         cat.save(a_run("r1", T0))
@@ -264,6 +265,7 @@ def test_a_catalog_of_schema_1_is_read_as_it_is_and_upgraded_when_written(
             "complete_end",
             "captured_at",
             "writes_blocked_ms",
+            "paths",
         ):
             db.execute(f"ALTER TABLE applications DROP COLUMN {column}")
         db.execute("PRAGMA user_version=1")
@@ -271,6 +273,7 @@ def test_a_catalog_of_schema_1_is_read_as_it_is_and_upgraded_when_written(
     with Catalog(path, read_only=True) as cat:
         old = cat.get("r1")
     assert old is not None and [a.capture for a in old.applications] == ["snapshot"] * 2
+    assert [a.paths for a in old.applications] == [None, None]  # restore --app asks the plug-in
     logical = ApplicationRecord(
         "orders",
         "sqlite",
@@ -281,6 +284,7 @@ def test_a_catalog_of_schema_1_is_read_as_it_is_and_upgraded_when_written(
         complete_end=T0 + 2,
         captured_at=T0 + 0.5,
         writes_blocked_ms=3.25,
+        paths=("/srv/shop/orders.db", "/srv/shop/orders.db-copy"),
     )
     with Catalog(path) as cat:
         cat.save(replace(a_run("r2", T0 + 10), applications=(logical,)))

@@ -716,8 +716,8 @@ def test_a_profile_with_btrfs_then_archive_backs_up_and_restores(
     assert subvolume_paths(fs) == {"shop", *(f"snaps/{r.run_id}/shop" for r in runs[1:])}
     for stage in ("snap", "archive"):
         target = tmp_path / f"restore-{stage}"
-        _, used, paths = engine.restore(runs[2].run_id, target, stage=stage, verify=True)
-        assert used == stage and paths == [restored(target, db)]
+        done = engine.restore(runs[2].run_id, target, stage=stage, verify=True)
+        assert done.stage == stage and done.paths == [restored(target, db)]
         assert read_counter(restored(target, db)) == 33
     _, checked, problems, notes = engine.verify(runs[1].run_id)
     assert problems == [] and notes == {}  # the snapshot was sealed: its contents were read

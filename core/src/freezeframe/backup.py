@@ -29,7 +29,7 @@ from freezeframe.freeze import (
 )
 from freezeframe.fsutil import syncfs
 from freezeframe.lock import Owner
-from freezeframe.preflight import check, windowed_stages
+from freezeframe.preflight import application_paths, check, windowed_stages
 from freezeframe.profile import StageSpec
 from freezeframe.records import DrillRecord, RunRecord, RunStatus
 from freezeframe.recovery import discard_run
@@ -114,7 +114,8 @@ def _stages(session: Session, run: Run, signals: Signals, progress: ProgressFact
     if problems:
         raise FreezeframeError("; ".join(problems))
     for a in profile.applications:  # check may have settled a default capture mode
-        run.app(a.name, capture=a.capture)
+        own = tuple(str(p) for p in application_paths(session, a))
+        run.app(a.name, capture=a.capture, paths=own)
     windowed = windowed_stages(profile)
     # the window holds only the captures (captures_only): the snapshots after the thaw
     views = [s for s in profile.stages if s.role == Role.SNAPSHOT and s not in windowed]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,50 @@ class RestoreOptions:
     #: and then only from an artifact verified genuine. Without it they are left out,
     #: with one warning saying what was.
     preserve_special: bool = False
+    #: The original absolute paths to restore, each with everything below it (``--app``,
+    #: ``--path``); empty: everything the artifact holds. A backend restores only what
+    #: :meth:`selects` takes, at the same place as a whole restore would, plus the folders
+    #: above it (:meth:`leads_to`), and returns :meth:`within` its paths.
+    paths: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        # compared as normalised paths; a relative one raises ValueError
+        object.__setattr__(self, "paths", tuple(_normal(p) for p in self.paths))
+
+    def selects(self, original: Path | str) -> bool:
+        """Whether the entry at the absolute path ``original`` is restored: it is, or is
+        below, a path of :attr:`paths` (every entry is when :attr:`paths` is empty)."""
+        if not self.paths:
+            return True
+        path = _normal(original)
+        return any(path.is_relative_to(p) for p in self.paths)
+
+    def leads_to(self, original: Path | str) -> bool:
+        """Whether ``original`` is a folder above a selected path: restored as a folder (its
+        owner, mode and times), without what else it holds."""
+        path = _normal(original)
+        return any(path in p.parents for p in self.paths)
+
+    def within(self, roots: Iterable[Path | str]) -> list[Path]:
+        """What to restore of an artifact that holds the trees ``roots`` (original paths):
+        every root when nothing is selected; otherwise each root the selection takes
+        whole and each selected path inside a root, each tree once, in path order. Empty
+        when the artifact holds nothing selected."""
+        if not self.paths:
+            return [Path(r) for r in roots]
+        held = [_normal(r) for r in roots]
+        taken = [r for r in held if self.selects(r)]
+        taken += [p for p in self.paths if any(p.is_relative_to(r) for r in held)]
+        return outermost(taken)
+
+
+def _normal(original: Path | str) -> Path:
+    """The absolute path ``original`` without ``.``, ``..`` or repeated slashes (as a tar
+    member's name, ``srv/shop/`` with a "/" in front, compares to a selected path)."""
+    text = os.path.normpath(original)
+    if not text.startswith("/"):
+        raise ValueError(f"{original!s} is not an absolute path")
+    return Path("/" + text.lstrip("/"))  # normpath keeps a leading "//"
 
 
 ProgressCallback = Callable[[int, int], None]

@@ -170,8 +170,8 @@ class Catalog:
             db.executemany(
                 "INSERT INTO applications(run_id, position, name, plugin, distribution,"
                 " version, mode, quiesce_start, quiesce_end, thaw_start, thaw_end, facts,"
-                " error, capture, complete_start, complete_end, captured_at, writes_blocked_ms)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " error, capture, complete_start, complete_end, captured_at, writes_blocked_ms,"
+                " paths) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         run.run_id,
@@ -192,6 +192,7 @@ class Catalog:
                         a.complete_end,
                         a.captured_at,
                         a.writes_blocked_ms,
+                        None if a.paths is None else json.dumps(list(a.paths)),
                     )
                     for i, a in enumerate(run.applications)
                 ],
@@ -432,6 +433,7 @@ class Catalog:
                     complete_end=r[13],
                     captured_at=r[14],
                     writes_blocked_ms=r[15],
+                    paths=None if r[16] is None else tuple(json.loads(r[16])),
                 )
             )
         stages = []

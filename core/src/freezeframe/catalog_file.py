@@ -49,7 +49,8 @@ class CatalogReadOnly(CatalogError):
 
 
 SCHEMA_VERSION = 4  # 2: applications gained capture, complete_start, complete_end;
-# 3: captured_at, writes_blocked_ms; 4: drills, drill_processes
+# 3: captured_at, writes_blocked_ms; 4: drills, drill_processes, applications.paths (a JSON
+# list, what restore --app restores)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, profile TEXT NOT NULL, status TEXT NOT NULL,
@@ -61,7 +62,7 @@ CREATE TABLE IF NOT EXISTS applications (
     name TEXT NOT NULL, plugin TEXT NOT NULL, distribution TEXT NOT NULL, version TEXT NOT NULL,
     mode TEXT NOT NULL, quiesce_start REAL, quiesce_end REAL, thaw_start REAL, thaw_end REAL,
     facts TEXT NOT NULL, error TEXT, capture TEXT, complete_start REAL, complete_end REAL,
-    captured_at REAL, writes_blocked_ms REAL,
+    captured_at REAL, writes_blocked_ms REAL, paths TEXT,
     PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS stages (
@@ -142,6 +143,7 @@ ADDED_COLUMNS = (
     ("applications", "complete_end", "REAL"),
     ("applications", "captured_at", "REAL"),
     ("applications", "writes_blocked_ms", "REAL"),
+    ("applications", "paths", "TEXT"),
 )
 
 

@@ -97,9 +97,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--stage", help="restore from this stage (default: the last one left)")
     sp.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="restore only this application's data, then only its fix-ups (repeatable)",
+    )
+    sp.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="ORIGINAL_PATH",
+        help="restore only the file or tree at this original absolute path (repeatable)",
+    )
+    sp.add_argument(
         "--verify",
         action="store_true",
-        help="ask each application plug-in to verify the restored data",
+        help="ask each application plug-in restored to verify the restored data",
     )
     sp.add_argument(
         "--preserve-special",

@@ -272,8 +272,10 @@ class Backend(_Component):
         special files only when asked.
 
         A backend that declares a keyword argument ``options: RestoreOptions =
-        RestoreOptions()`` gets what the user asked (``--preserve-special``); one
-        that does not is called without it, as before.
+        RestoreOptions()`` gets what the user asked (``--preserve-special``, and the
+        original paths ``--app``/``--path`` select: restore only what
+        ``options.selects``, and return ``options.within`` the artifact's paths); one
+        that does not is called without it, as before, and cannot restore a part.
         """
 
     def seal(self, artifact: Artifact) -> Artifact:

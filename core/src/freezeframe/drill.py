@@ -196,7 +196,7 @@ def _drill(
             ctx.record("checked", "deep", _raise(CheckFailed(f"no check could run here ({why})")))
     results = []
     for app, ctx in zip(apps, contexts, strict=True):
-        files, size = _restored_size(app, root)
+        files, size = _restored_size(app, facts[app.name].paths, root)
         results.append(DrillApplication(app.name, app.info.kind, size, files, tuple(ctx.results)))
     failed = any(ctx.failed for ctx in contexts)
     return replace(
@@ -297,13 +297,19 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _restored_size(app: ApplicationSpec, root: Path) -> tuple[int, int]:
-    """Files and bytes restored of ``app`` (its data paths below ``root``); zeros when the
-    plug-in cannot say where its data is without its server."""
-    try:
-        paths = [*app.component.data_paths(), *app.component.completed_paths()]
-    except Exception:  # a server that is down cannot say: the size is then unknown
-        return 0, 0
+def _restored_size(
+    app: ApplicationSpec, paths: Sequence[str] | None, root: Path
+) -> tuple[int, int]:
+    """Files and bytes restored of ``app``: its paths as the run recorded them, below
+    ``root`` (a run recorded before runs kept them asks the plug-in, and counts zeros when
+    it cannot say without its server)."""
+    if paths is None:
+        try:
+            paths = [
+                str(p) for p in (*app.component.data_paths(), *app.component.completed_paths())
+            ]
+        except Exception:  # a server that is down cannot say: the size is then unknown
+            return 0, 0
     return tree_counts(under(root, p) for p in paths)
 
 

@@ -12,7 +12,7 @@ application or backup tool by name.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -116,8 +116,11 @@ class Engine:
         stage: str | None = None,
         verify: bool = False,
         preserve_special: bool = False,
-    ) -> tuple[RunRecord, str, list[Path]]:
-        """Restore run ``ref`` under ``target`` (see :func:`freezeframe.restore.restore`)."""
+        apps: Sequence[str] = (),
+        paths: Sequence[Path | str] = (),
+    ) -> restore.Restored:
+        """Restore run ``ref`` under ``target``, all of it or the data of ``apps`` and the
+        trees at ``paths`` (see :func:`freezeframe.restore.restore`)."""
         return restore.restore(
             self.session,
             ref,
@@ -125,6 +128,8 @@ class Engine:
             stage=stage,
             verify=verify,
             preserve_special=preserve_special,
+            apps=apps,
+            paths=paths,
         )
 
     def verify(

@@ -19,6 +19,7 @@ __all__ = [
     "ProfileError",
     "QuiesceError",
     "StageError",
+    "UsageError",
     "one_line",
 ]
 
@@ -52,6 +53,13 @@ class ProfileError(FreezeframeError):
 
 class PluginError(FreezeframeError):
     """A plug-in or backend could not be loaded, registered or used."""
+
+    exit_code = 2
+
+
+class UsageError(FreezeframeError):
+    """The command asks what cannot be (an application the run does not have, a relative
+    path where an absolute one is meant)."""
 
     exit_code = 2
 

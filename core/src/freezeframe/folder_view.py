@@ -55,7 +55,8 @@ class FolderView(Backend):
     def restore(
         self, artifact: Artifact, target: Path, *, options: RestoreOptions = RestoreOptions()
     ) -> list[Path]:
-        """Copy the view's paths to ``target`` + their original absolute paths.
+        """Copy the view's paths (or those ``options.paths`` select) to ``target`` + their
+        original absolute paths.
 
         The view is read and ``target`` written without following a symlink
         (:func:`freezeframe.restoring.copy_in`); with ``options.preserve_special``
@@ -69,7 +70,7 @@ class FolderView(Backend):
         restored = []
         links: dict[tuple[int, int], str] = {}  # one table: links between paths survive
         with Target(target, preserve_special=options.preserve_special) as out:
-            for original in (Path(p) for p in artifact.metadata.get("paths", [])):
+            for original in options.within(artifact.metadata.get("paths", [])):
                 rel = original.relative_to(original.anchor).as_posix()
                 if not copy_in(out, view, rel, rel, links=links, missing_ok=True):
                     # run() records a socket given as a path, and never copies it.

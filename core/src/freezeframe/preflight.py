@@ -2,8 +2,9 @@
 not be written while frozen, each component's own check, and ``plan``.
 
 Everything here but :func:`check` (which calls each component's ``check()``),
-:func:`data_paths` / :func:`completed_paths` and :func:`window_estimates` (which ask the
-applications and the snapshot backends) reads the loaded profile only.
+:func:`data_paths` / :func:`completed_paths` / :func:`application_paths` and
+:func:`window_estimates` (which ask the applications and the snapshot backends) reads
+the loaded profile only.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from freezeframe.session import Session
 
 __all__ = [
     "Problems",
+    "application_paths",
     "captures_only",
     "check",
     "completed_paths",
@@ -85,6 +87,15 @@ def completed_paths(session: Session) -> tuple[Path, ...]:
     """The paths applications in a capture mode complete into the snapshot views after
     the thaw, in profile order, without duplicates."""
     return _paths(session, lambda c: c.completed_paths() if c.completes else ())
+
+
+def application_paths(session: Session, app: ApplicationSpec) -> tuple[Path, ...]:
+    """One application's data paths and, in a capture mode that completes, the paths its
+    completion writes, without duplicates: what ``restore --app`` restores of it."""
+    c = app.component
+    with session.alone(c):
+        paths = [*c.data_paths(), *(c.completed_paths() if c.completes else ())]
+    return tuple(dict.fromkeys(Path(p) for p in paths))
 
 
 def _paths(session: Session, of: Callable[[ApplicationPlugin], Sequence[Path]]) -> tuple[Path, ...]:

@@ -67,6 +67,10 @@ class ApplicationRecord:
     #: How long its own writes were blocked: its freeze window, or 0 for a plug-in whose
     #: quiesce blocks no write (PostgreSQL); beside the group's window (``RunRecord``).
     writes_blocked_ms: float | None = None
+    #: Its data paths and the paths its completion writes (absolute), as the run was
+    #: about to take them: what ``restore --app`` restores of it without asking the
+    #: application. ``None`` for a run recorded before they were.
+    paths: tuple[str, ...] | None = None
 
     @property
     def frozen_ms(self) -> float | None:
@@ -94,6 +98,7 @@ class ApplicationRecord:
             "captured_at": iso(self.captured_at),
             "writes_blocked_ms": self.writes_blocked_ms,
             "facts": dict(self.facts),
+            "paths": None if self.paths is None else list(self.paths),
             "error": self.error,
         }
 

@@ -1,6 +1,7 @@
 """The ``restore`` and ``verify`` verbs: find the run, restore its newest restorable
-artifact under a target (then the applications' fix-ups and checks), or verify every
-live artifact of it and record the outcome."""
+artifact under a target, all of it or what ``--app``/``--path`` select
+(:mod:`freezeframe.restore_select`), then the applications' fix-ups and checks; or verify
+every live artifact of it and record the outcome."""
 
 from __future__ import annotations
 
@@ -8,19 +9,20 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from freezeframe import restoring
+from freezeframe import restore_select, restoring
 from freezeframe.catalog import Catalog, CatalogReadOnly
 from freezeframe.components import Artifact, RestoreOptions
-from freezeframe.errors import FreezeframeError, StageError, one_line
+from freezeframe.errors import FreezeframeError, StageError, UsageError, one_line
+from freezeframe.fsutil import under
 from freezeframe.profile import Profile, StageSpec
 from freezeframe.records import RunRecord, RunStatus, StageRecord
 from freezeframe.session import Session
 
-__all__ = ["find_run", "restorable", "restore", "verify"]
+__all__ = ["Restored", "find_run", "restorable", "restore", "verify"]
 
 log = logging.getLogger("freezeframe")
 
@@ -62,6 +64,21 @@ def restorable(profile: Profile, rec: RunRecord, stage: str | None) -> tuple[Sta
     )
 
 
+@dataclass(frozen=True)
+class Restored:
+    """What a restore did."""
+
+    run: RunRecord
+    #: The stage restored from.
+    stage: str
+    #: Where the paths restored are now (``target`` + each original path), only those there.
+    paths: list[Path]
+    #: The applications whose data came back (:attr:`Selection.applications`).
+    applications: tuple[str, ...]
+    #: The original paths selected (``--app``, ``--path``); empty: the whole run.
+    selected: tuple[Path, ...]
+
+
 def restore(
     session: Session,
     ref: str,
@@ -70,52 +87,79 @@ def restore(
     stage: str | None = None,
     verify: bool = False,
     preserve_special: bool = False,
-) -> tuple[RunRecord, str, list[Path]]:
-    """Restore run ``ref`` under ``target`` (original absolute paths below it).
+    apps: Sequence[str] = (),
+    paths: Sequence[Path | str] = (),
+) -> Restored:
+    """Restore run ``ref`` under ``target`` (original absolute paths below it): all of it,
+    or the data of the applications ``apps`` and the trees at the original ``paths``.
 
-    Returns the paths that were restored. On failure, what the restore made under
-    ``target`` is removed (it was empty: everything in it is ours), or the error
-    says what is left.
+    The fix-ups (and with ``verify`` the checks) of every application of the run run
+    after a whole restore, of those in ``apps`` after a selection. On failure, what the
+    restore made under ``target`` is removed (it was empty: everything in it is ours),
+    or the error says what is left.
     """
     profile = session.profile
     with session.catalog() as catalog:
         rec = find_run(profile, catalog, ref)
         spec, artifact = restorable(profile, rec, stage)
+    chosen = restore_select.select(session, rec, apps, paths)
+    if verify and chosen.paths and not chosen.applications:
+        raise UsageError("--verify asks the applications' plug-ins: add --app to restore one")
+    backend_restore: Callable[..., list[Path]] = spec.component.restore
+    takes_options = "options" in inspect.signature(backend_restore).parameters
+    if chosen.paths and not takes_options:  # a backend written before RestoreOptions existed
+        raise FreezeframeError(
+            f"stage {spec.name!r}: its backend cannot restore a part of a run; restore it whole"
+        )
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FreezeframeError(
             f"--to {target}: not an empty directory; restore never "
             "overwrites: give a new or empty one"
         )
+    held = artifact.metadata.get("paths")  # known before restoring: fail at once
+    if held is not None and (
+        what := chosen.missing(lambda ps: bool(RestoreOptions(paths=ps).within(held)))
+    ):
+        raise FreezeframeError(f"run {rec.run_id} holds nothing {what}")
     made = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     log.info("restoring %s from stage %s of run %s", artifact.id, spec.name, rec.run_id)
-    options = RestoreOptions(preserve_special=preserve_special)
-    # The run's applications, as the profile knows them today (one added since has
-    # nothing in this backup; one removed since has no plug-in configured to ask).
-    in_run = {a.name for a in rec.applications}
-    apps = [a for a in profile.applications if a.name in in_run]
+    options = RestoreOptions(preserve_special=preserve_special, paths=chosen.paths)
+    apps_here = [a for a in profile.applications if a.name in chosen.applications]
+    for name in sorted(set(chosen.applications) - {a.name for a in apps_here}):
+        if chosen.paths:  # named by --app (a whole restore never fixed it up either)
+            log.warning("application %s is not in the profile any more: no fix-ups of it", name)
     try:
         try:
-            backend_restore: Callable[..., list[Path]] = spec.component.restore
-            if "options" in inspect.signature(backend_restore).parameters:
+            if takes_options:
                 restored = backend_restore(artifact, target, options=options)
-            else:  # a backend written before RestoreOptions existed
+            else:
                 restored = backend_restore(artifact, target)
         except FreezeframeError:
             raise
         except Exception as e:
             raise StageError(f"stage {spec.name!r}: restore failed: {one_line(e)}") from e
-        for app in apps:
+        if what := chosen.missing(
+            lambda ps: any(restoring.exists_below(target, under(target, p)) for p in ps)
+        ):
+            raise FreezeframeError(f"run {rec.run_id} holds nothing {what}")
+        for app in apps_here:
             with session.alone(app.component):
                 app.component.prepare_restored(target)
     except BaseException as e:
         _undo(target, made, e)
         raise
     if verify:
-        for app in apps:
+        for app in apps_here:
             with session.alone(app.component):
                 app.component.verify_restored(target)
-    return rec, spec.name, [p for p in restored if restoring.exists_below(target, p)]
+    return Restored(
+        rec,
+        spec.name,
+        [p for p in restored if restoring.exists_below(target, p)],
+        chosen.applications,
+        chosen.paths,
+    )
 
 
 def _undo(target: Path, made: bool, e: BaseException) -> None:

@@ -275,25 +275,29 @@ def _cmd_show(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace, engine: Engine) -> int:
-    run, stage, paths = engine.restore(
+    done = engine.restore(
         args.run,
         args.to,
         stage=args.stage,
         verify=args.verify,
         preserve_special=args.preserve_special,
+        apps=args.app,
+        paths=args.path,
     )
     data = {
-        "run_id": run.run_id,
-        "stage": stage,
+        "run_id": done.run.run_id,
+        "stage": done.stage,
         "to": str(args.to),
-        "paths": [str(p) for p in paths],
+        "paths": [str(p) for p in done.paths],
+        "applications": list(done.applications),
+        "selected_paths": [str(p) for p in done.selected],
         "verified": args.verify,
         "preserve_special": args.preserve_special,
     }
 
     def human() -> None:
-        print(f"restored run {run.run_id} from stage {stage} under {args.to}:")
-        for p in paths:
+        print(f"restored run {done.run.run_id} from stage {done.stage} under {args.to}:")
+        for p in done.paths:
             print(f"  {p}")
 
     out(args, data, human)

@@ -57,6 +57,7 @@ a copy backend reads it through a hand-made snapshot view (:func:`snapshot_view`
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import threading
@@ -77,6 +78,7 @@ from freezeframe.plugin import (
     CrashSafety,
     Deadline,
     FreezeframeError,
+    RestoreOptions,
     Role,
     SnapshotKind,
     StageContext,
@@ -499,6 +501,39 @@ class BackendContract(_Contract):
         assert restored and all(Path(p).is_relative_to(target) for p in restored), restored
         for original, data in stage_input[2].items():
             assert contents(under(target, original)) == contents(data), original
+        backend.delete(artifact)
+
+    def test_restore_of_a_selection_restores_it_alone(
+        self,
+        backend: Backend,
+        stage_input: tuple[tuple[Path, ...], Artifact | None, dict[str, Path]],
+        tmp_path: Path,
+    ) -> None:
+        """``RestoreOptions.paths``: a tree (its ``data-link.db`` a hard link of ``data.db``,
+        which is not selected) and a file come back at their original paths, and nothing
+        else; a path the artifact lacks makes nothing and is no error (the core says that
+        nothing was there)."""
+        restore: Callable[..., list[Path]] = backend.restore
+        if "options" not in inspect.signature(restore).parameters:
+            pytest.skip("restore declares no options: restore --app/--path refuse its stage")
+        artifact = self._run(backend, self._context(stage_input))
+        (original, data), *_ = stage_input[2].items()
+        tree, file = Path(original, "nested"), Path(original, "tiny.txt")
+        target = tmp_path / "restore"
+        target.mkdir()
+
+        restored = restore(artifact, target, options=RestoreOptions(paths=(tree, file)))
+
+        assert sorted(map(Path, restored)) == [under(target, tree), under(target, file)]
+        taken = {
+            k: v for k, v in contents(data).items() if k.split("/")[0] in ("nested", "tiny.txt")
+        }
+        assert contents(under(target, original)) == taken  # nothing else
+        for lacking in (Path(original, "nope"), Path("/elsewhere/freezeframe")):
+            empty = tmp_path / f"restore-{lacking.name}"
+            empty.mkdir()
+            restore(artifact, empty, options=RestoreOptions(paths=(lacking,)))
+            assert [p for p in walk(empty) if not p.is_dir()] == [], lacking
         backend.delete(artifact)
 
     def test_delete_of_a_gone_artifact_succeeds(

@@ -16,7 +16,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +160,7 @@ def back_up_pairs(
         after = writer.committed
         assert run.status == RunStatus.SUCCEEDED, run.error
         target = restore_to / f"restore-{i}"
-        _, stage, _ = engine.restore(run.run_id, target, verify=True)
+        stage = engine.restore(run.run_id, target, verify=True).stage
         pair = (restored(target, dbs[0]), restored(target, dbs[1]))
         checked.append(CheckedRun(run, stage, pair_problems(writer, run, pair, before, after)))
         if checked[-1].problems:
@@ -382,11 +382,14 @@ path = {json.dumps(str(db))}
     return clone_profile(folder, application, name=name, then=then)
 
 
-def clone_profile(folder: Path, application: str, *, name: str, then: str = "") -> Path:
+def clone_profile(
+    folder: Path, application: str, *, name: str, then: str = "", paths: Sequence[Path] = ()
+) -> Path:
     """``folder/profile.toml``: one ``[[application]]`` (its fields: ``application``, TOML),
-    a clone snapshot stage ``snap`` in ``folder/snaps``, then ``then`` (more TOML: the copy
-    stages); ``freeze_timeout = "10s"``, state in ``folder/state``."""
+    a clone snapshot stage ``snap`` in ``folder/snaps`` (taking ``paths`` too), then ``then``
+    (more TOML: the copy stages); ``freeze_timeout = "10s"``, state in ``folder/state``."""
     path = folder / "profile.toml"
+    own = f"paths = {json.dumps([str(p) for p in paths])}" if paths else ""
     path.write_text(f"""
 [profile]
 name = "{name}"
@@ -400,6 +403,7 @@ state_dir = {json.dumps(str(folder / "state"))}
 backend = "clone"
 name = "snap"
 dir = {json.dumps(str(folder / "snaps"))}
+{own}
 
 {then}
 """)

@@ -26,7 +26,7 @@ import shutil
 import stat
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -349,9 +349,38 @@ def _write(data: IO[bytes]) -> Callable[[int], None]:
     return fill
 
 
-def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, out: Target) -> None:
-    """One member into ``out``; tarfile only parses the stream, ``out`` writes."""
-    name = member.name
+@contextlib.contextmanager
+def _reading(path: Path, raw: IO[bytes], sha256: str | None) -> Iterator[tarfile.TarFile]:
+    """The members of the archive ``raw`` (``path``), read from its start; its bytes are
+    hashed again as they are read, and must make ``sha256`` once all are read."""
+    import zstandard
+
+    raw.seek(0)
+    reader = _HashingReader(raw)
+    with contextlib.closing(reader):
+        try:
+            with (
+                zstandard.ZstdDecompressor().stream_reader(
+                    cast(IO[bytes], reader), closefd=False
+                ) as zr,
+                tarfile.open(fileobj=zr, mode="r|") as tar,
+            ):
+                yield tar
+        except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
+            raise FreezeframeError(f"archive {path} cannot be read: {e}") from None
+        if reader.drain() != sha256:
+            raise FreezeframeError(
+                f"archive {path} changed while it was being restored "
+                "(its SHA-256 differs from the one recorded)"
+            )
+
+
+def _extract(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, out: Target, name: str | None = None
+) -> None:
+    """One member into ``out`` (as ``name``, or its own); tarfile only parses the stream,
+    ``out`` writes."""
+    name = member.name if name is None else name
     if member.isdir() and not name.startswith("/") and set(name.split("/")) <= {"", "."}:
         return  # the target itself ("./"): it is the user's folder, left as it is
     if member.isdir():
@@ -472,42 +501,42 @@ class ArchiveBackend(Backend):
     def restore(
         self, artifact: Artifact, target: Path, *, options: RestoreOptions = RestoreOptions()
     ) -> list[Path]:
-        """Check the checksum, then extract under ``target``, both from one open descriptor.
+        """Check the checksum, then extract under ``target`` (every member, or those
+        ``options.paths`` select and the folders above them), both from one open descriptor.
 
         Entries are written by :class:`freezeframe.plugin.Target` (nothing outside
         ``target``, no symlink followed); the bytes extracted are hashed again as they
         are read, and special files (with ``options.preserve_special``) are made only
-        once that second hash matches too.
+        once that second hash matches too. A hard link selected whose file is not (its
+        data is in that file's member, read past already) is filled by a second read.
         """
-        import zstandard
-
         path = Path(artifact.metadata.get("file") or self.dir / artifact.id)
+        sha256 = artifact.metadata.get("sha256")
         with _open_archive(path) as raw:
             self._check_sum(artifact, path, _sha256(raw))
-            raw.seek(0)
-            reader = _HashingReader(raw)
-            with (
-                contextlib.closing(reader),
-                Target(target, preserve_special=options.preserve_special) as out,
-            ):
-                try:
-                    with (
-                        zstandard.ZstdDecompressor().stream_reader(
-                            cast(IO[bytes], reader), closefd=False
-                        ) as zr,
-                        tarfile.open(fileobj=zr, mode="r|") as tar,
-                    ):
-                        for member in tar:
+            with Target(target, preserve_special=options.preserve_special) as out:
+                pending: dict[str, list[str]] = {}  # file not selected: its links selected
+                with _reading(path, raw, sha256) as tar:
+                    for member in tar:
+                        original = "/" + member.name
+                        if not options.selects(original):
+                            if member.isdir() and options.leads_to(original):
+                                _extract(tar, member, out)  # the folder, for its metadata
+                        elif member.islnk() and not options.selects("/" + member.linkname):
+                            pending.setdefault(member.linkname, []).append(member.name)
+                        else:
                             _extract(tar, member, out)
-                except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
-                    raise FreezeframeError(f"archive {path} cannot be read: {e}") from None
-                if reader.drain() != artifact.metadata.get("sha256"):
-                    raise FreezeframeError(
-                        f"archive {path} changed while it was being restored "
-                        "(its SHA-256 differs from the one recorded)"
-                    )
+                if pending:
+                    with _reading(path, raw, sha256) as tar:
+                        for member in tar:
+                            if links := pending.pop(member.name, None):
+                                _extract(tar, member, out, links[0])
+                                for name in links[1:]:
+                                    out.hardlink(name, links[0])
+                    for linkname, links in pending.items():  # no such file: refused
+                        out.hardlink(links[0], linkname)
                 out.finish()
-        return [under(target, p) for p in artifact.metadata.get("paths", [])]
+        return [under(target, p) for p in options.within(artifact.metadata.get("paths", []))]
 
     def _check_sum(self, artifact: Artifact, path: Path, digest: str) -> None:
         if digest != artifact.metadata.get("sha256"):

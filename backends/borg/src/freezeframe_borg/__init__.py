@@ -63,6 +63,8 @@ LOCK_WAIT = 10.0
 _REMOTE = re.compile(r"^(ssh://|[^/]*:)")
 #: The repository (``BORG_REPO``) where borg wants a repository; ``::NAME`` for an archive.
 _REPO = "::"
+#: What ``borg extract`` says (exit 1) of a path asked for that the archive does not hold.
+_NOT_MATCHED = re.compile(r"Include pattern '.*' never matched\.")
 
 
 def _why(e: ToolError) -> str:
@@ -166,12 +168,25 @@ class BorgBackend(Backend):
                 argv, env=self._env(new=new), timeout=timeout, context=context, cwd=cwd, check=check
             )
         except ToolError as e:
-            why = _why(e)
-            if self.local is None and "Connection closed" in e.stderr and "ssh:" not in e.stderr:
-                why = f"{self._ssh_trouble()}; {why}"
             raise ToolError(
-                f"borg {what} ({self.repository}): {why}", e.returncode, e.stderr
+                f"borg {what} ({self.repository}): {self._trouble(e)}", e.returncode, e.stderr
             ) from None
+
+    def _failed(self, what: str, result: subprocess.CompletedProcess[str]) -> ToolError:
+        """The error of a borg run with ``check=False`` whose exit code says it failed."""
+        why = self._trouble(ToolError("", result.returncode, result.stderr))
+        return ToolError(
+            f"borg {what} ({self.repository}) failed (exit {result.returncode}): {why}",
+            result.returncode,
+            result.stderr,
+        )
+
+    def _trouble(self, e: ToolError) -> str:
+        """What went wrong, in one line; for a remote repository, what ssh says of it."""
+        why = _why(e)
+        if self.local is None and "Connection closed" in e.stderr and "ssh:" not in e.stderr:
+            why = f"{self._ssh_trouble()}; {why}"
+        return why
 
     def _ssh_trouble(self) -> str:
         """What ssh says when it runs by itself (borg may exit before it passes that on)."""
@@ -267,12 +282,7 @@ class BorgBackend(Backend):
                 )
             if result.returncode != 0:
                 # 1 is borg's "warning": a file it could not read. Not a complete backup.
-                e = ToolError("", result.returncode, result.stderr)
-                raise ToolError(
-                    f"borg create ({self.repository}) failed (exit {result.returncode}): {_why(e)}",
-                    result.returncode,
-                    result.stderr,
-                )
+                raise self._failed("create", result)
             try:
                 archive = json.loads(result.stdout)["archive"]
                 stats = archive["stats"]
@@ -315,13 +325,17 @@ class BorgBackend(Backend):
     def restore(
         self, artifact: Artifact, target: Path, *, options: RestoreOptions = RestoreOptions()
     ) -> list[Path]:
-        """``borg extract --sparse`` in ``target``: files land at target + original path.
+        """``borg extract --sparse`` in ``target``: files land at target + original path;
+        with ``options.paths``, only each selected path (``pp:`` patterns: no glob).
 
         A borg archive holds the paths, not the folders above them, and borg would
         make those 0700; they are made here first, 0755 like ``mkdir -p``, so that a
         service user (postgres) can reach its restored data.
         """
-        for p in artifact.metadata.get("paths", []):
+        selected = options.within(artifact.metadata.get("paths", []))
+        if options.paths and not selected:
+            return []  # without a path borg would extract everything
+        for p in selected:
             missing = []
             parent = under(target, p).parent
             while not parent.exists():
@@ -330,15 +344,17 @@ class BorgBackend(Backend):
             for folder in reversed(missing):
                 folder.mkdir(mode=0o755)
                 folder.chmod(0o755)  # whatever the umask
-        self._borg(
-            "extract",
-            self._argv("extract", "--sparse", f"{_REPO}{artifact.id}"),
-            timeout=self.timeout,
-            cwd=target,
-        )
+        patterns = [f"pp:{p.relative_to('/')}" for p in selected] if options.paths else []
+        argv = self._argv("extract", "--sparse", f"{_REPO}{artifact.id}", *patterns)
+        result = self._borg("extract", argv, timeout=self.timeout, cwd=target, check=False)
+        # 1: a warning; "never matched" only says a selected path is not in the archive
+        warnings = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        not_there = result.returncode == 1 and all(map(_NOT_MATCHED.fullmatch, warnings))
+        if result.returncode != 0 and not not_there:
+            raise self._failed("extract", result)
         if not options.preserve_special:  # the tool makes them: take them out again at once
             strip_special(target)
-        return [under(target, p) for p in artifact.metadata.get("paths", [])]
+        return [under(target, p) for p in selected]
 
     def verify(self, artifact: Artifact) -> None:
         """The archive is there (the same one), then ``borg check [--verify-data]``."""
@@ -379,12 +395,7 @@ class BorgBackend(Backend):
         argv = self._argv("delete", _REPO, *names)
         result = self._borg("delete", argv, timeout=self.timeout, check=False)
         if result.returncode not in (0, 1):  # 1: a warning, such as "Archive X not found"
-            e = ToolError("", result.returncode, result.stderr)
-            raise ToolError(
-                f"borg delete ({self.repository}) failed (exit {result.returncode}): {_why(e)}",
-                result.returncode,
-                result.stderr,
-            )
+            raise self._failed("delete", result)
         self._borg("compact", self._argv("compact", _REPO), timeout=self.timeout)
 
     def discard(self, run_id: str) -> None:

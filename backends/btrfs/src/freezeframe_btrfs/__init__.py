@@ -268,7 +268,8 @@ class BtrfsBackend(Backend):
     def restore(
         self, artifact: Artifact, target: Path, *, options: RestoreOptions = RestoreOptions()
     ) -> list[Path]:
-        """Copy every path out of the snapshots to ``target`` + its original absolute path.
+        """Copy every path out of the snapshots (or those ``options.paths`` select) to
+        ``target`` + its original absolute path.
 
         Read and written without following a symlink (:func:`freezeframe.plugin.copy_in`);
         folders above a path inside its snapshot get the snapshot's owner and mode, those
@@ -282,13 +283,17 @@ class BtrfsBackend(Backend):
             )
         restored = []
         links: dict[tuple[int, int], str] = {}
+        roots = dict.fromkeys(original for original, _ in artifact.roots())
         with Target(target, preserve_special=options.preserve_special) as out:
-            for original, image in artifact.roots():
-                if not os.path.lexists(image) or not image.is_relative_to(view):
+            for original in options.within(roots):
+                image = artifact.image(original)
+                whole = original in roots  # a path the snapshot took must be in it
+                if not image.is_relative_to(view) or (whole and not os.path.lexists(image)):
                     raise FreezeframeError(f"{image} is missing from the snapshot")
                 rel = original.relative_to(original.anchor).as_posix()
-                copy_in(out, view, image.relative_to(view).as_posix(), rel, links=links)
-                restored.append(target / rel)
+                image_rel = image.relative_to(view).as_posix()
+                if copy_in(out, view, image_rel, rel, links=links, missing_ok=not whole):
+                    restored.append(target / rel)
             out.finish()
         return restored
 

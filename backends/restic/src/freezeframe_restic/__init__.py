@@ -117,6 +117,12 @@ def _why(e: ToolError) -> str:
     return "; ".join(p[:300] for p in parts)
 
 
+def _pattern(path: Path) -> str:
+    """An ``--include`` pattern that matches ``path`` (and so all below it) and nothing else:
+    restic reads ``*``, ``?``, ``[`` and ``\\`` as a glob's unless escaped."""
+    return re.sub(r"([*?\[\\])", r"\\\1", str(path))
+
+
 def _quote(arg: str) -> str:
     """``arg`` for restic's ``sftp.command`` splitter (quotes group words; no escapes)."""
     if not arg or any(c in arg for c in "\"'\\"):
@@ -488,18 +494,24 @@ class ResticBackend(Backend):
     def restore(
         self, artifact: Artifact, target: Path, *, options: RestoreOptions = RestoreOptions()
     ) -> list[Path]:
-        """``restic restore <id> --target <target>``: files land at target + original path.
+        """``restic restore <id> --target <target>``: files land at target + original path;
+        with ``options.paths``, only what ``--include`` of each selected path takes.
 
         Holes of sparse files are kept when this restic can (``restore --sparse``; 0.14 cannot).
         """
+        selected = options.within(artifact.metadata.get("paths", []))
+        if options.paths and not selected:
+            return []  # without an --include restic would restore everything
         args = ["restore", artifact.id, "--target", str(target)]
+        if options.paths:
+            args += [f"--include={_pattern(p)}" for p in selected]
         usage = run_tool([find_tool("restic"), "restore", "--help"], timeout=SHORT_TIMEOUT)
         if "--sparse" in usage.stdout:
             args.append("--sparse")
         self._restic("restore", self._argv(*args), timeout=self.timeout)
         if not options.preserve_special:  # the tool makes them: take them out again at once
             strip_special(target)
-        return [under(target, p) for p in artifact.metadata.get("paths", [])]
+        return [under(target, p) for p in selected]
 
     def verify(self, artifact: Artifact) -> None:
         """The snapshot is there, then ``restic check`` reading ``verify_data`` of the packs."""

@@ -76,6 +76,16 @@ def load_profile(path: Path, registry: Registry) -> Profile:
     return _Loader(path, registry).load(data)
 
 
+def _user_checks_in(table: dict[str, Any]) -> bool:
+    """Whether the table's ``check`` is the core's, ``[[application.check]]`` tables, rather
+    than a plug-in's own field of that name (``exec``'s ``check = [argv]``, its preflight
+    command): a plug-in that has no such field calls any other ``check`` unknown."""
+    value = table.get("check")
+    return isinstance(value, dict) or (
+        isinstance(value, list) and any(isinstance(v, dict) for v in value)
+    )
+
+
 class _Loader:
     def __init__(self, path: Path, registry: Registry) -> None:
         self.path = path
@@ -226,12 +236,12 @@ class _Loader:
             core = Table(
                 {
                     k: rest.pop(k)
-                    for k in ("after", "on_quiesce_failure", "distribution", "capture", "check")
+                    for k in ("after", "on_quiesce_failure", "distribution", "capture")
                     if k in rest
                 },
                 base_dir=self.base_dir,
             )
-            raw_checks = core.get_any("check")
+            raw_checks = rest.pop("check") if _user_checks_in(rest) else None
             after = tuple(self._field(where, [], core.get_str_list, "after"))
             on_fail: str = self._field(
                 where, "fail", core.get_choice, "on_quiesce_failure", ON_QUIESCE_FAILURE, "fail"

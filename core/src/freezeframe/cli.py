@@ -165,7 +165,11 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def _cmd_plugins(args: argparse.Namespace, registry: Registry) -> int:
-    comps = [*registry.applications.values(), *registry.backends.values()]
+    comps = [
+        *registry.applications.values(),
+        *registry.backends.values(),
+        *registry.observers.values(),
+    ]
     data = {
         "components": [c.to_json() for c in comps],
         "broken": [b.to_json() for b in registry.broken],
@@ -174,7 +178,10 @@ def _cmd_plugins(args: argparse.Namespace, registry: Registry) -> int:
 
     def human() -> None:
         for c in comps:
-            extra = f"role {c.cls.role}" if c.category == "backend" else "application"
+            extra = {
+                "backend": f"role {getattr(c.cls, 'role', '?')}",
+                "observer": f"observer [[{c.kind}]]",
+            }.get(c.category, "application")
             print(f"{c.kind:<14} {extra:<16} {c.distribution} {c.version}")
         for b in registry.broken:
             print(f"BROKEN {b.name:<14} {b.distribution}: {b.error}")

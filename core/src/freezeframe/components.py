@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from freezeframe.boundary import (
     Artifact,
@@ -28,6 +28,9 @@ from freezeframe.boundary import (
 from freezeframe.config import Table
 from freezeframe.drilling import DrillContext, Running
 
+if TYPE_CHECKING:
+    from freezeframe.records import DrillRecord, RunRecord, StageRecord
+
 __all__ = [
     "API_VERSION",
     "ApplicationPlugin",
@@ -36,6 +39,7 @@ __all__ = [
     "CrashSafety",
     "Deadline",
     "DrillContext",
+    "Observer",
     "ProgressCallback",
     "RestoreOptions",
     "Role",
@@ -347,3 +351,30 @@ class Backend(_Component):
         stage that would copy more than the profile's ``max_copy_in_window``.
         """
         return WindowEstimate()
+
+
+class Observer(_Component):
+    """Told of every run and drill of a profile: notifications, metrics, audit. One instance
+    per table of the profile named for its ``kind`` (``[[notify]]`` tables build the
+    observer whose kind is ``notify``; a single ``[notify]`` table is one).
+
+    It cannot change a run: what it raises is logged with its name, and the core waits
+    for each call at most :attr:`timeout` seconds (the call goes on in its thread; the run
+    does not wait for it). Every method has a default that does nothing; the records it
+    receives are frozen.
+    """
+
+    #: The most seconds the core waits for one call (a subclass may read it from its table).
+    timeout: float = 10.0
+
+    def run_started(self, run: RunRecord) -> None:
+        """A backup run started: the profile is locked and the run journaled as running."""
+
+    def stage_finished(self, run: RunRecord, stage: StageRecord) -> None:
+        """A stage of ``run`` finished, failed ones too (``stage.status``)."""
+
+    def run_finished(self, run: RunRecord) -> None:
+        """A run is over and recorded: every application is thawed, ``run.status`` final."""
+
+    def drill_finished(self, run: RunRecord, drill: DrillRecord) -> None:
+        """A drill of ``run`` reached its verdict (``drill.status``: passed or failed)."""

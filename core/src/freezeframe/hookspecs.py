@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from freezeframe.components import ApplicationPlugin, Backend
+    from freezeframe.components import ApplicationPlugin, Backend, Observer
     from freezeframe.records import DrillRecord, RunRecord, StageRecord
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -54,6 +54,19 @@ def freezeframe_register_backends(register: Callable[[type[Backend]], None]) -> 
     ``restore``, ``verify``, ``delete``), names its profile ``backend =`` value
     in ``kind``, its ``role`` (``snapshot`` or ``copy``) and ``api_version``.
     Kinds and distributions are named as for application plug-ins.
+    """
+
+
+@hookspec
+def freezeframe_register_observers(register: Callable[[type[Observer]], None]) -> None:
+    """Register observer classes: notifications, metrics, audit, configured per profile.
+
+    Call ``register(cls)`` once per class. ``cls`` subclasses
+    ``freezeframe.plugin.Observer``; its ``kind`` is the profile's top-level table that
+    configures it (``kind = "notify"``: each ``[[notify]]`` table builds one instance,
+    which is told of that profile's runs and drills through its methods). Kinds and
+    distributions are named as for application plug-ins. The lifecycle hooks below are
+    for observers that need no table (they hear of every profile).
     """
 
 

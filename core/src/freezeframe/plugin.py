@@ -10,10 +10,12 @@ but are not the documented API). A vendor's package imports from here only::
 
 What ``API_VERSION`` covers, by job:
 
-- components and hooks: ``ApplicationPlugin``, ``Backend``, ``hookimpl``,
+- components and hooks: ``ApplicationPlugin``, ``Backend``, ``Observer``, ``hookimpl``,
   ``API_VERSION``, ``Role``, ``SnapshotKind``, ``CrashSafety``;
 - records passed to and returned by components: ``Artifact``, ``StageContext``,
-  ``Deadline``, ``RestoreOptions``, ``ProgressCallback``, ``WindowEstimate``;
+  ``Deadline``, ``RestoreOptions``, ``ProgressCallback``, ``WindowEstimate``; and those an
+  observer is told of: ``RunRecord``, ``ApplicationRecord``, ``StageRecord``,
+  ``DrillRecord``, ``RunStatus``, ``DrillStatus``;
 - configuration: ``Table``, ``Secret``, ``parse_duration``;
 - drills (``ApplicationPlugin.drill``): ``DrillContext``, ``Running``, ``CheckFailed``,
   ``CheckSkipped``, ``env_prefix``, ``DrillCommand`` (a profile's ``drill`` command);
@@ -51,6 +53,7 @@ from freezeframe.components import (
     Backend,
     CrashSafety,
     Deadline,
+    Observer,
     ProgressCallback,
     RestoreOptions,
     Role,
@@ -80,6 +83,14 @@ from freezeframe.folder_view import FolderView
 from freezeframe.fsutil import fsync_dir, sqlite_uri, syncfs, under, writable_dir
 from freezeframe.hookspecs import hookimpl
 from freezeframe.layout import Layout, laid_out
+from freezeframe.records import (
+    ApplicationRecord,
+    DrillRecord,
+    DrillStatus,
+    RunRecord,
+    RunStatus,
+    StageRecord,
+)
 from freezeframe.repository import (
     Repository,
     dotted,
@@ -108,6 +119,7 @@ from freezeframe.tools import ToolError, die_with_us, find_tool, run_tool, strea
 __all__ = [
     "API_VERSION",
     "ApplicationPlugin",
+    "ApplicationRecord",
     "Artifact",
     "Backend",
     "Cancelled",
@@ -119,20 +131,26 @@ __all__ = [
     "Deadline",
     "DrillCommand",
     "DrillContext",
+    "DrillRecord",
+    "DrillStatus",
     "FolderView",
     "FreezeframeError",
     "Layout",
     "Meta",
+    "Observer",
     "ProgressCallback",
     "QuiesceError",
     "Repository",
     "RestoreOptions",
     "Role",
+    "RunRecord",
+    "RunStatus",
     "Running",
     "Secret",
     "SnapshotKind",
     "StageContext",
     "StageError",
+    "StageRecord",
     "Table",
     "Target",
     "ToolError",

@@ -24,6 +24,7 @@ from freezeframe.specs import (
     DRILL_MODES,
     MAX_COPY_IN_WINDOW,
     ApplicationSpec,
+    ObserverSpec,
     Profile,
     StageSpec,
     UserCheck,
@@ -97,8 +98,9 @@ class _Loader:
         self.problems.append(f"{self.path}: {where}: {message}")
 
     def load(self, data: dict[str, Any]) -> Profile:
-        for key in sorted(set(data) - {"profile", "application", "backup"}):
-            self.problem(key, "unknown top-level key (use [profile], [[application]], [[backup]])")
+        observers = self._observers(
+            {k: v for k, v in data.items() if k not in ("profile", "application", "backup")}
+        )
         fields = self._profile_table(data.get("profile"))
         applications = self._applications(self._array(data, "application"))
         stages = self._stages(self._array(data, "backup"), fields["state_dir"] / fields["name"])
@@ -109,8 +111,39 @@ class _Loader:
             self.path,
             applications=tuple(applications),
             stages=tuple(stages),
+            observers=tuple(observers),
             **fields,
         )
+
+    def _observers(self, tables: dict[str, Any]) -> list[ObserverSpec]:
+        """Every other top-level table configures the observer of its name: ``[[notify]]``
+        (or one ``[notify]``) builds observers of kind ``notify``."""
+        specs: list[ObserverSpec] = []
+        for key, value in tables.items():
+            try:
+                info = self.registry.observer(key)
+            except PluginError as e:
+                hint = "use [profile], [[application]], [[backup]], or an observer's table"
+                self.problem(key, f"unknown top-level key ({hint}: {e})")
+                continue
+            raws = [value] if isinstance(value, dict) else value
+            if not isinstance(raws, list) or not all(isinstance(r, dict) for r in raws):
+                self.problem(key, f"must be a table, or an array of tables written [[{key}]]")
+                continue
+            for i, raw in enumerate(raws):
+                where = f"[[{key}]] #{i + 1}"
+                table = dict(raw)
+                name = table.pop("name", f"{key}-{i + 1}")
+                if self._check_name(where, "name", name) is None:
+                    continue
+                where = f"[[{key}]] {name!r}"
+                if any(s.name == name for s in specs):
+                    self.problem(where, f'field "name": duplicate observer name {name!r}')
+                    continue
+                component = self._build(where, info, name, Table(table, base_dir=self.base_dir))
+                if component is not None:
+                    specs.append(ObserverSpec(name, info, component))
+        return specs
 
     def _array(self, data: dict[str, Any], key: str) -> list[dict[str, Any]]:
         value = data.get(key, [])

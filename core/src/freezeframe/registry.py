@@ -23,7 +23,7 @@ from typing import Any, Literal
 import pluggy
 
 from freezeframe import hookspecs
-from freezeframe.components import API_VERSION, ApplicationPlugin, Backend, Role
+from freezeframe.components import API_VERSION, ApplicationPlugin, Backend, Observer, Role
 from freezeframe.errors import ConfigError, PluginError
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ComponentType = Literal["application", "backend"]
+ComponentType = Literal["application", "backend", "observer"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,9 @@ class ComponentInfo:
             "version": self.version,
             "api_version": self.cls.api_version,
         }
-        if self.category == "backend":
+        if self.category == "observer":
+            out["table"] = f"[[{self.kind}]]"
+        elif self.category == "backend":
             out["role"] = str(self.cls.role)
             if self.cls.role == Role.SNAPSHOT:
                 out["snapshot_kind"] = str(self.cls.snapshot_kind)
@@ -123,6 +125,8 @@ class Conflict:
     @property
     def table(self) -> str:
         """The profile table that names a component of this category."""
+        if self.category == "observer":
+            return f"[[{self.kind}]]"
         return "[[application]]" if self.category == "application" else "[[backup]]"
 
     @property
@@ -176,6 +180,8 @@ class Registry:
     #: is here only when one of its distributions is named for it).
     applications: dict[str, ComponentInfo] = field(default_factory=dict)
     backends: dict[str, ComponentInfo] = field(default_factory=dict)
+    #: Observers by kind: the top-level profile table each reads (``notify``).
+    observers: dict[str, ComponentInfo] = field(default_factory=dict)
     broken: list[Broken] = field(default_factory=list)
     #: Kinds registered by more than one distribution.
     conflicts: list[Conflict] = field(default_factory=list)
@@ -194,10 +200,22 @@ class Registry:
         """The backend ``kind`` (from ``distribution`` when given), as :meth:`application`."""
         return self._find(kind, distribution, "backend", "backend")
 
+    def observer(self, kind: str, distribution: str | None = None) -> ComponentInfo:
+        """The observer ``kind`` (from ``distribution`` when given), as :meth:`application`."""
+        return self._find(kind, distribution, "observer", "observer")
+
+    def table_of(self, category: ComponentType) -> dict[str, ComponentInfo]:
+        """The components of ``category`` by kind."""
+        return {
+            "application": self.applications,
+            "backend": self.backends,
+            "observer": self.observers,
+        }[category]
+
     def _find(
         self, kind: str, distribution: str | None, category: ComponentType, what: str
     ) -> ComponentInfo:
-        table = self.applications if category == "application" else self.backends
+        table = self.table_of(category)
         conflict = next(
             (c for c in self.conflicts if c.kind == kind and c.category == category), None
         )
@@ -259,6 +277,7 @@ def build_registry(
             pm.unregister(e.plugin)
     _collect(registry, "application", "freezeframe_register_applications", ApplicationPlugin)
     _collect(registry, "backend", "freezeframe_register_backends", Backend)
+    _collect(registry, "observer", "freezeframe_register_observers", Observer)
     return registry
 
 
@@ -318,7 +337,7 @@ def _collect(registry: Registry, ctype: ComponentType, hook_name: str, base: typ
         except Exception as e:
             registry.broken.append(Broken(impl.plugin_name, dist, f"{type(e).__name__}: {e}"))
             log.debug("plug-in %s failed to register", impl.plugin_name, exc_info=True)
-    table = registry.applications if ctype == "application" else registry.backends
+    table = registry.table_of(ctype)
     for kind, infos in found.items():
         if len(infos) == 1:
             table[kind] = infos[0]
@@ -343,6 +362,8 @@ def _class_problem(cls: Any, base: type[Any], ctype: ComponentType) -> str | Non
             f"{cls.__name__} was written for plug-in API {api}; "
             f"this freezeframe supports API {API_VERSION}"
         )
+    if ctype == "observer" and kind in ("profile", "application", "backup"):
+        return f"{cls.__name__}: kind {kind!r} is a table of the core's; name it otherwise"
     if ctype == "backend" and getattr(cls, "role", None) not in tuple(Role):
         return f"{cls.__name__} has no role (snapshot or copy)"
     modes = getattr(cls, "capture_modes", ())

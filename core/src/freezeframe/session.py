@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,6 +21,7 @@ from freezeframe.errors import QuiesceError, one_line
 from freezeframe.fsutil import ensure_private_dir
 from freezeframe.profile import ApplicationSpec, Profile
 from freezeframe.registry import Registry, each_implementation
+from freezeframe.specs import ObserverSpec
 
 __all__ = ["Session"]
 
@@ -87,10 +89,51 @@ class Session:
         return False
 
     def notify(self, hook: str, **kwargs: Any) -> None:
-        """Call every observer of ``hook`` through pluggy, in its order; one that raises
-        is logged with its plug-in's name and changes nothing else."""
+        """Call every observer of ``hook``: the pluggy implementations, in their order, then
+        the profile's own observers (``[[notify]]``...), each in a thread of its own and
+        waited for at most its ``timeout``. One that raises is logged with its name and
+        changes nothing else; one that takes longer is left to finish by itself."""
         for impl, call in each_implementation(self.registry.pm, hook):
             try:
                 call(**kwargs)
             except Exception as e:  # observers never change the run
                 log.warning("hook %s of %s failed: %s", hook, impl.plugin_name, one_line(e))
+        method = hook.removeprefix("freezeframe_")
+        calls = [
+            _ObserverCall(spec, getattr(spec.component, method), kwargs)
+            for spec in self.profile.observers
+        ]
+        for c in calls:
+            c.wait()
+
+
+class _ObserverCall:
+    """One call of a profile's observer, started at once in a daemon thread."""
+
+    def __init__(self, spec: ObserverSpec, method: Callable[..., None], kwargs: Any) -> None:
+        self.spec = spec
+        self.error: BaseException | None = None
+        self.deadline = time.monotonic() + spec.component.timeout
+        self.thread = threading.Thread(
+            target=self._run, args=(method, kwargs), name=f"observer {spec.name}", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, method: Callable[..., None], kwargs: Any) -> None:
+        try:
+            method(**kwargs)
+        except BaseException as e:  # reported by wait(), in the caller's thread
+            self.error = e
+
+    def wait(self) -> None:
+        """Wait for the call until its deadline; say what went wrong, if anything did."""
+        self.thread.join(max(0.0, self.deadline - time.monotonic()))
+        who = f"observer {self.spec.name!r} ({self.spec.info.kind})"
+        if self.thread.is_alive():
+            log.warning(
+                "%s did not finish within %gs: going on without it",
+                who,
+                self.spec.component.timeout,
+            )
+        elif self.error is not None:
+            log.warning("%s failed: %s", who, one_line(self.error))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freezeframe.components import ApplicationPlugin, Backend, Role
+from freezeframe.components import ApplicationPlugin, Backend, Observer, Role
 from freezeframe.errors import ProfileError
 from freezeframe.keep import KeepPolicy
 from freezeframe.registry import ComponentInfo
@@ -18,6 +18,7 @@ __all__ = [
     "DRILL_MODES",
     "MAX_COPY_IN_WINDOW",
     "ApplicationSpec",
+    "ObserverSpec",
     "Profile",
     "StageSpec",
     "UserCheck",
@@ -94,6 +95,15 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
+class ObserverSpec:
+    """One observer's table (``[[notify]]``): its instance."""
+
+    name: str
+    info: ComponentInfo
+    component: Observer
+
+
+@dataclass(frozen=True)
 class Profile:
     """A loaded, validated profile."""
 
@@ -110,6 +120,8 @@ class Profile:
     drill: str = "none"
     #: Where drills make their private scratch folders.
     drill_dir: Path = field(default_factory=default_drill_dir)
+    #: The observers its own tables configure (``[[notify]]``), in profile order.
+    observers: tuple[ObserverSpec, ...] = ()
 
     @property
     def home(self) -> Path:

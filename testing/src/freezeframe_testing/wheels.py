@@ -34,7 +34,12 @@ CORE = "freezeframe"
 LICENSE = "LICENSE"
 # Where distributions live in the checkout: the core and the kit at the top,
 # one folder per plug-in and per backend. A new package needs no entry anywhere.
-DISTRIBUTION_GLOBS = ("*/pyproject.toml", "plugins/*/pyproject.toml", "backends/*/pyproject.toml")
+DISTRIBUTION_GLOBS = (
+    "*/pyproject.toml",
+    "plugins/*/pyproject.toml",
+    "backends/*/pyproject.toml",
+    "observers/*/pyproject.toml",
+)
 PYPI = "https://pypi.org/simple/pip/"
 TIMEOUT = 600
 

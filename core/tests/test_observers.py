@@ -17,6 +17,7 @@ from freezeframe.errors import ProfileError
 from freezeframe.plugin import (
     DrillRecord,
     Observer,
+    ProfileStatus,
     RunRecord,
     StageRecord,
     Table,
@@ -53,10 +54,10 @@ class Audit(Observer):
     def stage_finished(self, run: RunRecord, stage: StageRecord) -> None:
         self._heard("stage_finished", f"{stage.name} {stage.status}")
 
-    def run_finished(self, run: RunRecord) -> None:
+    def run_finished(self, run: RunRecord, status: ProfileStatus) -> None:
         self._heard("run_finished", str(run.status))
 
-    def drill_finished(self, run: RunRecord, drill: DrillRecord) -> None:
+    def drill_finished(self, run: RunRecord, drill: DrillRecord, status: ProfileStatus) -> None:
         self._heard("drill_finished", str(drill.status))
 
 

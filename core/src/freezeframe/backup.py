@@ -37,6 +37,7 @@ from freezeframe.retention import release_and_retain
 from freezeframe.running import Run, Signals, new_record
 from freezeframe.session import Session
 from freezeframe.stages import ProgressFactory, run_stage, seal_all
+from freezeframe.status import summarize
 from freezeframe.watchdog import Watchdog
 
 __all__ = ["BackupResult", "run_backup"]
@@ -95,7 +96,11 @@ def run_backup(
         except Exception as e:  # the backup is good; say loudly that retention is not
             run.error("retention", one_line(e))
         run.record = catalog.get(run.record.run_id) or run.record  # what retention did
-    session.notify("freezeframe_run_finished", run=run.record)
+    session.notify(
+        "freezeframe_run_finished",
+        run=run.record,
+        status=summarize(catalog, session.profile.name),
+    )
     drill: DrillRecord | None = None
     if status == RunStatus.SUCCEEDED and not interrupted_by and session.profile.drill != "none":
         try:  # outside the window, after the copies and retention: a failure keeps the run

@@ -30,6 +30,7 @@ from freezeframe.drilling import DrillContext, Running
 
 if TYPE_CHECKING:
     from freezeframe.records import DrillRecord, RunRecord, StageRecord
+    from freezeframe.status import ProfileStatus
 
 __all__ = [
     "API_VERSION",
@@ -373,8 +374,10 @@ class Observer(_Component):
     def stage_finished(self, run: RunRecord, stage: StageRecord) -> None:
         """A stage of ``run`` finished, failed ones too (``stage.status``)."""
 
-    def run_finished(self, run: RunRecord) -> None:
-        """A run is over and recorded: every application is thawed, ``run.status`` final."""
+    def run_finished(self, run: RunRecord, status: ProfileStatus) -> None:
+        """A run is over and recorded: every application is thawed, ``run.status`` final;
+        ``status``: where the profile stands now (last success, retained backups...)."""
 
-    def drill_finished(self, run: RunRecord, drill: DrillRecord) -> None:
-        """A drill of ``run`` reached its verdict (``drill.status``: passed or failed)."""
+    def drill_finished(self, run: RunRecord, drill: DrillRecord, status: ProfileStatus) -> None:
+        """A drill of ``run`` reached its verdict (``drill.status``: passed or failed);
+        ``status``: where the profile stands now."""

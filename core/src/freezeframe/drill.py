@@ -50,6 +50,7 @@ from freezeframe.records import (
 from freezeframe.running import Signals
 from freezeframe.session import Session
 from freezeframe.specs import ApplicationSpec, UserCheck
+from freezeframe.status import summarize
 
 __all__ = ["clean_up_crashed", "drill_run", "drill_runs", "undrilled"]
 
@@ -140,7 +141,8 @@ def drill_run(
     log.info("drill %s of run %s %s", drill_id, run.run_id, record.status)
     if failure is not None:
         raise failure
-    session.notify("freezeframe_drill_finished", run=run, drill=record)
+    status = summarize(catalog, session.profile.name)
+    session.notify("freezeframe_drill_finished", run=run, drill=record, status=status)
     return record
 
 

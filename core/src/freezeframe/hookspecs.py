@@ -20,6 +20,7 @@ import pluggy
 if TYPE_CHECKING:
     from freezeframe.components import ApplicationPlugin, Backend, Observer
     from freezeframe.records import DrillRecord, RunRecord, StageRecord
+    from freezeframe.status import ProfileStatus
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -88,20 +89,24 @@ def freezeframe_stage_finished(run: RunRecord, stage: StageRecord) -> None:
 
 
 @hookspec
-def freezeframe_run_finished(run: RunRecord) -> None:
+def freezeframe_run_finished(run: RunRecord, status: ProfileStatus) -> None:
     """A run is over and recorded: every application is thawed and ``run.status`` is final.
+
+    ``status`` is where the profile stands now (its last success, last drill, how many
+    backups it keeps), read from its catalog after retention: what metrics report.
 
     An observer; the place for "backup failed" alerts. Exceptions are logged and ignored.
     """
 
 
 @hookspec
-def freezeframe_drill_finished(run: RunRecord, drill: DrillRecord) -> None:
+def freezeframe_drill_finished(run: RunRecord, drill: DrillRecord, status: ProfileStatus) -> None:
     """A drill of ``run`` is over and recorded: its scratch folder is gone and every
     application it started is stopped.
 
     ``drill.status`` is ``passed`` or ``failed`` (``drill.failures`` lists each failed
-    check in one line); ``drill.applications`` holds every check's result. Not called for a
-    drill cut short by a signal. An observer: the place for "restore drill failed"
-    alerts. Exceptions are logged and ignored.
+    check in one line); ``drill.applications`` holds every check's result; ``status`` is
+    where the profile stands now. Not called for a drill cut short by a signal. An
+    observer: the place for "restore drill failed" alerts. Exceptions are logged and
+    ignored.
     """

@@ -15,7 +15,7 @@ What ``API_VERSION`` covers, by job:
 - records passed to and returned by components: ``Artifact``, ``StageContext``,
   ``Deadline``, ``RestoreOptions``, ``ProgressCallback``, ``WindowEstimate``; and those an
   observer is told of: ``RunRecord``, ``ApplicationRecord``, ``StageRecord``,
-  ``DrillRecord``, ``RunStatus``, ``DrillStatus``;
+  ``DrillRecord``, ``RunStatus``, ``DrillStatus``, ``ProfileStatus``;
 - configuration: ``Table``, ``Secret``, ``parse_duration``;
 - drills (``ApplicationPlugin.drill``): ``DrillContext``, ``Running``, ``CheckFailed``,
   ``CheckSkipped``, ``env_prefix``, ``DrillCommand`` (a profile's ``drill`` command);
@@ -114,6 +114,7 @@ from freezeframe.restoring import (
     strip_special,
     unlink_below,
 )
+from freezeframe.status import ProfileStatus
 from freezeframe.tools import ToolError, die_with_us, find_tool, run_tool, streaming_tool
 
 __all__ = [
@@ -138,6 +139,7 @@ __all__ = [
     "Layout",
     "Meta",
     "Observer",
+    "ProfileStatus",
     "ProgressCallback",
     "QuiesceError",
     "Repository",

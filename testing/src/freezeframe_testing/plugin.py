@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -36,6 +36,7 @@ pytest_plugins = [
     "freezeframe_testing.mariadb_server",
     "freezeframe_testing.mariadb_bank",
     "freezeframe_testing.redis_server",
+    "freezeframe_testing.prometheus_servers",
     "freezeframe_testing.sshd",
     "freezeframe_testing.repositories",
 ]
@@ -58,6 +59,25 @@ def require_tool(name: str) -> str:
     need(path is not None, f"{name} is not installed")
     assert path is not None
     return path
+
+
+class Stoppable(Protocol):
+    """A server a fixture started: it has a ``stop()``."""
+
+    def stop(self) -> None: ...
+
+
+def stop_all(started: Sequence[Stoppable]) -> None:
+    """Stop every one of ``started``, the newest first, even when stopping another failed;
+    then raise the first failure (a fixture's teardown)."""
+    errors = []
+    for server in reversed(started):
+        try:
+            server.stop()
+        except Exception as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from freezeframe import RunRecord
-from freezeframe_testing.plugin import clone_profile, need, require_tool
+from freezeframe_testing.plugin import clone_profile, need, require_tool, stop_all
 
 __all__ = [
     "ACCOUNTS",
@@ -255,14 +255,7 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         return server
 
     yield make
-    errors = []
-    for server in reversed(started):  # every one, even if stopping another failed
-        try:
-            server.stop()
-        except Exception as e:
-            errors.append(e)
-    if errors:
-        raise errors[0]
+    stop_all(started)
 
 
 def redis_clone_profile(

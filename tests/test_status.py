@@ -20,6 +20,7 @@ import freezeframe_testing.components as comps
 from freezeframe.catalog import Catalog
 from freezeframe.lock import ProfileLock
 from freezeframe.profiles import default_profiles, profile_dirs
+from freezeframe.records import DrillRecord, DrillStatus
 
 #: Every key of one profile in ``status --json``.
 KEYS = {
@@ -236,6 +237,30 @@ def test_a_lock_held_with_no_run_is_what_holds_it(held: Held) -> None:
     going = one(data)["in_progress"]
     assert going["command"] == "prune" and going["pid"] == os.getpid()
     assert going["run_id"] is None
+
+
+def test_a_drill_marked_running_is_going_on_while_the_lock_is_held_else_crashed(
+    held: Held,
+) -> None:
+    """A drill records no process of its own: the lock alone tells a drill going on (a
+    ``drill`` holds it) from one whose freezeframe died (nobody does)."""
+    held.release()
+    backup = comps.run_freezeframe("backup", held.path, "--json")
+    assert backup.returncode == 0, backup.stderr
+    run_id = json.loads(backup.stdout)["run_id"]
+    with Catalog(held.state / "catalog.sqlite") as cat:  # as a drill records itself first
+        cat.save_drill(DrillRecord("d1", run_id, "held", "snap", DrillStatus.RUNNING, 1.0, ""))
+    with ProfileLock(held.state / "lock", "held", "drill"):
+        code, data, err = status(held.path)
+    entry = one(data)
+    assert entry["in_progress"]["command"] == "drill"
+    assert entry["awaiting_reconcile"] == {"runs": [], "drills": []}
+    code, data, err = status(held.path)
+    assert code == 0, err
+    entry = one(data)
+    assert entry["in_progress"] is None
+    assert entry["awaiting_reconcile"] == {"runs": [], "drills": ["d1"]}
+    assert "drill d1 crashed" in comps.run_freezeframe("status", held.path).stdout
 
 
 def test_status_reads_a_read_only_state_folder(held: Held, read_only_mount) -> None:

@@ -18,6 +18,7 @@ from freezeframe.config import (
     read_regular_file,
 )
 from freezeframe.errors import ConfigError
+from freezeframe.units import format_duration
 
 # -- parse_duration -------------------------------------------------------------
 
@@ -73,6 +74,24 @@ def test_parse_duration_takes_a_smaller_maximum() -> None:
         parse_duration("25h", maximum=86400.0)
     with pytest.raises(ValueError, match="at most 365 days"):
         parse_duration("366d")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (0, "0 s"),
+        (59.9, "59 s"),
+        (60, "1 min"),
+        (3599, "59 min"),
+        (3600, "1 h"),
+        (3 * 3600 + 12 * 60 + 30, "3 h 12 min"),
+        (86400, "1 d"),
+        (2 * 86400 + 4 * 3600 + 59 * 60, "2 d 4 h"),
+        (-5, "0 s"),
+    ],
+)
+def test_format_duration_says_the_two_largest_units(seconds: float, words: str) -> None:
+    assert format_duration(seconds) == words
 
 
 # -- read_regular_file ---------------------------------------------------------

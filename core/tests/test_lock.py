@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from freezeframe.errors import BusyError
-from freezeframe.lock import Owner, ProfileLock
+from freezeframe.lock import Holder, Owner, ProfileLock
+from freezeframe.lock import holder as lock_holder
 
 HOLDER = textwrap.dedent(
     """
@@ -130,6 +131,35 @@ def test_holder_without_a_readable_record_is_another_process(lock_path: Path) ->
         with pytest.raises(BusyError, match="another process holds"):
             ProfileLock(lock_path, "nightly", "backup").__enter__()
         assert time.monotonic() - started < 2  # never waits for the lock
+    finally:
+        os.close(fd)
+
+
+def test_probing_the_lock_says_who_holds_it_and_takes_it_from_nobody(
+    lock_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    found = lock_holder(lock_path)
+    assert found is not None and (found.pid, found.command) == (holder.pid, "backup")
+    assert str(found).startswith(f"pid {holder.pid} (freezeframe backup, since ")
+    holder.kill()
+    holder.wait(timeout=30)
+    assert lock_holder(lock_path) is None
+    with ProfileLock(lock_path, "nightly", "prune"):  # the probe let go of what it tried
+        mine = lock_holder(lock_path)
+        assert mine is not None and (mine.pid, mine.command) == (os.getpid(), "prune")
+
+
+def test_probing_a_missing_lock_creates_nothing(tmp_path: Path) -> None:
+    assert lock_holder(tmp_path / "lock") is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_holder_that_has_not_written_itself_yet_is_another_process(lock_path: Path) -> None:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert lock_holder(lock_path) == Holder()
+        assert str(Holder()) == "another process"
     finally:
         os.close(fd)
 

@@ -9,7 +9,6 @@ holds its lock); 128+N interrupted by signal N; 70 an internal error (a bug of o
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -21,7 +20,8 @@ from typing import NoReturn
 
 from freezeframe.catalog import CatalogError
 from freezeframe.engine import Engine
-from freezeframe.errors import FreezeframeError, ProfileError
+from freezeframe.errors import FreezeframeError, lines_of, user_error
+from freezeframe.operate import cmd_schedule, cmd_status, schedule_usage
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry, default_registry
 from freezeframe.verbs import VERBS, all_on_one_line, out
@@ -35,13 +35,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"freezeframe: error: {message} (see freezeframe --help)\n")
         raise SystemExit(2)
-
-
-#: errnos that say something of the machine (its disk, its limits), not of our code,
-#: even when the call that met them named no file (a write to an open descriptor).
-_THE_MACHINES = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
-)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,6 +136,56 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp = verb("prune", "apply the stages' keep rules now")
     sp.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
+    text = (
+        "where each profile stands: last run, last success and its age, last drill, runs going on"
+    )
+    sp = sub.add_parser("status", parents=[common], help=text, description=text)
+    sp.add_argument(
+        "profiles",
+        type=Path,
+        nargs="*",
+        metavar="PROFILE",
+        help="the profiles (TOML); default: every *.toml in /etc/freezeframe (as root) "
+        "and in ~/.config/freezeframe",
+    )
+    sp.add_argument(
+        "--max-age",
+        metavar="DURATION",
+        help="exit 1 when a profile's newest success is older than this (26h, 90m, 2d) "
+        "or there is none: a monitoring check",
+    )
+    sp = verb(
+        "schedule", "run a profile's backup on a schedule: a systemd timer, or cron", "optional"
+    )
+    sp.add_argument(
+        "--on-calendar", metavar="SPEC", help="when, in systemd's calendar syntax (daily, 03:00)"
+    )
+    sp.add_argument(
+        "--randomized-delay",
+        metavar="DURATION",
+        help="start up to this much later, at random (systemd time span: 30min)",
+    )
+    sp.add_argument(
+        "--persistent", action="store_true", help="run at boot a start missed while off"
+    )
+    sp.add_argument(
+        "--cron", action="store_true", help="print the crontab line instead of writing units"
+    )
+    sp.add_argument(
+        "--list", action="store_true", help="list the freezeframe timers in the unit folder"
+    )
+    sp.add_argument("--remove", action="store_true", help="remove the profile's two units")
+    sp.add_argument(
+        "--user",
+        action="store_true",
+        help="a timer of your own systemd instance (~/.config/systemd/user), not the system's",
+    )
+    sp.add_argument(
+        "--unit-dir",
+        type=Path,
+        metavar="DIR",
+        help="write units here (default: /etc/systemd/system, or with --user your own)",
+    )
     return p
 
 
@@ -198,11 +241,17 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
     args = parser.parse_args(argv)
     if args.verb == "drill" and args.all_undrilled and args.run is not None:
         parser.error("drill: give a RUN or --all-undrilled, not both")
+    if args.verb == "schedule" and (problem := schedule_usage(args)):
+        parser.error(problem)
     _setup_logging(args)
     try:
         registry = registry or default_registry()
         if args.verb == "plugins":
             return _cmd_plugins(args, registry)
+        if args.verb == "status":  # reads; takes no lock and reconciles nothing
+            return cmd_status(args, registry)
+        if args.verb == "schedule":
+            return cmd_schedule(args, registry)
         profile = load_profile(args.profile, registry)
         engine = Engine(profile, registry)
         writable = engine.state_writable()
@@ -223,21 +272,21 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 0
     except (FreezeframeError, OSError) as e:
-        if isinstance(e, OSError) and e.filename is None and e.errno not in _THE_MACHINES:
+        error = user_error(e)
+        if error is None:
             return _internal_error(args, e)  # not a file's fault, nor the disk's: our bug
-        if isinstance(e, OSError):  # a file or disk the user can fix (read-only, full)
-            if args.debug:
-                traceback.print_exception(e)
-            where = f"{e.filename}: " if e.filename is not None else ""
-            e = FreezeframeError(f"{where}{e.strerror or e}")
-        lines = e.problems if isinstance(e, ProfileError) else [str(e)]
+        if isinstance(e, OSError) and args.debug:  # a file or disk the user can fix
+            traceback.print_exception(e)
+        lines = lines_of(error)
         if args.json:
             json.dump(
-                {"error": lines[0], "errors": lines, "exit_code": e.exit_code}, sys.stdout, indent=2
+                {"error": lines[0], "errors": lines, "exit_code": error.exit_code},
+                sys.stdout,
+                indent=2,
             )
             sys.stdout.write("\n")
         sys.stderr.write(f"freezeframe: error: {all_on_one_line(lines)}\n")
-        return e.exit_code
+        return error.exit_code
     except Exception as e:
         return _internal_error(args, e)
 

@@ -6,6 +6,7 @@ exit code; anything else is our bug and shows a traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 
 __all__ = [
@@ -20,7 +21,9 @@ __all__ = [
     "QuiesceError",
     "StageError",
     "UsageError",
+    "lines_of",
     "one_line",
+    "user_error",
 ]
 
 
@@ -100,3 +103,27 @@ def one_line(e: BaseException) -> str:
     unless it is a :class:`FreezeframeError` (whose text is written for the user)."""
     text = str(e).strip().replace("\n", "; ") or type(e).__name__
     return text if isinstance(e, FreezeframeError) else f"{type(e).__name__}: {text}"
+
+
+#: errnos that say something of the machine (its disk, its limits), not of our code,
+#: even when the call that met them named no file (a write to an open descriptor).
+_THE_MACHINES = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+)
+
+
+def user_error(e: FreezeframeError | OSError) -> FreezeframeError | None:
+    """``e`` as an error the user can fix: itself, or an ``OSError`` of a file or of the
+    disk (read-only, full) as one line naming the file; ``None`` for an ``OSError`` that
+    names no file and says nothing of the machine: our bug."""
+    if isinstance(e, FreezeframeError):
+        return e
+    if e.filename is None and e.errno not in _THE_MACHINES:
+        return None
+    where = f"{e.filename}: " if e.filename is not None else ""
+    return FreezeframeError(f"{where}{e.strerror or e}")
+
+
+def lines_of(e: FreezeframeError) -> list[str]:
+    """The lines that say what is wrong: every problem of a profile, or the one message."""
+    return e.problems if isinstance(e, ProfileError) else [str(e)]

@@ -19,7 +19,7 @@ from types import TracebackType
 from freezeframe.errors import BusyError
 from freezeframe.records import iso
 
-__all__ = ["Owner", "ProfileLock", "proc_stat"]
+__all__ = ["Holder", "Owner", "ProfileLock", "holder", "proc_stat"]
 
 #: How often to try again when the lock file was replaced between open and flock.
 _REOPEN_TRIES = 5
@@ -40,10 +40,10 @@ class ProfileLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = self._holder(fd)
+                who = _read_holder(fd)
                 os.close(fd)
                 raise BusyError(
-                    f"profile {self.profile!r} is busy: {holder} holds {self.path}"
+                    f"profile {self.profile!r} is busy: {who} holds {self.path}"
                 ) from None
             if self._names(fd):
                 break
@@ -69,20 +69,59 @@ class ProfileLock:
         mine = os.fstat(fd)
         return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
 
-    @staticmethod
-    def _holder(fd: int) -> str:
-        try:
-            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            return f"pid {info['pid']} (freezeframe {info['command']}, since {info['since']})"
-        except (ValueError, KeyError, OSError):
-            return "another process"
-
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The process holding a profile's lock, as it wrote itself into the lock file
+    (``None`` where the file does not say: a holder that has not written it yet)."""
+
+    pid: int | None = None
+    #: The verb it runs: ``backup``, ``drill``, ``prune``, ``reconcile``...
+    command: str | None = None
+    #: When it took the lock (ISO 8601).
+    since: str | None = None
+
+    def __str__(self) -> str:
+        if self.pid is None:
+            return "another process"
+        return f"pid {self.pid} (freezeframe {self.command}, since {self.since})"
+
+
+def _read_holder(fd: int) -> Holder:
+    """What the lock file open at ``fd`` says of its holder."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return Holder(int(info["pid"]), str(info["command"]), str(info["since"]))
+    except (ValueError, KeyError, TypeError, OSError):
+        return Holder()
+
+
+def holder(path: Path) -> Holder | None:
+    """Who holds the lock at ``path`` now (``None``: nobody, or there is no lock file).
+
+    Never waits, creates nothing and needs no write access (a read-only state folder
+    will do): it tries a shared ``flock`` and lets go of it at once. A command that tries
+    to take the lock in those few microseconds finds the profile busy, as it does while
+    ``list`` takes the lock for a moment to reconcile."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd)
+        return None  # closing the descriptor lets go of the shared lock
+    finally:
+        os.close(fd)
 
 
 def _boot_id() -> str:

@@ -7,7 +7,15 @@ import math
 import re
 from typing import Final
 
-__all__ = ["INT_MAX", "LONGEST_DURATION", "brief", "format_size", "parse_duration", "parse_size"]
+__all__ = [
+    "INT_MAX",
+    "LONGEST_DURATION",
+    "brief",
+    "format_duration",
+    "format_size",
+    "parse_duration",
+    "parse_size",
+]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 LONGEST_DURATION = 365 * 86400.0
@@ -91,3 +99,19 @@ def format_size(size: int) -> str:
             break
         value, unit = value / 1024, u
     return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` in words, to the two largest units: ``"42 s"``, ``"12 min"``,
+    ``"3 h 12 min"``, ``"2 d 4 h"`` (cut down, never up: 59.9 s is ``"59 s"``)."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes = whole // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"

@@ -152,7 +152,8 @@ CHECK_UUID = str(uuid.uuid4())
 TOKEN = "tok" + uuid.uuid4().hex
 PASSWORD = "pw" + uuid.uuid4().hex
 QUERY = "q" + uuid.uuid4().hex
-SECRETS = (CHECK_UUID, TOKEN, PASSWORD, QUERY)
+TOPIC = "topic" + uuid.uuid4().hex  # an ntfy topic: whoever knows it reads the messages
+SECRETS = (CHECK_UUID, TOKEN, PASSWORD, QUERY, TOPIC)
 
 
 def ping_url(receiver: Receiver) -> str:
@@ -164,7 +165,11 @@ def hook_url(receiver: Receiver) -> str:
 
 
 def env(receiver: Receiver) -> dict[str, str]:
-    return {"FF_TEST_PING": ping_url(receiver), "FF_TEST_HOOK": hook_url(receiver)}
+    return {
+        "FF_TEST_PING": ping_url(receiver),
+        "FF_TEST_HOOK": hook_url(receiver),
+        "FF_TEST_NTFY": f"ntfy://{receiver.base}/{TOPIC}",  # Apprise posts it to /
+    }
 
 
 def tables(*, on: str | None = None, extra: str = "") -> str:
@@ -297,7 +302,9 @@ def test_the_secret_shows_nowhere_even_with_debug(
     receiver: Receiver, notified: Callable[..., Path], tmp_path: Path
 ) -> None:
     receiver.mode = "error"  # every delivery fails, so every failure is logged
-    profile = notified(tables(on='["start", "success", "failure"]', extra="retries = 0"))
+    every = '["start", "success", "failure"]'
+    phone = f'[[notify]]\nname = "phone"\nurl_env = "FF_TEST_NTFY"\non = {every}\nretries = 0\n'
+    profile = notified(tables(on=every, extra="retries = 0") + phone)
     results = [
         run_cli("--debug", verb, profile, "--json", env=env(receiver))
         for verb in ("check", "plan", "backup", "list")
@@ -306,7 +313,16 @@ def test_the_secret_shows_nowhere_even_with_debug(
     assert "observer 'hook' (notify) failed: json://127.0.0.1: success not" in results[2].stderr
     run = results[2].json()["run_id"]
     results.append(run_cli("--debug", "show", profile, run, "--json", env=env(receiver)))
-    assert len(receiver.wait_for("/hook/", 2)) == 2  # the secret URL was used
+    assert len(receiver.wait_for("/hook/", 2)) == 2  # the secret URLs were used
+    # Apprise names the topic when ntfy refuses: freezeframe says it without the topic
+    said = "observer 'phone' (notify) failed: ntfy://127.0.0.1: success not delivered"
+    assert f"{said} (1 attempt): Failed to send ntfy notification to topic '…'" in results[2].stderr
+    (done,) = [h for h in receiver.on("/") if h.path == "/" and b"succeeded" in h.body]
+    assert done.json()["topic"] == TOPIC  # a service for people: the text, not the JSON
+    assert done.json()["message"].splitlines()[1:] == [
+        f"applications frozen for {results[2].json()['frozen_ms']:g} ms",
+        "stage snap (clone): succeeded",
+    ]
     for result in results:
         for secret in SECRETS:
             assert secret not in result.stdout and secret not in result.stderr

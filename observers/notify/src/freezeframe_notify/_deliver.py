@@ -120,6 +120,7 @@ class Target(ABC):
 
     def __init__(self, url: str) -> None:
         self._url = url
+        self.scheme = _split(url)[0]
         self.shown = shown(url)
         self._secret_parts = scrubber(url)
 
@@ -245,7 +246,7 @@ class AppriseUrl(Target):
             raise Undelivered("Apprise no longer takes the URL")
         plugin.socket_connect_timeout = timeout
         plugin.socket_read_timeout = timeout
-        webhook = self.shown.split("://", 1)[0] in self.WEBHOOKS
+        webhook = self.scheme in self.WEBHOOKS
         kind = {
             "start": apprise.NotifyType.INFO,
             "success": apprise.NotifyType.SUCCESS,

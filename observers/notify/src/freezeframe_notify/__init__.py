@@ -65,6 +65,8 @@ class Notify(Observer):
             )
 
     def run_started(self, run: RunRecord) -> None:
+        if self._tail is not None:  # a run that ended without run_finished (a crash)
+            self._tail.stop()
         self._tail = LogTail()
         self._tail.start()
         self._send(Message("start", run))

@@ -51,7 +51,7 @@ class Message:
 
     def summary(self) -> dict[str, Any]:
         """The run's JSON summary (and the failed drill's, for ``drill-failure``)."""
-        run = self.run
+        run, recorded = self.run, self.run.to_json()
         keys = ("name", "backend", "role", "status", "bytes", "files", "seconds", "error")
         data: dict[str, Any] = {
             "event": self.event,
@@ -60,10 +60,10 @@ class Message:
             "profile": run.profile,
             "status": str(run.status),
             "error": run.error,
-            "started_at": run.to_json()["started_at"],
-            "finished_at": run.to_json()["finished_at"],
+            "started_at": recorded["started_at"],
+            "finished_at": recorded["finished_at"],
             "frozen_ms": run.frozen_ms,
-            "stages": [{k: s.to_json()[k] for k in keys} for s in run.stages],
+            "stages": [{k: stage[k] for k in keys} for stage in recorded["stages"]],
             "proof": run.proof,
         }
         if self.drill is not None:

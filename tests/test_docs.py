@@ -91,17 +91,18 @@ def test_generator_script_prints_the_page() -> None:
 
 
 def component_packages() -> list[tuple[str, str, Path]]:
-    """(``plugins`` or ``backends``, package dir name, its pyproject.toml) for every package."""
+    """(``plugins``, ``backends`` or ``observers``, package dir name, its pyproject.toml) for
+    every package."""
     return [
         (group, p.parent.name, p)
-        for group in ("plugins", "backends")
+        for group in ("plugins", "backends", "observers")
         for p in sorted((ROOT / group).glob("*/pyproject.toml"))
     ]
 
 
-def test_every_plugin_and_backend_package_has_a_page() -> None:
+def test_every_plugin_backend_and_observer_package_has_a_page() -> None:
     packages = component_packages()
-    assert {g for g, _, _ in packages} == {"plugins", "backends"}
+    assert {g for g, _, _ in packages} == {"plugins", "backends", "observers"}
     index = (DOCS / "index.md").read_text(encoding="utf-8")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for group, name, pyproject in packages:

@@ -134,7 +134,7 @@ def test_a_hanging_observer_holds_the_run_no_longer_than_its_timeout(observed, c
         ('[[audit]]\ncolour = "red"', "field \"colour\": unknown field for observer 'audit'"),
         ('[[audit]]\nname = "a"\n[[audit]]\nname = "a"', "duplicate observer name 'a'"),
         ("audit = 3", "must be a table, or an array of tables written [[audit]]"),
-        ('[[notify]]\nurl = "json://x"', "unknown top-level key"),
+        ('[[notfy]]\nurl = "json://x"', "unknown observer 'notfy'"),  # a typo
     ],
 )
 def test_a_wrong_observer_table_is_a_profile_error(observed, tables: str, says: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from freezeframe.boundary import (
     Artifact,
@@ -28,10 +28,6 @@ from freezeframe.boundary import (
 from freezeframe.config import Table
 from freezeframe.drilling import DrillContext, Running
 
-if TYPE_CHECKING:
-    from freezeframe.records import DrillRecord, RunRecord, StageRecord
-    from freezeframe.status import ProfileStatus
-
 __all__ = [
     "API_VERSION",
     "ApplicationPlugin",
@@ -40,7 +36,6 @@ __all__ = [
     "CrashSafety",
     "Deadline",
     "DrillContext",
-    "Observer",
     "ProgressCallback",
     "RestoreOptions",
     "Role",
@@ -77,7 +72,9 @@ class CrashSafety(StrEnum):
     WATCHDOG = "watchdog"  # never thaws by itself: the core's watchdog process thaws it
 
 
-class _Component(ABC):
+class Component(ABC):
+    """What every component type shares: its kind, its API version, its name and table."""
+
     kind: ClassVar[str]
     api_version: ClassVar[int] = API_VERSION
 
@@ -88,7 +85,7 @@ class _Component(ABC):
         """Preflight: reachable, permitted, version supported. Raise a FreezeframeError if not."""
 
 
-class ApplicationPlugin(_Component):
+class ApplicationPlugin(Component):
     """An application that freezeframe can quiesce. One instance per ``[[application]]`` table.
 
     The constructor reads its fields from ``table`` (raising
@@ -244,7 +241,7 @@ class ApplicationPlugin(_Component):
         return ()
 
 
-class Backend(_Component):
+class Backend(Component):
     """A backup application. One instance per ``[[backup]]`` table.
 
     ``run``, ``restore``, ``verify`` and ``delete`` are abstract; the others have defaults.
@@ -352,32 +349,3 @@ class Backend(_Component):
         stage that would copy more than the profile's ``max_copy_in_window``.
         """
         return WindowEstimate()
-
-
-class Observer(_Component):
-    """Told of every run and drill of a profile: notifications, metrics, audit. One instance
-    per table of the profile named for its ``kind`` (``[[notify]]`` tables build the
-    observer whose kind is ``notify``; a single ``[notify]`` table is one).
-
-    It cannot change a run: what it raises is logged with its name, and the core waits
-    for each call at most :attr:`timeout` seconds (the call goes on in its thread; the run
-    does not wait for it). Every method has a default that does nothing; the records it
-    receives are frozen.
-    """
-
-    #: The most seconds the core waits for one call (a subclass may read it from its table).
-    timeout: float = 10.0
-
-    def run_started(self, run: RunRecord) -> None:
-        """A backup run started: the profile is locked and the run journaled as running."""
-
-    def stage_finished(self, run: RunRecord, stage: StageRecord) -> None:
-        """A stage of ``run`` finished, failed ones too (``stage.status``)."""
-
-    def run_finished(self, run: RunRecord, status: ProfileStatus) -> None:
-        """A run is over and recorded: every application is thawed, ``run.status`` final;
-        ``status``: where the profile stands now (last success, retained backups...)."""
-
-    def drill_finished(self, run: RunRecord, drill: DrillRecord, status: ProfileStatus) -> None:
-        """A drill of ``run`` reached its verdict (``drill.status``: passed or failed);
-        ``status``: where the profile stands now."""

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from freezeframe.components import ApplicationPlugin, Backend, Observer
+    from freezeframe.components import ApplicationPlugin, Backend
+    from freezeframe.observing import Observer
     from freezeframe.records import DrillRecord, RunRecord, StageRecord
     from freezeframe.status import ProfileStatus
 

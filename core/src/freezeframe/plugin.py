@@ -53,7 +53,6 @@ from freezeframe.components import (
     Backend,
     CrashSafety,
     Deadline,
-    Observer,
     ProgressCallback,
     RestoreOptions,
     Role,
@@ -83,6 +82,7 @@ from freezeframe.folder_view import FolderView
 from freezeframe.fsutil import fsync_dir, sqlite_uri, syncfs, under, writable_dir
 from freezeframe.hookspecs import hookimpl
 from freezeframe.layout import Layout, laid_out
+from freezeframe.observing import Observer
 from freezeframe.records import (
     ApplicationRecord,
     DrillRecord,

@@ -23,8 +23,9 @@ from typing import Any, Literal
 import pluggy
 
 from freezeframe import hookspecs
-from freezeframe.components import API_VERSION, ApplicationPlugin, Backend, Observer, Role
+from freezeframe.components import API_VERSION, ApplicationPlugin, Backend, Role
 from freezeframe.errors import ConfigError, PluginError
+from freezeframe.observing import Observer
 
 __all__ = [
     "Broken",

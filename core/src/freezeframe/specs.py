@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freezeframe.components import ApplicationPlugin, Backend, Observer, Role
+from freezeframe.components import ApplicationPlugin, Backend, Role
 from freezeframe.errors import ProfileError
 from freezeframe.keep import KeepPolicy
+from freezeframe.observing import Observer
 from freezeframe.registry import ComponentInfo
 
 __all__ = [

@@ -290,6 +290,18 @@ def test_a_cancel_after_borg_finished_removes_the_archive(
     assert archives(repo) == []
 
 
+def test_a_wrong_passphrase_is_said_alone_though_init_is_true(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FF_TEST_OTHER_PASSPHRASE", "not the passphrase")
+    table = {"repository": str(repo), "password_env": "FF_TEST_OTHER_PASSPHRASE", "init": True}
+    backend = BorgBackend("offsite", Table(table, base_dir=tmp_path))
+    with pytest.raises(FreezeframeError) as e:
+        backend.check()
+    assert "is incorrect" in str(e.value) and "init" not in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
 def test_cancel_kills_borg_and_leaves_no_archive(repo: Path, tmp_path: Path, view: Path) -> None:
     folder = view / "srv" / "shop"
     folder.mkdir(parents=True)

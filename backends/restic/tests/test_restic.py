@@ -150,6 +150,23 @@ def test_fields_are_checked(
     assert e.value.field == field
 
 
+def test_a_wrong_password_is_said_alone_though_init_is_true(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """init = true creates a repository that is missing, never one that would not open:
+    a wrong password is said as it is, without "init could not create it"."""
+    monkeypatch.setenv("FF_TEST_OTHER_PASSWORD", "not the password")
+    table = {"repository": str(repo), "password_env": "FF_TEST_OTHER_PASSWORD", "init": True}
+    backend = ResticBackend("offsite", Table(table, base_dir=tmp_path))
+    with pytest.raises(FreezeframeError) as e:
+        backend.check()
+    assert str(e.value) == f"restic open ({repo}): wrong password or no key found"
+    # an empty folder holds no repository: init = true makes one there
+    (tmp_path / "empty").mkdir()
+    make_backend(tmp_path, repository=str(tmp_path / "empty"))
+    assert (tmp_path / "empty" / "config").is_file()
+
+
 def test_an_empty_password_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PW_ENV, "")
     with pytest.raises(ConfigError, match="empty"):

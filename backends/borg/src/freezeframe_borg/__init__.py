@@ -223,12 +223,12 @@ class BorgBackend(Backend):
         try:
             self._borg("open", self._argv("list", "--last", "1", "--short", _REPO))
         except ToolError as opened:
-            if not self.init:
-                hint = " (set init = true to create it)" if "does not exist" in str(opened) else ""
+            missing = "does not exist" in str(opened)
+            if not self.init or not missing:
+                # a wrong passphrase, an unreachable host: nothing init could mend
+                hint = " (set init = true to create it)" if missing else ""
                 raise ToolError(f"{opened}{hint}", opened.returncode, opened.stderr) from None
             try:
-                # borg refuses to init over an existing repository: one that exists but
-                # would not open (wrong passphrase, unreachable) fails here too.
                 self._init()
             except ToolError as e:
                 why = str(e).split("): ", 1)[-1]

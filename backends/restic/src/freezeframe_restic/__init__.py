@@ -117,6 +117,12 @@ def _why(e: ToolError) -> str:
     return "; ".join(p[:300] for p in parts)
 
 
+def _missing(e: ToolError) -> bool:
+    """Whether restic failed to open the repository because there is none: restic 0.17+
+    exits 10; older ones ask "Is there a repository at the following location?"."""
+    return e.returncode == 10 or "Is there a repository at the following location?" in e.stderr
+
+
 def _pattern(path: Path) -> str:
     """An ``--include`` pattern that matches ``path`` (and so all below it) and nothing else:
     restic reads ``*``, ``?``, ``[`` and ``\\`` as a glob's unless escaped."""
@@ -351,14 +357,17 @@ class ResticBackend(Backend):
         try:
             self._listed = self._snapshots(f"stage:{self.name}", what="open")
         except ToolError as opened:
-            if not self.init:
+            if not self.init or not _missing(opened):
+                # a wrong password, an unreachable host: nothing init could mend
                 hint = ""
-                if self.local is not None and not (self.local / "config").exists():
+                if (
+                    not self.init
+                    and self.local is not None
+                    and not (self.local / "config").exists()
+                ):
                     hint = " (no repository there: set init = true to create it)"
                 raise ToolError(f"{opened}{hint}", opened.returncode, opened.stderr) from None
             try:
-                # restic refuses to init over an existing repository: a repository that
-                # exists but would not open (wrong password, unreachable) fails here too.
                 self._init()
             except ToolError as e:
                 why = str(e).split("): ", 1)[-1]

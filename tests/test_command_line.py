@@ -4,9 +4,14 @@ and plan's steps numbered once. Real commands, real shells, real components."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
+import json
+import os
+import pty
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -282,9 +287,42 @@ def test_a_copy_stage_shows_its_total_from_the_start(tmp_path: Path, registry: R
     run = engine.backup(progress=factory).record
     snap = run.stage("snap")
     assert snap is not None and snap.artifact is not None and snap.artifact.bytes > 0
+    archive = run.stage("archive")
+    assert archive is not None and archive.artifact is not None
     assert seen["archive"][0] == (0, 0, snap.artifact.bytes)
-    assert {total for _, _, total in seen["archive"]} == {snap.artifact.bytes}
+    assert {total for _, _, total in seen["archive"][:-1]} == {snap.artifact.bytes}
+    # done: the whole is what it read (not the compressed archive's size)
+    read = seen["archive"][-2][0]
+    assert read == snap.artifact.bytes and seen["archive"][-1] == (read, 1, read)
     assert seen["snap"][0] == (0, 0, None)  # a snapshot stage: nothing to read it from
+    assert seen["snap"][-1] == (snap.artifact.bytes, snap.artifact.files, snap.artifact.bytes)
+
+
+def test_on_a_terminal_log_lines_and_bars_go_to_stderr_and_stdout_holds_the_result(
+    tmp_path: Path,
+) -> None:
+    """With stderr a terminal, rich draws the log and the bars there: never into stdout,
+    where ``--json`` or a redirect wants the result alone."""
+    profile = shop(tmp_path)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "freezeframe", "backup", str(profile), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(slave)
+    terminal = b""
+    with contextlib.suppress(OSError):  # EIO once everything written was read
+        while chunk := os.read(master, 65536):
+            terminal += chunk
+    os.close(master)
+    assert proc.returncode == 0, terminal
+    assert json.loads(proc.stdout)["status"] == "succeeded"
+    assert b"of profile shop started" in terminal
 
 
 # -- what a command says -------------------------------------------------------------------

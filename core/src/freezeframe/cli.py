@@ -26,7 +26,7 @@ from freezeframe.engine import Engine
 from freezeframe.errors import FreezeframeError, ProfileError, UsageError
 from freezeframe.profile import load_profile
 from freezeframe.registry import Registry, default_registry
-from freezeframe.verbs import VERBS, _default_profiles, _profile_dirs, out
+from freezeframe.verbs import VERBS, _default_profiles, _profile_dirs, out, terminal
 
 __all__ = ["main"]
 
@@ -194,7 +194,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         from rich.logging import RichHandler
 
         handler: logging.Handler = RichHandler(
-            show_time=False, show_path=False, rich_tracebacks=False
+            console=terminal(), show_time=False, show_path=False, rich_tracebacks=False
         )
     else:
         handler = logging.StreamHandler(sys.stderr)

@@ -28,9 +28,12 @@ log = logging.getLogger("freezeframe")
 ProgressFactory = Callable[[str], Callable[[int, int, int | None], None] | None]
 
 
-def _progress_of(ctx: StageContext, progress: ProgressFactory | None) -> Callable[[int, int], None]:
-    """The stage's ``on_progress``: shown with the total the context expects (a copy
-    stage: its source's size, until its tool counts better), from the start."""
+def _progress_of(
+    ctx: StageContext, progress: ProgressFactory | None
+) -> tuple[Callable[[int, int], None], Callable[[Artifact], None]]:
+    """The stage's ``on_progress``, shown with the total the context expects (a copy
+    stage: its source's size, until its tool counts better) from the start; and what
+    shows the stage done (what it counted, or its artifact's size, is then the whole)."""
     shown = progress(ctx.stage) if progress is not None else None
     if shown is not None:
         shown(0, 0, ctx.bytes_total)
@@ -40,7 +43,12 @@ def _progress_of(ctx: StageContext, progress: ProgressFactory | None) -> Callabl
         if shown is not None:
             shown(done, files, ctx.bytes_total)
 
-    return report
+    def finished(artifact: Artifact) -> None:
+        if shown is not None:
+            done = ctx.bytes_done or artifact.bytes
+            shown(done, ctx.files_done or artifact.files, done)
+
+    return report, finished
 
 
 def _expected(source: Artifact | None) -> int | None:
@@ -77,7 +85,7 @@ def run_stage(
         completed_paths(session) if spec.role == Role.SNAPSHOT else (),
         bytes_total=_expected(source) if progress is not None else None,
     )
-    ctx.on_progress = _progress_of(ctx, progress)
+    ctx.on_progress, finished = _progress_of(ctx, progress)
     run.cancel_events.append(ctx.cancel_event)
     run.stage(spec.name, status="running", started_at=time.time())
     # journal: this stage may leave output behind (inside the window, not waiting for the
@@ -118,6 +126,7 @@ def run_stage(
         run.save()
         session.notify("freezeframe_stage_finished", run=run.record, stage=stage)
         raise
+    finished(artifact)
     stage = run.stage(spec.name, status="succeeded", finished_at=time.time(), artifact=artifact)
     run.save(durable=deadline is None)
     log.info(

@@ -4,6 +4,7 @@ prints: the human form, or ``--json``; progress bars on a terminal."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from freezeframe.config import format_size
 from freezeframe.engine import Engine, ProgressFactory
@@ -24,7 +25,18 @@ from freezeframe.records import (
     group_window_ms,
 )
 
-__all__ = ["VERBS", "all_on_one_line", "out", "print_drill", "print_run", "progress_bars"]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = [
+    "VERBS",
+    "all_on_one_line",
+    "out",
+    "print_drill",
+    "print_run",
+    "progress_bars",
+    "terminal",
+]
 
 
 #: Where ``backup --all`` finds the system's profiles.
@@ -58,6 +70,15 @@ def all_on_one_line(problems: Sequence[str]) -> str:
     return first if not more else f"{first} (and {len(more)} more: {'; '.join(more)})"
 
 
+@functools.cache
+def terminal() -> Console:
+    """The console on stderr that log lines and progress bars share (stdout holds only
+    the result: a bar or a log line never mixes into ``--json`` or a redirect)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
 @contextmanager
 def progress_bars(args: argparse.Namespace) -> Iterator[ProgressFactory | None]:
     """Progress bars on a terminal, one per stage: bytes done of the total expected (a
@@ -82,6 +103,7 @@ def progress_bars(args: argparse.Namespace) -> Iterator[ProgressFactory | None]:
         DownloadColumn(),
         TextColumn("{task.fields[files]} files"),
         TimeRemainingColumn(),
+        console=terminal(),
         transient=True,
     ) as bar:
 

@@ -76,3 +76,37 @@ def test_prune_refuses_while_a_run_holds_the_lock(tmp_path: Path, write_profile)
         r = run_cli("prune", profile)
     assert r.returncode == 3
     assert "busy" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_prune_says_each_deletion_once_and_list_shows_the_runs_pruned(
+    tmp_path: Path, write_profile
+) -> None:
+    db = make_counter_db(tmp_path / "db.sqlite")
+    profile = write_profile(PROFILE.format(db=db, root=tmp_path).replace("last = 1", "last = 3"))
+    runs = [run_cli("backup", profile, "--json").json()["run_id"] for _ in range(3)]
+    profile.write_text(profile.read_text().replace("last = 3", "last = 1"))
+
+    r = run_cli("prune", profile)
+    assert r.returncode == 0, r.stderr
+    said = r.stdout + r.stderr
+    for run_id in runs[:2]:
+        assert said.count(f"keep-{run_id}.tar.zst") == 1, said  # once, not once more in the log
+        assert f"deleted keep-{run_id}.tar.zst (stage archive, run {run_id}): keep last = 1" in (
+            r.stdout
+        )
+    assert runs[2] not in said
+
+    listed = {
+        line.split()[0]: line.split()[1] for line in run_cli("list", profile).stdout.splitlines()
+    }
+    assert listed == {runs[0]: "pruned", runs[1]: "pruned", runs[2]: "succeeded"}
+    pruned = {
+        r["run_id"]: (r["status"], r["pruned"]) for r in run_cli("list", profile, "--json").json()
+    }
+    assert pruned == {
+        runs[0]: ("succeeded", True),  # its status stays what the run did
+        runs[1]: ("succeeded", True),
+        runs[2]: ("succeeded", False),  # the snapshot was released, the archive is kept
+    }
+    line = next(x for x in run_cli("list", profile).stdout.splitlines() if x.startswith(runs[0]))
+    assert " 0 B" not in line and "not drilled" not in line

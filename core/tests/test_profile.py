@@ -255,7 +255,39 @@ def test_unknown_field_in_profile_table(
 ) -> None:
     path = write_profile(HEAD + "freeze_timout = 3\n" + app(db) + SNAP)
     assert one_problem(path, registry) == (
-        f'{path}: [profile]: field "freeze_timout": unknown field'
+        f'{path}: [profile]: field "freeze_timout": unknown field; did you mean "freeze_timeout"?'
+    )
+    path = write_profile(HEAD + "colour = 3\n" + app(db) + SNAP)  # nothing near it: no guess
+    assert one_problem(path, registry) == f'{path}: [profile]: field "colour": unknown field'
+
+
+@pytest.mark.parametrize(
+    ("table", "missing", "typed"),
+    [
+        (app(Path("/x.db")).replace("path =", "pth ="), "path", "pth"),
+        (app(Path("/x.db")).replace("plugin =", "plugins ="), "plugin", "plugins"),
+        (SNAP.replace("dir =", "directory ="), "dir", "directory"),
+        (SNAP.replace('name = "snap"', 'nme = "snap"'), "name", "nme"),
+    ],
+)
+def test_a_missing_field_names_the_unknown_one_beside_it(
+    write_profile: WriteProfile, registry: Registry, db: Path, table: str, missing: str, typed: str
+) -> None:
+    """The component stops at its first bad field and never gets to call ``pth`` unknown:
+    the missing field's line names it, once, with what it was meant to be."""
+    path = write_profile(HEAD + table + (SNAP if "[[application]]" in table else app(db)))
+    line = one_problem(path, registry)
+    assert line.endswith(
+        f'field "{missing}": missing (required); unknown field "{typed}": did you mean "{missing}"?'
+    ), line
+
+
+def test_an_unknown_field_of_a_component_is_guessed_among_the_fields_it_reads(
+    write_profile: WriteProfile, registry: Registry, db: Path
+) -> None:
+    path = write_profile(HEAD + app(db) + SNAP + COPY + "levl = 3\n")
+    assert one_problem(path, registry).endswith(
+        'field "levl": unknown field for backend \'archive\'; did you mean "level"?'
     )
 
 

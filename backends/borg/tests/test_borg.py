@@ -282,12 +282,54 @@ def test_a_cancel_after_borg_finished_removes_the_archive(
 ) -> None:
     backend = make_backend(tmp_path)
     ctx = context(source)
-    ctx.on_progress = lambda done, files: ctx.cancel_event.set()  # borg's only report: at the end
+
+    def cancel_once_borg_is_gone(done: int, files: int) -> None:
+        if not borg_pids("create"):  # its progress comes while it runs, too
+            ctx.cancel_event.set()
+
+    ctx.on_progress = cancel_once_borg_is_gone
 
     with pytest.raises(Cancelled):
         backend.run(ctx)
 
     assert archives(repo) == []
+
+
+def test_borg_progress_streams_while_it_runs(repo: Path, tmp_path: Path, view: Path) -> None:
+    """borg's own progress (--progress --log-json) is the stage's as it comes: the bar
+    moves while borg reads, rather than standing still until borg ends."""
+    folder = view / "srv" / "shop"
+    folder.mkdir(parents=True)
+    (folder / "big.bin").write_bytes(random.Random(6).randbytes(96 << 20))
+    backend = make_backend(tmp_path)
+    ctx = context(Artifact("s", view=view, metadata={"paths": ["/srv/shop"]}))
+    while_running: list[int] = []
+    calls: list[tuple[int, int]] = []
+
+    def record(done: int, files: int) -> None:
+        calls.append((done, files))
+        if borg_pids("create"):
+            while_running.append(done)
+
+    ctx.on_progress = record
+    artifact = backend.run(ctx)
+
+    assert any(0 < done < 96 << 20 for done in while_running), while_running
+    dones = [done for done, _ in calls]
+    assert dones == sorted(dones)
+    assert calls[-1] == (artifact.bytes, artifact.files) and artifact.files == 1
+
+
+def test_a_wrong_passphrase_is_said_alone_though_init_is_true(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FF_TEST_OTHER_PASSPHRASE", "not the passphrase")
+    table = {"repository": str(repo), "password_env": "FF_TEST_OTHER_PASSPHRASE", "init": True}
+    backend = BorgBackend("offsite", Table(table, base_dir=tmp_path))
+    with pytest.raises(FreezeframeError) as e:
+        backend.check()
+    assert "is incorrect" in str(e.value) and "init" not in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_cancel_kills_borg_and_leaves_no_archive(repo: Path, tmp_path: Path, view: Path) -> None:

@@ -150,6 +150,23 @@ def test_fields_are_checked(
     assert e.value.field == field
 
 
+def test_a_wrong_password_is_said_alone_though_init_is_true(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """init = true creates a repository that is missing, never one that would not open:
+    a wrong password is said as it is, without "init could not create it"."""
+    monkeypatch.setenv("FF_TEST_OTHER_PASSWORD", "not the password")
+    table = {"repository": str(repo), "password_env": "FF_TEST_OTHER_PASSWORD", "init": True}
+    backend = ResticBackend("offsite", Table(table, base_dir=tmp_path))
+    with pytest.raises(FreezeframeError) as e:
+        backend.check()
+    assert str(e.value) == f"restic open ({repo}): wrong password or no key found"
+    # an empty folder holds no repository: init = true makes one there
+    (tmp_path / "empty").mkdir()
+    make_backend(tmp_path, repository=str(tmp_path / "empty"))
+    assert (tmp_path / "empty" / "config").is_file()
+
+
 def test_an_empty_password_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PW_ENV, "")
     with pytest.raises(ConfigError, match="empty"):
@@ -237,7 +254,8 @@ def test_snapshots_laid_out_elsewhere_are_recorded_under_their_original_paths(
     restic(tmp_path / "repo", "restore", artifact.id, "--target", str(target))  # restic alone
     assert state(target / "srv" / "shop") == state(tree.root)
     assert (target / "etc" / "shop.conf").read_bytes() == b"[shop]\n"
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("freezeframe-layout-*"))
+    staging = Path(os.environ.get("TMPDIR", "/tmp"))
+    assert not list(staging.glob(f"freezeframe-layout-{PROFILE}-offsite*"))
 
 
 def test_a_snapshot_is_recorded_as_the_live_paths_and_the_live_files_stay_untouched(
@@ -316,12 +334,49 @@ def test_a_cancel_after_restic_finished_removes_the_snapshot(
 ) -> None:
     backend = make_backend(tmp_path)
     ctx = context(source)
-    ctx.on_progress = lambda done, files: ctx.cancel_event.set()  # restic's report: at the end
+
+    def cancel_once_restic_is_gone(done: int, files: int) -> None:
+        if not restic_pids("backup"):  # its progress comes while it runs, too
+            ctx.cancel_event.set()
+
+    ctx.on_progress = cancel_once_restic_is_gone
 
     with pytest.raises(Cancelled):
         backend.run(ctx)
 
     assert json.loads(restic(tmp_path / "repo", "snapshots", "--json")) in ([], None)
+
+
+def test_restic_progress_streams_with_its_total_while_it_runs(
+    repo: Path, tmp_path: Path, view: Path
+) -> None:
+    """restic's own JSON status lines become the stage's progress as they come: the bar
+    has restic's total and moves, rather than showing 0/? until restic ends."""
+    folder = view / "srv" / "shop"
+    folder.mkdir(parents=True)
+    (folder / "big.bin").write_bytes(random.Random(6).randbytes(48 << 20))
+    (folder / "small.txt").write_text("x" * 1000)
+    backend = make_backend(tmp_path)
+    ctx = context(Artifact("s", view=view, metadata={"paths": ["/srv/shop"]}))
+    while_running: list[tuple[int, int, int | None]] = []
+    calls: list[tuple[int, int]] = []
+
+    def record(done: int, files: int) -> None:
+        calls.append((done, files))
+        if restic_pids("backup"):
+            while_running.append((done, files, ctx.bytes_total))
+
+    ctx.on_progress = record
+    artifact = backend.run(ctx)
+
+    total = (48 << 20) + 1000
+    assert while_running, "no progress came while restic ran"
+    # restic's scan counts the total as it goes: it grows to the whole, before the end
+    assert all(t is not None and t <= total for _, _, t in while_running)
+    assert any(t == total and done < total for done, _, t in while_running), while_running
+    dones = [done for done, _ in calls]
+    assert dones == sorted(dones)  # counts as restic counts them: they never go back
+    assert calls[-1] == (artifact.bytes, artifact.files) == (total, 2)
 
 
 def test_cancel_kills_restic_and_leaves_no_snapshot(repo: Path, tmp_path: Path, view: Path) -> None:

@@ -211,6 +211,10 @@ class StageContext:
     on_progress: ProgressCallback | None = None
     bytes_done: int = 0
     files_done: int = 0
+    #: The bytes the stage is expected to read, when known: for a copy stage the core
+    #: sets its source's size; a tool that counts them itself (restic) says better
+    #: through :meth:`progress_to`. Progress bars show it as their total.
+    bytes_total: int | None = None
 
     def check(self) -> None:
         """Raise :class:`Cancelled` if the run was cancelled; call it often in long work."""
@@ -229,3 +233,15 @@ class StageContext:
         if self.on_progress is not None:
             self.on_progress(self.bytes_done, self.files_done)
         self.check()
+
+    def progress_to(self, *, bytes: int, files: int, total: int | None = None) -> None:
+        """Report the work done so far as a tool counts it (restic's, borg's JSON progress),
+        and the bytes the stage will read when the tool knows (``total``).
+
+        Unlike :meth:`progress` it never raises for a cancel: call it from the thread that
+        reads the tool's output (``run_tool``'s ``on_stdout``/``on_stderr``)."""
+        self.bytes_done, self.files_done = bytes, files
+        if total is not None:
+            self.bytes_total = total
+        if self.on_progress is not None:
+            self.on_progress(self.bytes_done, self.files_done)

@@ -9,7 +9,7 @@ holds its lock); 128+N interrupted by signal N; 70 an internal error (a bug of o
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.metadata as md
 import logging
 import os
 import sys
@@ -18,13 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from freezeframe import completion
 from freezeframe.catalog import CatalogError
+from freezeframe.completion import SHELLS
 from freezeframe.engine import Engine
-from freezeframe.errors import FreezeframeError, lines_of, user_error
+from freezeframe.errors import FreezeframeError, UsageError, lines_of, user_error
 from freezeframe.operate import cmd_schedule, cmd_status, schedule_usage
 from freezeframe.profile import load_profile
+from freezeframe.profiles import default_profiles, profile_dirs
 from freezeframe.registry import Registry, default_registry
-from freezeframe.verbs import VERBS, all_on_one_line, out
+from freezeframe.verbs import VERBS, out, terminal
 
 __all__ = ["main"]
 
@@ -35,6 +38,22 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"freezeframe: error: {message} (see freezeframe --help)\n")
         raise SystemExit(2)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse measures a verb's name at the indent of VERB and prints it indented once
+    more: a long verb (``completion``) then pushes its help to the next line. Measured
+    where it is printed, every verb's help starts on its own line."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if action.help is argparse.SUPPRESS:
+            return
+        self._indent()
+        for sub in getattr(action, "_get_subactions", list)():
+            width = len(self._format_action_invocation(sub)) + self._current_indent
+            self._action_max_length = max(self._action_max_length, width)
+        self._dedent()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,12 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="freezeframe",
         description="Application-consistent backups: quiesce, snapshot, thaw, copy.",
+        formatter_class=_Formatter,
     )
     # The same options before the verb; after it they override (their default is SUPPRESS).
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--debug", action="store_true", help="log everything; show tracebacks")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
+    p.add_argument(
+        "--version",
+        action="store_true",
+        help="print the version (with --json, every installed distribution's too)",
+    )
+    # required, but checked in main: --version needs none
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
 
     def verb(name: str, text: str, profile: str = "required") -> argparse.ArgumentParser:
         sp = sub.add_parser(name, parents=[common], help=text, description=text)
@@ -75,7 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     verb("plugins", "list installed plug-ins and backends, and broken ones", "optional")
     verb("check", "validate the profile and preflight every component")
     verb("plan", "show what a backup would do, step by step")
-    verb("backup", "run one backup of the profile")
+    sp = verb("backup", "run one backup of the profile", "optional")
+    sp.add_argument(
+        "--all",
+        action="store_true",
+        help="back up every profile in /etc/freezeframe/*.toml and "
+        "$XDG_CONFIG_HOME/freezeframe/*.toml (~/.config/freezeframe), one after another",
+    )
     verb("list", "list the profile's runs, newest first")
     sp = verb("show", "show one run's full record")
     sp.add_argument("run", help="run id, unique prefix, or 'latest'")
@@ -186,6 +218,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write units here (default: /etc/systemd/system, or with --user your own)",
     )
+    sp = sub.add_parser(
+        "completion",
+        help="print the shell completion script for bash, zsh or fish",
+        description="print the shell completion script for bash, zsh or fish "
+        "(bash: source <(freezeframe completion bash))",
+    )
+    sp.add_argument("shell", choices=SHELLS, help="the shell")
     return p
 
 
@@ -199,7 +238,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         from rich.logging import RichHandler
 
         handler: logging.Handler = RichHandler(
-            show_time=False, show_path=False, rich_tracebacks=False
+            console=terminal(), show_time=False, show_path=False, rich_tracebacks=False
         )
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -239,11 +278,79 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
     """Run the CLI; returns the exit code (``registry`` lets tests bring their own plug-ins)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.version:
+        try:
+            return _cmd_version(args)
+        except BrokenPipeError:
+            return _reader_gone()
+    if args.verb is None:
+        parser.error("the following arguments are required: VERB")
+    if args.verb == "completion":
+        sys.stdout.write(completion.script(parser, args.shell))
+        return 0
     if args.verb == "drill" and args.all_undrilled and args.run is not None:
         parser.error("drill: give a RUN or --all-undrilled, not both")
     if args.verb == "schedule" and (problem := schedule_usage(args)):
         parser.error(problem)
+    if args.verb == "backup" and args.all == (args.profile is not None):
+        parser.error(
+            "backup: give a PROFILE or --all, not both"
+            if args.all
+            else "backup: give a PROFILE, or --all for every profile in the default places"
+        )
     _setup_logging(args)
+    if args.verb == "backup" and args.all:
+        return _backup_all(args, registry)
+    return _run(args, registry)
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    """The core's version; with ``--json``, every installed freezeframe distribution's: the
+    core and each one that registers plug-ins (its entry points in group ``freezeframe``)."""
+    core = md.version("freezeframe")
+    found = {"freezeframe": core}
+    for ep in md.entry_points(group="freezeframe"):
+        if ep.dist is not None:
+            found.setdefault(ep.dist.name, ep.dist.version)
+    data = {
+        "freezeframe": core,
+        "distributions": [{"name": n, "version": v} for n, v in sorted(found.items())],
+    }
+    out(args, data, lambda: print(f"freezeframe {core}"))
+    return 0
+
+
+def _backup_all(args: argparse.Namespace, registry: Registry | None) -> int:
+    """``backup --all``: every profile of the default places, one after another; the exit
+    code is the worst of theirs. A signal that interrupts one stops the rest."""
+    profiles = default_profiles()
+    if not profiles:
+        return _fail(
+            args,
+            UsageError(
+                f"backup --all: no profile (*.toml) in {', '.join(map(str, profile_dirs()))}"
+            ),
+        )
+    results: list[dict[str, object]] = []
+    worst = 0
+    for i, path in enumerate(profiles):
+        one = argparse.Namespace(**{**vars(args), "profile": path, "collect": []})
+        if not args.json:
+            print(f"profile {path}:", flush=True)
+        code = _run(one, registry)
+        result = one.collect[-1] if one.collect else None
+        results.append({"profile": str(path), "exit_code": code, "result": result})
+        worst = max(worst, code)
+        if code >= 128 and i + 1 < len(profiles):
+            left = ", ".join(str(p) for p in profiles[i + 1 :])
+            sys.stderr.write(f"freezeframe: error: interrupted: not backed up: {left}\n")
+            break
+    out(args, {"profiles": results, "exit_code": worst}, lambda: None)
+    return worst
+
+
+def _run(args: argparse.Namespace, registry: Registry | None) -> int:
+    """One verb on the profile ``args.profile``: its exit code (errors printed)."""
     try:
         registry = registry or default_registry()
         if args.verb == "plugins":
@@ -268,27 +375,33 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
             except CatalogError as e:  # damaged: the reading verbs still read what they can
                 log.warning("%s", e)
         return VERBS[args.verb](args, engine)
-    except BrokenPipeError:  # `freezeframe list | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        return 0
+    except BrokenPipeError:
+        return _reader_gone()
     except (FreezeframeError, OSError) as e:
         error = user_error(e)
         if error is None:
             return _internal_error(args, e)  # not a file's fault, nor the disk's: our bug
         if isinstance(e, OSError) and args.debug:  # a file or disk the user can fix
             traceback.print_exception(e)
-        lines = lines_of(error)
-        if args.json:
-            json.dump(
-                {"error": lines[0], "errors": lines, "exit_code": error.exit_code},
-                sys.stdout,
-                indent=2,
-            )
-            sys.stdout.write("\n")
-        sys.stderr.write(f"freezeframe: error: {all_on_one_line(lines)}\n")
-        return error.exit_code
+        return _fail(args, error)
     except Exception as e:
         return _internal_error(args, e)
+
+
+def _reader_gone() -> int:
+    """``freezeframe list | head``: the reader has what it wanted."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+    return 0
+
+
+def _fail(args: argparse.Namespace, e: FreezeframeError) -> int:
+    """An error the user can fix: with ``--json`` its document on stdout; on stderr one
+    line, or one line per problem of a profile (each names its file, table and field)."""
+    lines = lines_of(e)
+    out(args, {"error": lines[0], "errors": lines, "exit_code": e.exit_code}, lambda: None)
+    for line in lines:
+        sys.stderr.write(f"freezeframe: error: {line}\n")
+    return e.exit_code
 
 
 def _internal_error(args: argparse.Namespace, e: BaseException) -> int:

@@ -144,6 +144,11 @@ class Table:
         """Fields present in the table that no getter asked for."""
         return sorted(k for k in self._data if k not in self._read)
 
+    def asked(self) -> list[str]:
+        """Fields a getter asked for, present in the table or not: what the component reads
+        (the candidates of a "did you mean" for a field nobody read)."""
+        return sorted(self._read)
+
     def __contains__(self, key: str) -> bool:
         return key in self._data
 

@@ -97,12 +97,14 @@ class Engine:
             return run_backup(self.session, catalog, signals, progress)
 
     def prune(self, *, dry_run: bool) -> list[Deletion]:
-        """Apply every stage's ``keep`` now (with ``dry_run``, only say what would go)."""
+        """Apply every stage's ``keep`` now (with ``dry_run``, only say what would go); the
+        deletions, each with its error if it failed. They are not logged: the caller says
+        each once."""
         with self.locked("prune") as catalog:
             deletions = retention.deletions(self.profile, catalog)
-            if not dry_run:
-                retention.delete_all(self.profile, catalog, deletions)
-            return deletions
+            if dry_run:
+                return deletions
+            return retention.delete_all(self.profile, catalog, deletions, log_each=False)
 
     def find_run(self, catalog: Catalog, ref: str) -> RunRecord:
         """The run ``ref`` names (an id, a unique prefix, or ``latest``)."""

@@ -5,6 +5,7 @@ Relative paths in a profile are taken from the profile's own folder.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as md
 import os
 import re
@@ -93,9 +94,31 @@ class _Loader:
         self.base_dir = path.resolve().parent
         self.registry = registry
         self.problems: list[str] = []
+        #: (where, field) of unknown fields named already, beside a missing one
+        self.named: set[tuple[str, str]] = set()
 
     def problem(self, where: str, message: str) -> None:
         self.problems.append(f"{self.path}: {where}: {message}")
+
+    def _config_problem(self, where: str, e: ConfigError, unread: Sequence[str]) -> None:
+        """Record ``e``. A missing field whose near-namesake the table has (``repo`` for
+        ``repository``: a field nobody read) is named beside it, with a "did you mean"."""
+        message = str(e)
+        if e.message.startswith("missing"):
+            near = difflib.get_close_matches(e.field, list(unread), n=1, cutoff=0.5)
+            if near:
+                message += f'; unknown field "{near[0]}": did you mean "{e.field}"?'
+                self.named.add((where, near[0]))
+        self.problem(where, message)
+
+    def _unknown(self, where: str, key: str, table: Table, of: str = "") -> None:
+        """Record ``key`` as a field nobody read, with a "did you mean" among the fields
+        the component asked for (unless it was named beside a missing one already)."""
+        if (where, key) in self.named:
+            return
+        near = difflib.get_close_matches(key, [k for k in table.asked() if k not in table], n=1)
+        hint = f'; did you mean "{near[0]}"?' if near else ""
+        self.problem(where, f'field "{key}": unknown field{of}{hint}')
 
     def load(self, data: dict[str, Any]) -> Profile:
         observers = self._observers(
@@ -184,7 +207,7 @@ class _Loader:
             ),
         }
         for key in table.unread():
-            self.problem("[profile]", f'field "{key}": unknown field')
+            self._unknown(where, key, table)
         return fields
 
     def _field(
@@ -194,7 +217,8 @@ class _Loader:
         try:
             return read(*args, **kwargs)
         except ConfigError as e:
-            self.problem(where, str(e))
+            owner = getattr(read, "__self__", None)  # the Table whose getter this is
+            self._config_problem(where, e, owner.unread() if isinstance(owner, Table) else ())
             return fallback
 
     def _check_name(self, where: str, field: str, value: object) -> str | None:
@@ -211,14 +235,15 @@ class _Loader:
         self, raw: dict[str, Any], section: str, index: int, type_field: str
     ) -> tuple[str, str | None, str | None]:
         where = f"[[{section}]] #{index + 1}"
+        others = [k for k in raw if k not in ("name", type_field)]
         name = raw.get("name")
         if name is None:
-            self.problem(where, 'field "name": missing (required)')
+            self._config_problem(where, ConfigError("name", "missing (required)"), others)
         elif (name := self._check_name(where, "name", name)) is not None:
             where = f"[[{section}]] {name!r}"
         kind = raw.get(type_field)
         if kind is None:
-            self.problem(where, f'field "{type_field}": missing (required)')
+            self._config_problem(where, ConfigError(type_field, "missing (required)"), others)
         elif not isinstance(kind, str):
             self.problem(where, f'field "{type_field}": expected a string')
             kind = None
@@ -246,13 +271,13 @@ class _Loader:
         try:
             component = info.cls(name, table)
         except ConfigError as e:
-            self.problem(where, str(e))
+            self._config_problem(where, e, table.unread())
             return None
         except Exception as e:  # a plug-in's bug must still be one line
             self.problem(where, f"{info.distribution} failed to build it: {type(e).__name__}: {e}")
             return None
         for key in table.unread():
-            self.problem(where, f'field "{key}": unknown field for {info.category} {info.kind!r}')
+            self._unknown(where, key, table, f" for {info.category} {info.kind!r}")
         return component
 
     def _applications(self, raws: list[dict[str, Any]]) -> list[ApplicationSpec]:
@@ -323,8 +348,10 @@ class _Loader:
                 if self._check_name(at, "name", name) is None:
                     continue
                 at = f"{where} check {name!r}"
+            said = len(self.problems)
             sql: str | None = self._field(at, None, table.get_str, "sql", None)
             command: list[str] = self._field(at, [], table.get_argv, "command", [])
+            unreadable = len(self.problems) > said  # said once: no "give either" after it
             timeout: float = self._field(at, 300.0, table.get_duration, "timeout", 300.0)
             has_expect = "expect" in table
             expect = table.get_any("expect")
@@ -334,6 +361,8 @@ class _Loader:
                     f'field "{key}": unknown field (a check has name, sql, expect, '
                     "command, timeout)",
                 )
+            if unreadable:
+                continue
             if (sql is None) == (not command):
                 self.problem(at, 'give either sql = "..." (with expect) or command = [...]')
                 continue

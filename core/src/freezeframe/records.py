@@ -182,6 +182,17 @@ class RunRecord:
         """The stage called ``name``, if the run has one."""
         return next((s for s in self.stages if s.name == name), None)
 
+    @property
+    def pruned(self) -> bool:
+        """A succeeded run whose every artifact has since been deleted (retention,
+        ``prune``, released snapshots): nothing of it is left to restore."""
+        made = [s for s in self.stages if s.artifact is not None]
+        return (
+            self.status == RunStatus.SUCCEEDED
+            and bool(made)
+            and all(s.deleted_at is not None for s in made)
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form (``backup``, ``list``, ``show``)."""
         return {
@@ -196,6 +207,7 @@ class RunRecord:
             "stages": [s.to_json() for s in self.stages],
             "error": self.error,
             "proof": self.proof,
+            "pruned": self.pruned,
         }
 
 

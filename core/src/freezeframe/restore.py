@@ -15,7 +15,7 @@ from pathlib import Path
 
 from freezeframe import restore_select, restoring
 from freezeframe.catalog import Catalog, CatalogReadOnly
-from freezeframe.components import Artifact, RestoreOptions
+from freezeframe.components import ApplicationPlugin, Artifact, RestoreOptions
 from freezeframe.errors import FreezeframeError, StageError, UsageError, one_line
 from freezeframe.fsutil import under
 from freezeframe.profile import Profile, StageSpec
@@ -77,6 +77,9 @@ class Restored:
     applications: tuple[str, ...]
     #: The original paths selected (``--app``, ``--path``); empty: the whole run.
     selected: tuple[Path, ...]
+    #: With ``verify``: the applications whose plug-in checked the restored data and
+    #: found it usable (a plug-in without a restore check is not among them).
+    verified: tuple[str, ...] = ()
 
 
 def restore(
@@ -149,16 +152,20 @@ def restore(
     except BaseException as e:
         _undo(target, made, e)
         raise
+    verified = []
     if verify:
         for app in apps_here:
             with session.alone(app.component):
                 app.component.verify_restored(target)
+            if type(app.component).verify_restored is not ApplicationPlugin.verify_restored:
+                verified.append(app.name)
     return Restored(
         rec,
         spec.name,
         [p for p in restored if restoring.exists_below(target, p)],
         chosen.applications,
         chosen.paths,
+        tuple(verified),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from freezeframe._faults import point
@@ -44,14 +44,17 @@ class Deletion:
     stage: str
     artifact: str
     reason: str
+    #: Why the delete failed (it is retried at the next command), or ``None``.
+    error: str | None = None
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, str | None]:
         """The ``prune --json`` form."""
         return {
             "run_id": self.run_id,
             "stage": self.stage,
             "artifact": self.artifact,
             "reason": self.reason,
+            "error": self.error,
         }
 
 
@@ -111,14 +114,19 @@ def release_and_retain(profile: Profile, catalog: Catalog, record: RunRecord) ->
     delete_all(profile, catalog, deletions(profile, catalog))
 
 
-def delete_all(profile: Profile, catalog: Catalog, chosen: Sequence[Deletion]) -> None:
-    """Delete what retention chose, one ``delete_many`` call per stage.
+def delete_all(
+    profile: Profile, catalog: Catalog, chosen: Sequence[Deletion], *, log_each: bool = True
+) -> list[Deletion]:
+    """Delete what retention chose, one ``delete_many`` call per stage; returns each
+    deletion with its error, if it failed. ``log_each=False``: the caller prints them
+    (``prune``), so the log does not say each once more.
 
     Each artifact is marked deleted and journaled as a pending delete *before*
     it is removed, so a crash never leaves the catalog pointing at something
     gone; the next start finishes pending deletes
     (:func:`freezeframe.recovery.finish_deletes`).
     """
+    outcome = {d: d for d in chosen}
     for spec in profile.stages:
         found: list[tuple[RunRecord, Artifact, Deletion]] = []
         for d in chosen:
@@ -141,9 +149,17 @@ def delete_all(profile: Profile, catalog: Catalog, chosen: Sequence[Deletion]) -
             if artifact.id in errors:
                 why = f"could not delete {artifact.id} (will retry): {errors[artifact.id]}"
                 catalog.add_error(rec.run_id, time.time(), f"stage {spec.name}", why)
-                log.warning("stage %s: %s", spec.name, why)
+                outcome[d] = replace(d, error=errors[artifact.id])
+                if log_each:
+                    log.warning("stage %s: %s", spec.name, why)
                 continue
             catalog.delete_done(rec.run_id, spec.name)
-            log.info(
-                "stage %s: deleted %s of run %s (%s)", spec.name, artifact.id, rec.run_id, d.reason
-            )
+            if log_each:
+                log.info(
+                    "stage %s: deleted %s of run %s (%s)",
+                    spec.name,
+                    artifact.id,
+                    rec.run_id,
+                    d.reason,
+                )
+    return list(outcome.values())

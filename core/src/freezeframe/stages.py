@@ -12,6 +12,7 @@ from pathlib import Path
 
 from freezeframe._faults import point
 from freezeframe.components import Artifact, Deadline, Role, StageContext
+from freezeframe.copying import tree_counts
 from freezeframe.errors import Interrupted, StageError, one_line
 from freezeframe.preflight import completed_paths
 from freezeframe.profile import StageSpec
@@ -22,19 +23,40 @@ __all__ = ["ProgressFactory", "run_stage", "seal_all"]
 
 log = logging.getLogger("freezeframe")
 
-#: Given a stage name, returns the callback that receives (bytes, files) progress.
-ProgressFactory = Callable[[str], Callable[[int, int], None] | None]
+#: Given a stage name, returns the callback that receives its progress: (bytes done,
+#: files done, bytes expected or None).
+ProgressFactory = Callable[[str], Callable[[int, int, int | None], None] | None]
 
 
-def _progress_of(stage: str, progress: ProgressFactory | None) -> Callable[[int, int], None]:
-    shown = progress(stage) if progress is not None else None
+def _progress_of(
+    ctx: StageContext, progress: ProgressFactory | None
+) -> tuple[Callable[[int, int], None], Callable[[Artifact], None]]:
+    """The stage's ``on_progress``, shown with the total the context expects (a copy
+    stage: its source's size, until its tool counts better) from the start; and what
+    shows the stage done (what it counted, or its artifact's size, is then the whole)."""
+    shown = progress(ctx.stage) if progress is not None else None
+    if shown is not None:
+        shown(0, 0, ctx.bytes_total)
 
     def report(done: int, files: int) -> None:
-        point(f"stage.progress.{stage}")
+        point(f"stage.progress.{ctx.stage}")
         if shown is not None:
-            shown(done, files)
+            shown(done, files, ctx.bytes_total)
 
-    return report
+    def finished(artifact: Artifact) -> None:
+        if shown is not None:
+            done = ctx.bytes_done or artifact.bytes
+            shown(done, ctx.files_done or artifact.files, done)
+
+    return report, finished
+
+
+def _expected(source: Artifact | None) -> int | None:
+    """What a copy stage will read: its source's size, or (a snapshot that counts none:
+    btrfs) the sizes of the files in its view."""
+    if source is None:
+        return None
+    return source.bytes or tree_counts([image for _, image in source.roots()])[1] or None
 
 
 def run_stage(
@@ -61,8 +83,9 @@ def run_stage(
         paths,
         source,
         completed_paths(session) if spec.role == Role.SNAPSHOT else (),
-        on_progress=_progress_of(spec.name, progress),
+        bytes_total=_expected(source) if progress is not None else None,
     )
+    ctx.on_progress, finished = _progress_of(ctx, progress)
     run.cancel_events.append(ctx.cancel_event)
     run.stage(spec.name, status="running", started_at=time.time())
     # journal: this stage may leave output behind (inside the window, not waiting for the
@@ -103,6 +126,7 @@ def run_stage(
         run.save()
         session.notify("freezeframe_stage_finished", run=run.record, stage=stage)
         raise
+    finished(artifact)
     stage = run.stage(spec.name, status="succeeded", finished_at=time.time(), artifact=artifact)
     run.save(durable=deadline is None)
     log.info(

@@ -87,6 +87,7 @@ def run_tool(
     fatal: Sequence[str] = (),
     watch: Callable[[], str | None] | None = None,
     on_stdout: Callable[[str], None] | None = None,
+    on_stderr: Callable[[str], None] | None = None,
     dies_with_us: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` and return its result; raise :class:`ToolError` if it fails or times out.
@@ -99,7 +100,9 @@ def run_tool(
     minutes) kills the tool at once and raises :class:`ToolError` with that line;
     so does ``watch``, called every 0.2 s while the tool runs, when it returns a
     reason (a tool that stalls silently on a full disk). ``on_stdout`` sees each
-    line of stdout as it comes (from another thread), for such a watch.
+    line of stdout as it comes (from another thread), for such a watch or to pass a
+    tool's own progress on (:meth:`StageContext.progress_to`); ``on_stderr`` each line of
+    stderr.
     ``dies_with_us`` has the kernel kill the tool if freezeframe dies (``kill -9``
     included; Linux): for a tool that holds something of the application's (a dump
     reading from an exported snapshot) and must not outlive the run.
@@ -133,6 +136,8 @@ def run_tool(
         assert proc.stderr is not None
         for line in proc.stderr:
             err.append(line)
+            if on_stderr is not None:
+                on_stderr(line)
             if not fatal_line and any(f in line for f in fatal):
                 fatal_line.append(line.strip())
 

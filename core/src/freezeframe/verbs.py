@@ -4,15 +4,16 @@ prints: the human form, or ``--json``; progress bars on a terminal."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from freezeframe.config import format_size
-from freezeframe.engine import Engine
+from freezeframe.engine import Engine, ProgressFactory
 from freezeframe.records import (
     ApplicationRecord,
     DrillRecord,
@@ -22,7 +23,18 @@ from freezeframe.records import (
     group_window_ms,
 )
 
-__all__ = ["VERBS", "all_on_one_line", "out", "print_drill", "print_run", "progress_bars"]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = [
+    "VERBS",
+    "all_on_one_line",
+    "out",
+    "print_drill",
+    "print_run",
+    "progress_bars",
+    "terminal",
+]
 
 
 def all_on_one_line(problems: Sequence[str]) -> str:
@@ -31,31 +43,62 @@ def all_on_one_line(problems: Sequence[str]) -> str:
     return first if not more else f"{first} (and {len(more)} more: {'; '.join(more)})"
 
 
+@functools.cache
+def terminal() -> Console:
+    """The console on stderr that log lines and progress bars share (stdout holds only
+    the result: a bar or a log line never mixes into ``--json`` or a redirect)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
 @contextmanager
-def progress_bars(args: argparse.Namespace) -> Iterator[Callable[[str], Any]]:
-    """Progress bars on a terminal; nothing extra otherwise (the log lines say enough)."""
+def progress_bars(args: argparse.Namespace) -> Iterator[ProgressFactory | None]:
+    """Progress bars on a terminal, one per stage: bytes done of the total expected (a
+    copy stage: its source's size, or what restic counted), files, and the time left;
+    ``None`` otherwise (the log lines say enough)."""
     if args.quiet or args.json or not sys.stderr.isatty():
-        yield lambda stage: None
+        yield None
         return
-    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
+        BarColumn(),
         DownloadColumn(),
         TextColumn("{task.fields[files]} files"),
+        TimeRemainingColumn(),
+        console=terminal(),
         transient=True,
     ) as bar:
 
-        def factory(stage: str) -> Callable[[int, int], None]:
+        def factory(stage: str) -> Callable[[int, int, int | None], None]:
             task = bar.add_task(stage, total=None, files=0)
-            return lambda done, files: bar.update(task, completed=done, files=files)
+
+            def show(done: int, files: int, total: int | None) -> None:
+                # an estimate that falls short never shows more than 100 %
+                whole = None if total is None else max(total, done)
+                bar.update(task, completed=done, total=whole, files=files)
+
+            return show
 
         yield factory
 
 
 def out(args: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
-    if args.json:
+    """``data`` as JSON on stdout with ``--json`` (kept in ``args.collect`` instead where
+    one document gathers several: ``backup --all``), else ``human()``."""
+    if args.json and getattr(args, "collect", None) is not None:
+        args.collect.append(data)
+    elif args.json:
         json.dump(data, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
@@ -135,6 +178,84 @@ def _cmd_check(args: argparse.Namespace, engine: Engine) -> int:
     return problems.exit_code if problems else 0
 
 
+#: What ends an application's quiesce if freezeframe dies, in words (``plan``).
+_CRASH_SAFETY = {
+    "process-exit": "if freezeframe dies, its lock or connection goes and the quiesce ends",
+    "server-timeout": "if freezeframe dies, the server resumes by itself after its pause",
+    "watchdog": "if freezeframe dies, the watchdog runs its thaw command",
+}
+
+
+def _plan_steps(plan: dict[str, Any]) -> list[str]:
+    """``plan``'s steps in words, numbered once, in the order a backup takes them; the
+    lines under a step are indented."""
+    steps: list[tuple[str, list[str]]] = []
+
+    def step(text: str, *under: str) -> None:
+        steps.append((text, list(under)))
+
+    step("check every application and stage")
+    paths = plan["data_paths"]
+    if paths:
+        step(
+            "prepare each application, then syncfs the filesystems of its data:",
+            *(paths if isinstance(paths, list) else [paths]),
+        )
+    else:
+        step("prepare each application (no data path to sync: each completes after the thaw)")
+    apps = {a["name"]: a for a in plan["applications"]}
+    for i, level in enumerate(plan["quiesce_order"]):
+        once = "once those are quiesced, " if i else ""
+        step(
+            f"{once}quiesce in parallel: {', '.join(level)}",
+            *(
+                f"{n} ({apps[n]['plugin']}): capture {apps[n]['capture']}; crash safety "
+                f"{apps[n]['crash_safety']} ("
+                + _CRASH_SAFETY.get(apps[n]["crash_safety"], "see its plug-in's page")
+                + ")"
+                for n in level
+                if n in apps
+            ),
+        )
+    stages = plan["stages"]
+    for s in stages:
+        if s["in_freeze_window"]:
+            step(
+                f"stage {s['name']} ({s['backend']}, {s['role']}) while frozen"
+                + _window(s["window"], plan["max_copy_in_window"])
+            )
+    step("unquiesce every application (reverse order)")
+    for s in stages:
+        if not s["in_freeze_window"] and s["role"] == "snapshot":
+            step(
+                f"stage {s['name']} ({s['backend']}, snapshot) after the thaw: "
+                "the window holds only the captures"
+            )
+    for a in plan["applications"]:
+        if a["capture"] != "snapshot":
+            step(f"complete {a['name']} (capture {a['capture']}) into the views")
+    for s in stages:
+        if not s["in_freeze_window"] and s["role"] != "snapshot":
+            step(f"stage {s['name']} ({s['backend']}) from the view of {s['source']}")
+    for s in stages:
+        if s["keep"]:
+            rules = ", ".join(f"{k} = {v}" for k, v in s["keep"].items())
+            step(f"retention of {s['name']}: keep {rules}")
+        elif s["released_after_run"]:
+            step(f"release the snapshot of {s['name']} once its copies are made")
+    if plan["drill"] != "none":
+        checks = sum(len(a["checks"]) for a in plan["applications"])
+        step(
+            f"drill the new run in {plan['drill_dir']}: restore it, start each "
+            f"application on it, run its deep checks and the profile's {checks} check(s)"
+        )
+    lines = []
+    for n, (text, under) in enumerate(steps, 1):
+        lines.append(f"{n}. {text}")
+        lines += [f"     {u}" for u in under]
+    return lines
+
+
 def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:
     plan = engine.plan()
 
@@ -143,46 +264,8 @@ def _cmd_plan(args: argparse.Namespace, engine: Engine) -> int:
             f"profile {plan['profile']}: freeze_timeout {plan['freeze_timeout_s']:g}s, "
             f"thaw {plan['thaw']}"
         )
-        print("1. check every application and stage")
-        print("2. prepare each application, then syncfs the filesystems of its data:")
-        paths = plan["data_paths"]
-        for p in paths if isinstance(paths, list) else [paths]:
-            print(f"     {p}")
-        for i, level in enumerate(plan["quiesce_order"]):
-            print(f"3.{i + 1} quiesce in parallel: {', '.join(level)}")
-        for a in plan["applications"]:
-            print(f"   {a['name']} ({a['plugin']}): capture {a['capture']}")
-        for s in plan["stages"]:
-            if s["in_freeze_window"]:
-                print(
-                    f"4. stage {s['name']} ({s['backend']}, {s['role']}) while frozen"
-                    + _window(s["window"], plan["max_copy_in_window"])
-                )
-        print("5. unquiesce every application (reverse order)")
-        for s in plan["stages"]:
-            if not s["in_freeze_window"] and s["role"] == "snapshot":
-                print(
-                    f"5a. stage {s['name']} ({s['backend']}, snapshot) after the thaw: "
-                    "the window holds only the captures"
-                )
-        for a in plan["applications"]:
-            if a["capture"] != "snapshot":
-                print(f"5b. complete {a['name']} (capture {a['capture']}) into the views")
-        for s in plan["stages"]:
-            if not s["in_freeze_window"] and s["role"] != "snapshot":
-                print(f"6. stage {s['name']} ({s['backend']}) from the view of {s['source']}")
-        for s in plan["stages"]:
-            if s["keep"]:
-                rules = ", ".join(f"{k} = {v}" for k, v in s["keep"].items())
-                print(f"7. retention of {s['name']}: keep {rules}")
-            elif s["released_after_run"]:
-                print(f"7. release the snapshot of {s['name']} once its copies are made")
-        if plan["drill"] != "none":
-            checks = sum(len(a["checks"]) for a in plan["applications"])
-            print(
-                f"8. drill the new run in {plan['drill_dir']}: restore it, start each "
-                f"application on it, run its deep checks and the profile's {checks} check(s)"
-            )
+        for line in _plan_steps(plan):
+            print(line)
 
     out(args, plan, human)
     return 0
@@ -244,10 +327,13 @@ def _cmd_list(args: argparse.Namespace, engine: Engine) -> int:
             print(f"profile {engine.profile.name!r} has no runs yet")
         for r in runs:
             size = sum(s.artifact.bytes for s in r.stages if s.artifact and not s.deleted_at)
-            proof = r.proof if r.status == RunStatus.SUCCEEDED else ""
+            # a pruned run has nothing left: not a backup to count on, nor a size
+            status = "pruned" if r.pruned else str(r.status)
+            proof = r.proof if r.status == RunStatus.SUCCEEDED and not r.pruned else ""
+            shown = "-" if r.pruned else format_size(size)
             print(
-                f"{r.run_id}  {r.status:<9}  {proof:<12}  frozen {_frozen(r.applications):>8} ms"
-                f"  {format_size(size):>10}" + (f"  {r.error}" if r.error else "")
+                f"{r.run_id}  {status:<9}  {proof:<12}  frozen {_frozen(r.applications):>8} ms"
+                f"  {shown:>10}" + (f"  {r.error}" if r.error else "")
             )
 
     out(args, [r.to_json() for r in runs], human)
@@ -292,6 +378,7 @@ def _cmd_restore(args: argparse.Namespace, engine: Engine) -> int:
         "applications": list(done.applications),
         "selected_paths": [str(p) for p in done.selected],
         "verified": args.verify,
+        "verified_applications": list(done.verified),
         "preserve_special": args.preserve_special,
     }
 
@@ -299,6 +386,16 @@ def _cmd_restore(args: argparse.Namespace, engine: Engine) -> int:
         print(f"restored run {done.run.run_id} from stage {done.stage} under {args.to}:")
         for p in done.paths:
             print(f"  {p}")
+        if not args.verify:
+            return
+        unchecked = [a for a in done.applications if a not in done.verified]
+        if done.verified:
+            print(
+                f"verify passed: {', '.join(done.verified)}: the restored data "
+                "passed its plug-in's check"
+            )
+        if unchecked:
+            print(f"not verified: {', '.join(unchecked)}: no check of its restored data ran")
 
     out(args, data, human)
     return 0
@@ -363,7 +460,13 @@ def _cmd_prune(args: argparse.Namespace, engine: Engine) -> int:
         if not deletions:
             print("nothing to prune")
         for d in deletions:
-            print(f"{verb} {d.artifact} (stage {d.stage}, run {d.run_id}): {d.reason}")
+            if d.error is not None:
+                print(
+                    f"could not delete {d.artifact} (stage {d.stage}, run {d.run_id}; "
+                    f"will retry): {d.error}"
+                )
+            else:
+                print(f"{verb} {d.artifact} (stage {d.stage}, run {d.run_id}): {d.reason}")
 
     out(args, data, human)
     return 0

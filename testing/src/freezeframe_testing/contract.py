@@ -60,6 +60,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -587,8 +588,17 @@ class BackendContract(_Contract):
             if source is None
             else {"id": source.id, "view": str(source.view), "metadata": dict(source.metadata)},
         }
-        proc, said = start_child(spec)
-        err = kill_child(proc)
+        staging = Path(tempfile.gettempdir())
+        layouts = set(staging.glob("freezeframe-layout-*"))
+        try:
+            proc, said = start_child(spec)
+            err = kill_child(proc)
+        finally:
+            # a run killed mid-stage leaves its private layout folder for the next run of
+            # the stage to reuse (freezeframe.layout); this test's own is removed
+            for folder in set(staging.glob("freezeframe-layout-*")) - layouts:
+                with suppress(OSError):
+                    folder.rmdir()
         assert said in ("progress", "finished"), f"the stage failed: {err}"
         backend.discard(RUN_ID)
         assert leftovers() == before, f"discard left what the crashed run ({said}) made"

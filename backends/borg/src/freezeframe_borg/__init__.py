@@ -80,6 +80,42 @@ def _why(e: ToolError) -> str:
     return "; ".join(p[:300] for p in parts)
 
 
+def _plain(stderr: str) -> str:
+    """borg's ``--log-json`` stderr as the lines it would have written without it: each
+    log message's text, its progress messages left out."""
+    lines = []
+    for line in stderr.splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            lines.append(line)
+            continue
+        if not isinstance(msg, dict):
+            lines.append(line)
+        elif msg.get("type") == "log_message":
+            lines.append(str(msg.get("message", "")))
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _progress(context: StageContext) -> Callable[[str], None]:
+    """Pass ``borg create --progress --log-json``'s progress on as the stage's: the bytes
+    and files it has read (the total is the core's estimate, the source's size)."""
+
+    def line(text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            return
+        if (
+            isinstance(msg, dict)
+            and msg.get("type") == "archive_progress"
+            and isinstance(msg.get("original_size"), int)
+        ):
+            context.progress_to(bytes=msg["original_size"], files=int(msg.get("nfiles") or 0))
+
+    return line
+
+
 def _version(borg: str) -> str:
     """borg's version (asked once per process: starting borg takes a good part of a second)."""
     version = tool_version("borg", borg, "--version")
@@ -162,15 +198,26 @@ class BorgBackend(Backend):
         cwd: Path | None = None,
         check: bool = True,
         new: bool = False,
+        on_stderr: Callable[[str], None] | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """Run borg; a ``--log-json`` borg's stderr is given back as plain lines."""
         try:
-            return run_tool(
-                argv, env=self._env(new=new), timeout=timeout, context=context, cwd=cwd, check=check
+            result = run_tool(
+                argv,
+                env=self._env(new=new),
+                timeout=timeout,
+                context=context,
+                cwd=cwd,
+                check=check,
+                on_stderr=on_stderr,
             )
         except ToolError as e:
+            e = ToolError(str(e), e.returncode, _plain(e.stderr))
             raise ToolError(
                 f"borg {what} ({self.repository}): {self._trouble(e)}", e.returncode, e.stderr
             ) from None
+        result.stderr = _plain(result.stderr)
+        return result
 
     def _failed(self, what: str, result: subprocess.CompletedProcess[str]) -> ToolError:
         """The error of a borg run with ``check=False`` whose exit code says it failed."""
@@ -223,12 +270,12 @@ class BorgBackend(Backend):
         try:
             self._borg("open", self._argv("list", "--last", "1", "--short", _REPO))
         except ToolError as opened:
-            if not self.init:
-                hint = " (set init = true to create it)" if "does not exist" in str(opened) else ""
+            missing = "does not exist" in str(opened)
+            if not self.init or not missing:
+                # a wrong passphrase, an unreachable host: nothing init could mend
+                hint = " (set init = true to create it)" if missing else ""
                 raise ToolError(f"{opened}{hint}", opened.returncode, opened.stderr) from None
             try:
-                # borg refuses to init over an existing repository: one that exists but
-                # would not open (wrong passphrase, unreachable) fails here too.
                 self._init()
             except ToolError as e:
                 why = str(e).split("): ", 1)[-1]
@@ -264,6 +311,8 @@ class BorgBackend(Backend):
                 tool = self._argv(
                     "create",
                     "--json",
+                    "--progress",
+                    "--log-json",
                     "--compression",
                     self.compression,
                     "--comment",
@@ -279,6 +328,7 @@ class BorgBackend(Backend):
                     context=context,
                     cwd=layout.cwd,
                     check=False,
+                    on_stderr=_progress(context),
                 )
             if result.returncode != 0:
                 # 1 is borg's "warning": a file it could not read. Not a complete backup.
@@ -290,8 +340,9 @@ class BorgBackend(Backend):
                 raise FreezeframeError(
                     f"borg create ({self.repository}): output is not the JSON expected"
                 ) from None
+            context.progress_to(bytes=int(stats["original_size"]), files=int(stats["nfiles"]))
             # inside: a cancel that lands after borg finished must remove the archive too
-            context.progress(bytes=int(stats["original_size"]), files=int(stats["nfiles"]))
+            context.check()
         except BaseException:
             if started:
                 self._clean_up(context.run_id)

@@ -64,10 +64,12 @@ _REMOTE = re.compile(r"^(sftp|rest|s3|b2|azure|gs|swift|rclone):")
 
 class _Stall:
     """restic's JSON status lines, watched: a backup whose counts have not moved for
-    ``seconds`` has stalled (restic 0.14 can deadlock after a failed write)."""
+    ``seconds`` has stalled (restic 0.14 can deadlock after a failed write). Each is the
+    stage's progress too (bytes and files done, and the total restic's scan found)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, context: StageContext | None = None) -> None:
         self.seconds = seconds
+        self.context = context
         self.last = time.monotonic()
         self.counts: tuple[object, ...] = ()
 
@@ -80,6 +82,13 @@ class _Stall:
             counts = tuple(msg.get(k) for k in ("bytes_done", "files_done", "seconds_remaining"))
             if counts != self.counts:
                 self.counts, self.last = counts, time.monotonic()
+            if self.context is not None:
+                total = msg.get("total_bytes")
+                self.context.progress_to(
+                    bytes=int(msg.get("bytes_done") or 0),
+                    files=int(msg.get("files_done") or 0),
+                    total=int(total) if isinstance(total, int) else None,
+                )
 
     def check(self) -> str | None:
         if time.monotonic() - self.last < self.seconds:
@@ -115,6 +124,12 @@ def _why(e: ToolError) -> str:
     else:
         parts.append(str(e))
     return "; ".join(p[:300] for p in parts)
+
+
+def _missing(e: ToolError) -> bool:
+    """Whether restic failed to open the repository because there is none: restic 0.17+
+    exits 10; older ones ask "Is there a repository at the following location?"."""
+    return e.returncode == 10 or "Is there a repository at the following location?" in e.stderr
 
 
 def _pattern(path: Path) -> str:
@@ -351,14 +366,17 @@ class ResticBackend(Backend):
         try:
             self._listed = self._snapshots(f"stage:{self.name}", what="open")
         except ToolError as opened:
-            if not self.init:
+            if not self.init or not _missing(opened):
+                # a wrong password, an unreachable host: nothing init could mend
                 hint = ""
-                if self.local is not None and not (self.local / "config").exists():
+                if (
+                    not self.init
+                    and self.local is not None
+                    and not (self.local / "config").exists()
+                ):
                     hint = " (no repository there: set init = true to create it)"
                 raise ToolError(f"{opened}{hint}", opened.returncode, opened.stderr) from None
             try:
-                # restic refuses to init over an existing repository: a repository that
-                # exists but would not open (wrong password, unreachable) fails here too.
                 self._init()
             except ToolError as e:
                 why = str(e).split("): ", 1)[-1]
@@ -407,7 +425,7 @@ class ResticBackend(Backend):
                     context=context,
                     cwd=layout.cwd,
                     check=False,
-                    stall=_Stall(self.stall_timeout),
+                    stall=_Stall(self.stall_timeout, context),
                 )
             summary, errors = self._summary(result)
             if result.returncode != 0 or summary is None:
@@ -422,11 +440,12 @@ class ResticBackend(Backend):
                     f"restic backup ({self._repo.shown}): snapshot {short} "
                     "is not in the repository after restic made it"
                 )
-            # inside: a cancel that lands after restic finished must remove the snapshot too
-            context.progress(
+            context.progress_to(
                 bytes=int(summary.get("total_bytes_processed", 0)),
                 files=int(summary.get("total_files_processed", 0)),
             )
+            # inside: a cancel that lands after restic finished must remove the snapshot too
+            context.check()
         except BaseException:
             if started:
                 self._clean_up(context.run_id)

@@ -264,7 +264,7 @@ def _user_check(
         "FREEZEFRAME_PROFILE": run.profile,
         "FREEZEFRAME_RUN_ID": run.run_id,
         "FREEZEFRAME_RESTORED_ROOT": str(ctx.root),
-        "FREEZEFRAME_APPLICATIONS": " ".join(running),
+        "FREEZEFRAME_APPLICATIONS": " ".join(n for n, r in running.items() if r is not None),
     }
     for name, r in running.items():
         for key, value in (r.connection if r is not None else {}).items():

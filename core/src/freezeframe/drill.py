@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from freezeframe import restore
+from freezeframe import restore, restore_select
 from freezeframe.catalog import Catalog
 from freezeframe.copying import tree_counts
 from freezeframe.drilling import CheckFailed, DrillContext, Running, env_prefix
@@ -40,6 +40,7 @@ from freezeframe.errors import FreezeframeError, Interrupted, one_line
 from freezeframe.fsutil import under
 from freezeframe.lock import Owner, proc_stat
 from freezeframe.records import (
+    ApplicationRecord,
     DrillApplication,
     DrillRecord,
     DrillStatus,
@@ -198,7 +199,7 @@ def _drill(
             ctx.record("checked", "deep", _raise(CheckFailed(f"no check could run here ({why})")))
     results = []
     for app, ctx in zip(apps, contexts, strict=True):
-        files, size = _restored_size(app, facts[app.name].paths, root)
+        files, size = _restored_size(session, run, facts[app.name], root)
         results.append(DrillApplication(app.name, app.info.kind, size, files, tuple(ctx.results)))
     failed = any(ctx.failed for ctx in contexts)
     return replace(
@@ -300,18 +301,15 @@ def _shown(value: Any) -> str:
 
 
 def _restored_size(
-    app: ApplicationSpec, paths: Sequence[str] | None, root: Path
+    session: Session, run: RunRecord, record: ApplicationRecord, root: Path
 ) -> tuple[int, int]:
-    """Files and bytes restored of ``app``: its paths as the run recorded them, below
-    ``root`` (a run recorded before runs kept them asks the plug-in, and counts zeros when
-    it cannot say without its server)."""
-    if paths is None:
-        try:
-            paths = [
-                str(p) for p in (*app.component.data_paths(), *app.component.completed_paths())
-            ]
-        except Exception:  # a server that is down cannot say: the size is then unknown
-            return 0, 0
+    """Files and bytes restored of an application: its paths in the run
+    (:func:`restore_select.recorded_paths`) below the drill's root; zeros when a run
+    recorded before runs kept them has a plug-in that cannot say without its server."""
+    try:
+        paths = restore_select.recorded_paths(session, run, record)
+    except FreezeframeError:
+        return 0, 0
     return tree_counts(under(root, p) for p in paths)
 
 

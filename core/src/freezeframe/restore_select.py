@@ -19,7 +19,7 @@ from freezeframe.preflight import application_paths
 from freezeframe.records import ApplicationRecord, RunRecord
 from freezeframe.session import Session
 
-__all__ = ["Selection", "select"]
+__all__ = ["Selection", "recorded_paths", "select"]
 
 
 @dataclass(frozen=True)
@@ -79,15 +79,21 @@ def _paths(session: Session, rec: RunRecord, name: str) -> tuple[Path, ...]:
         raise UsageError(
             f"--app {name}: run {rec.run_id} has no application {name!r}{why}; it has: {has}"
         )
-    if record.paths is None:
-        found = _asked(session, rec, record)
-    else:
-        found = tuple(Path(p) for p in record.paths)
+    found = recorded_paths(session, rec, record)
     if not found:
         raise FreezeframeError(
             f"run {rec.run_id} holds nothing of application {name!r}: it has no data paths"
         )
     return found
+
+
+def recorded_paths(session: Session, rec: RunRecord, record: ApplicationRecord) -> tuple[Path, ...]:
+    """The paths of application ``record`` in run ``rec``: those the run recorded, or, for
+    a run recorded before, those its plug-in names in the run's capture mode
+    (:class:`FreezeframeError` when it cannot say)."""
+    if record.paths is not None:
+        return tuple(Path(p) for p in record.paths)
+    return _asked(session, rec, record)
 
 
 def _asked(session: Session, rec: RunRecord, record: ApplicationRecord) -> tuple[Path, ...]:

@@ -196,7 +196,7 @@ def _drill(
     for ctx in contexts:
         if ctx.results and all(r.status == "skipped" for r in ctx.results):
             why = "; ".join(f"{r.name}: {r.detail}" for r in ctx.results)
-            ctx.record("checked", "deep", _raise(CheckFailed(f"no check could run here ({why})")))
+            ctx.fail("checked", f"no check could run here ({why})")
     results = []
     for app, ctx in zip(apps, contexts, strict=True):
         files, size = _restored_size(session, run, facts[app.name], root)
@@ -219,9 +219,7 @@ def _started(app: ApplicationSpec, ctx: DrillContext) -> Iterator[Running | None
     except Interrupted:
         raise
     except Exception as e:
-        ctx.record(
-            "start", "deep", _raise(CheckFailed(f"the plug-in's drill broke: {one_line(e)}"))
-        )
+        ctx.fail("start", f"the plug-in's drill broke: {one_line(e)}")
         yield None
         return
     try:
@@ -235,14 +233,7 @@ def _started(app: ApplicationSpec, ctx: DrillContext) -> Iterator[Running | None
         except Interrupted:
             raise
         except Exception as e:
-            ctx.record("stop", "deep", _raise(CheckFailed(f"stopping it broke: {one_line(e)}")))
-
-
-def _raise(error: Exception) -> Any:
-    def check() -> None:
-        raise error
-
-    return check
+            ctx.fail("stop", f"stopping it broke: {one_line(e)}")
 
 
 def _user_check(

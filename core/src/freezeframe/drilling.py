@@ -175,6 +175,11 @@ class DrillContext:
         self.results.append(result)
         return not result.failed
 
+    def fail(self, name: str, detail: str) -> None:
+        """Record a deep check that failed with ``detail`` without running anything (the
+        core's own findings: a plug-in whose drill broke, nothing that could be checked)."""
+        self.results.append(CheckResult(self.application, name, "deep", "failed", detail))
+
     @property
     def failed(self) -> bool:
         """Whether a check of this application has failed so far."""
